@@ -1,0 +1,77 @@
+//! # sealpost-domain
+//!
+//! The `Message` aggregate of Sealpost: what may happen to an end-to-end-encrypted message between
+//! acceptance and its end, and nothing else.
+//!
+//! **Owns:** identifiers and their validation ([`ids`]), commands ([`commands`]), versioned events
+//! ([`events`]) and their upcasters ([`upcast`]), the retry and expiry policy ([`policy`]), the
+//! aggregate ([`Message`]) and its errors ([`MessageError`]).
+//!
+//! **Must not:** do IO of any kind. No tokio, NATS, SQL, HTTP, clocks or randomness here: commands
+//! carry their instant, and retry jitter is a hash of (message id, attempt), so a replay makes the
+//! same decisions. (cqrs-es itself pulls tokio in for its `EventSink` mutex; this crate never uses
+//! it.) Payloads are references and digests only: the domain never holds ciphertext or keys, and a
+//! [`Recipient`] prints masked.
+//!
+//! ## Lifecycle
+//!
+//! `accept` writes `accepted` and `queued` in one batch: the `queued` event is the delivery job.
+//! The worker submits attempt `next_attempt` and records the carrier's answer; receipts then move
+//! the message forward. Terminal failures are `failed`, `fallback_triggered`, `expired` and
+//! `cancelled`. Legal holds (`held`/`released`) and `purged` are flags beside the status.
+//!
+//! ## State-transition table
+//!
+//! Rows are commands, columns the status before the command. An event list is what the command
+//! writes; `—` means accepted with no event (a duplicate or late command; not an error); anything
+//! else is the error returned. `Q` = queued, `RS` = retry_scheduled, `CA` = carrier_acked,
+//! `DLV` = delivered, `DSP` = displayed, `FL` = failed, `FB` = fallback_triggered, `EXP` = expired,
+//! `CAN` = cancelled.
+//!
+//! | command | new | Q / RS | CA | DLV | DSP | FL / EXP | FB | CAN |
+//! |---|---|---|---|---|---|---|---|---|
+//! | accept | `accepted`,`queued` | same key+digest: —; other digest: `idempotency_conflict` | ← | ← | ← | ← | ← | ← |
+//! | enqueue (redrive) | not_accepted | `queued` | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
+//! | record carrier result, attempt = next | not_accepted | see below | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
+//! | record carrier result, attempt < next | not_accepted | — | — | — | — | — | — | — |
+//! | record carrier result, attempt > next | not_accepted | attempt_out_of_order | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
+//! | receipt delivered | not_accepted | not_yet_acked (retry) | `delivered` | — | — | — | — | — |
+//! | receipt displayed | not_accepted | not_yet_acked (retry) | `delivered`(implied),`displayed` | `displayed` | — | — | — | — |
+//! | receipt with a seen id | not_accepted | — | — | — | — | — | — | — |
+//! | expire, before `expires_at` | not_accepted | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired |
+//! | expire, at/after `expires_at` | not_accepted | `expired` | `expired` | — | — | — | — | — |
+//! | cancel | not_accepted | `cancelled` | already_submitted | already_submitted | already_submitted | already_final | already_final | — |
+//! | trigger fallback (fallback set) | not_accepted | `fallback_triggered` | `fallback_triggered` | already_final | already_final | already_final | — | already_final |
+//! | trigger fallback (none set) | not_accepted | no_fallback | no_fallback | no_fallback | no_fallback | no_fallback | no_fallback | no_fallback |
+//! | hold (new id) / (held id) | not_accepted | `held` / — | ← | ← | ← | ← | ← | ← |
+//! | release (held id) / (other id) | not_accepted | `released` / not_held | ← | ← | ← | ← | ← | ← |
+//! | purge | not_accepted | not_settled | not_settled | `purged` | `purged` | `purged` | `purged` | `purged` |
+//!
+//! Hold on a purged message is `purged`; purge while any hold is active is `legal_hold`; purge of
+//! a purged message is —.
+//!
+//! **Carrier results** for the current attempt:
+//! - acked (including 409 / reused id) → `carrier_acked`;
+//! - transient (5xx, timeout) or throttled (429) → `attempt_failed` plus, per [`RetryPolicy`],
+//!   either `retry_scheduled` (not before Retry-After) or, when the window or attempts are
+//!   exhausted, `fallback_triggered` if the message has a fallback, else `failed`;
+//! - permanent (other 4xx) → `attempt_failed`, `failed`;
+//! - not RCS-capable (RBM 404) → `attempt_failed`, then `fallback_triggered` or `failed`.
+
+pub mod aggregate;
+pub mod commands;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod policy;
+pub mod upcast;
+
+pub use aggregate::{Message, Status};
+pub use commands::{AcceptMessage, CarrierOutcome, MessageCommand, ReceiptKind};
+pub use error::MessageError;
+pub use events::{MessageEvent, EVENT_TYPES, EVENT_VERSION};
+pub use ids::{aggregate_id, parse_aggregate_id, MessageId, Recipient, Sha256Hex, TenantId};
+pub use policy::{RetryDecision, RetryPolicy};
+
+#[cfg(test)]
+mod tests;
