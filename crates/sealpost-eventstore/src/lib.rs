@@ -1,0 +1,28 @@
+//! # sealpost-eventstore
+//!
+//! The event store of Sealpost, on NATS JetStream, which is the source of truth.
+//!
+//! **Owns:**
+//! - [`JetStreamEventStore`]: a cqrs-es `EventStore`. Subjects are
+//!   `sealpost.evt.<tenant>.<message_id>.<event_type>`; a load is one batch direct get over the
+//!   aggregate's wildcard; an append is guarded by `Nats-Expected-Last-Subject-Sequence` over that
+//!   wildcard, deduplicated by `Nats-Msg-Id = <message_id>:<aggregate sequence>`, and the events of
+//!   one command form one atomic batch (all stored or none).
+//! - [`CommandExecutor`]: load → decide → append, with bounded reload-and-retry on conflicts, and
+//!   the committed events reported back (none for a duplicate command).
+//! - [`provision`]: streams and consumers from `nats/`, the server version check, and the
+//!   read-back of stream flags that refuses a server which silently dropped one.
+//!
+//! **Must not:** decide anything about messages (that is `sealpost-domain`), hold state a crash
+//! could lose, or log event bodies (they carry recipients).
+
+pub mod codec;
+pub mod error;
+pub mod executor;
+pub mod provision;
+pub mod store;
+
+pub use codec::StoredEvent;
+pub use error::{ExecuteError, StoreError, StoreErrorKind};
+pub use executor::{CommandExecutor, Executed};
+pub use store::{JetStreamEventStore, Loaded, RawEvent, StoreConfig};

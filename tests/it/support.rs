@@ -1,0 +1,98 @@
+//! Fixtures shared by the integration tests: a private server with the streams provisioned, and
+//! commands with realistic values.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sealpost_domain::events::{EncryptionMetadata, Fallback, FallbackChannel, MessageType};
+use sealpost_domain::{
+    aggregate_id, AcceptMessage, Message, MessageCommand, MessageId, Recipient, RetryPolicy,
+    Sha256Hex, TenantId,
+};
+use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
+use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
+use sealpost_testkit::NatsServer;
+use time::OffsetDateTime;
+
+pub struct Env {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+}
+
+impl Env {
+    /// A fresh server with every stream and consumer of `nats/` provisioned.
+    pub async fn start() -> Env {
+        let server = NatsServer::start().await.expect("nats-server starts");
+        let client = server.connect().await.expect("connect");
+        provision(
+            &async_nats::jetstream::new(client.clone()),
+            &embedded_definitions(),
+            &StreamOverrides::default(),
+        )
+        .await
+        .expect("provision");
+        Env { server, client }
+    }
+
+    pub fn store(&self) -> JetStreamEventStore<Message> {
+        store_on(&self.client)
+    }
+
+    pub fn executor(&self) -> CommandExecutor<Message> {
+        CommandExecutor::new(self.store(), RetryPolicy::default())
+    }
+
+    /// Reconnects after a server restart.
+    pub async fn reconnect(&mut self) {
+        self.client = self.server.connect().await.expect("reconnect");
+    }
+}
+
+pub fn store_on(client: &async_nats::Client) -> JetStreamEventStore<Message> {
+    JetStreamEventStore::new(
+        client.clone(),
+        StoreConfig {
+            timeout: Duration::from_secs(10),
+            ..StoreConfig::default()
+        },
+    )
+}
+
+pub fn tenant() -> TenantId {
+    TenantId::new("acme-corp").expect("tenant id")
+}
+
+pub fn accept(key: &str) -> AcceptMessage {
+    AcceptMessage {
+        tenant_id: tenant(),
+        idempotency_key: key.to_owned(),
+        recipient: Recipient::new("+15551234567").expect("recipient"),
+        payload_ref: format!("s3://sealpost/tenants/acme-corp/{key}.enc"),
+        payload_sha256: Sha256Hex::of(key.as_bytes()),
+        payload_size: Some(1024),
+        encryption: EncryptionMetadata {
+            mls_version: "1".into(),
+            cipher: "XChaCha20-Poly1305".into(),
+            key_id: "user-public-key-v2".into(),
+        },
+        message_type: MessageType::Transactional,
+        correlation_id: Some(format!("corr-{key}")),
+        ttl: Some(Duration::from_secs(3600)),
+        fallback: Some(Fallback {
+            channel: FallbackChannel::Sms,
+            notice_template: "secure_message_waiting".into(),
+        }),
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+/// (aggregate id, accept command) for an idempotency key.
+pub fn accept_cmd(key: &str) -> (String, MessageCommand) {
+    let a = accept(key);
+    let id = aggregate_id(&a.tenant_id, &MessageId::derive(&a.tenant_id, key));
+    (id, MessageCommand::Accept(Box::new(a)))
+}
+
+pub fn meta(correlation: &str) -> HashMap<String, String> {
+    HashMap::from([("correlation_id".to_owned(), correlation.to_owned())])
+}
