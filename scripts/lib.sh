@@ -267,8 +267,9 @@ ensure_nats_server() {
 # start_nats NAME: a private JetStream server on 127.0.0.1 (free ports, temp store, nats/dev.conf).
 # Exports SEALPOST_NATS_URL, SEALPOST_NATS_MONITOR_URL and SEALPOST_NATS_LOG. Stopped, and its
 # store removed, when the calling shell exits.
-start_nats() {
-  local name=${1:?usage: start_nats NAME}
+start_nats() { # NAME [CONFIG_FILE]
+  local name=${1:?usage: start_nats NAME [CONFIG_FILE]}
+  local conf=${2:-$ROOT/nats/dev.conf}
   name=${name//[^A-Za-z0-9_-]/_}
   [[ -n ${SEALPOST_NATS_SERVER:-} ]] || ensure_nats_server
   _need_cmd curl curl
@@ -281,7 +282,7 @@ start_nats() {
     port=$(free_port)
     mon=$(free_port)
     "$SEALPOST_NATS_SERVER" -n "sealpost-$name" -js -a 127.0.0.1 -p "$port" -m "$mon" \
-      -sd "$dir/store" -c "$ROOT/nats/dev.conf" </dev/null >>"$dir/nats-server.log" 2>&1 &
+      -sd "$dir/store" -c "$conf" </dev/null >>"$dir/nats-server.log" 2>&1 &
     pid=$!
     add_cleanup "_stop_pid $pid"
 

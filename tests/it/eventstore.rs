@@ -8,8 +8,8 @@ use cqrs_es::{CqrsFramework, EventStore};
 use futures::{stream, StreamExt, TryStreamExt};
 use sealpost_domain::events::*;
 use sealpost_domain::{
-    CarrierOutcome, Message, MessageCommand, MessageError, MessageEvent, ReceiptKind,
-    RetryPolicy, Status,
+    CarrierOutcome, Message, MessageCommand, MessageError, MessageEvent, ReceiptKind, RetryPolicy,
+    Status,
 };
 use sealpost_eventstore::provision::{
     check_server, embedded_definitions, provision, verify_stream, StreamOverrides,
@@ -72,8 +72,14 @@ async fn events_carry_subject_msg_id_and_sealpost_headers() {
     for (i, (r, ty)) in raw.iter().zip(["accepted", "queued"]).enumerate() {
         let seq = i + 1;
         assert_eq!(r.subject, format!("sealpost.evt.{id}.{ty}"));
-        assert_eq!(r.header("Nats-Msg-Id"), Some(format!("{mid}:{seq}").as_str()));
-        assert_eq!(r.header("Sealpost-Sequence"), Some(seq.to_string().as_str()));
+        assert_eq!(
+            r.header("Nats-Msg-Id"),
+            Some(format!("{mid}:{seq}").as_str())
+        );
+        assert_eq!(
+            r.header("Sealpost-Sequence"),
+            Some(seq.to_string().as_str())
+        );
         assert_eq!(r.header("Sealpost-Event-Version"), Some("1"));
         assert_eq!(r.header("Sealpost-Correlation-Id"), Some("corr-1"));
     }
@@ -104,7 +110,10 @@ async fn two_writers_racing_on_one_aggregate_one_wins_and_the_other_retries_to_t
         .expect("first writer wins");
     let cancel = canceller_view
         .aggregate
-        .decide(MessageCommand::Cancel { at: now() }, &RetryPolicy::default())
+        .decide(
+            MessageCommand::Cancel { at: now() },
+            &RetryPolicy::default(),
+        )
         .expect("cancel decides on the stale view");
     let err = store
         .append(&canceller_view, &cancel, &meta("c"))
@@ -162,7 +171,10 @@ async fn many_concurrent_writers_on_one_aggregate_all_land_once_with_a_gapless_h
     let raw = env.store().load_raw(&id).await.expect("load");
     assert_eq!(raw.len(), 2 + WRITERS);
     for (i, r) in raw.iter().enumerate() {
-        assert_eq!(r.header("Sealpost-Sequence"), Some((i + 1).to_string().as_str()));
+        assert_eq!(
+            r.header("Sealpost-Sequence"),
+            Some((i + 1).to_string().as_str())
+        );
     }
     let loaded = env.store().load(&id).await.expect("load");
     assert_eq!(loaded.aggregate.holds.len(), WRITERS);
@@ -207,7 +219,10 @@ async fn a_resent_batch_is_deduplicated() {
         .expect("accept");
     let loaded = store.load(&id).await.expect("load");
     let events = vec![held("a"), held("b")];
-    let first = store.append(&loaded, &events, &meta("c")).await.expect("append");
+    let first = store
+        .append(&loaded, &events, &meta("c"))
+        .await
+        .expect("append");
     let before = stream_messages(&env).await;
     // The same batch again, as after a lost ack: answered as done, stored once.
     let again = store
@@ -221,9 +236,15 @@ async fn a_resent_batch_is_deduplicated() {
     // A single-event resend is recognised the same way.
     let loaded = store.load(&id).await.expect("load");
     let one = vec![held("c")];
-    let seq = store.append(&loaded, &one, &meta("c")).await.expect("append");
+    let seq = store
+        .append(&loaded, &one, &meta("c"))
+        .await
+        .expect("append");
     assert_eq!(
-        store.append(&loaded, &one, &meta("c")).await.expect("resend"),
+        store
+            .append(&loaded, &one, &meta("c"))
+            .await
+            .expect("resend"),
         seq
     );
     assert_eq!(store.load_raw(&id).await.expect("load").len(), 5);
@@ -266,10 +287,16 @@ async fn a_batch_with_a_stale_expectation_stores_nothing_at_all() {
         .expect_err("stale expectation refused");
     assert_eq!(err.kind(), StoreErrorKind::Conflict);
 
-    assert_eq!(stream_messages(&env).await, before, "not even the first message of the batch");
+    assert_eq!(
+        stream_messages(&env).await,
+        before,
+        "not even the first message of the batch"
+    );
     let raw = store.load_raw(&id).await.expect("load");
     assert_eq!(raw.len(), 3);
-    assert!(raw.iter().all(|r| !r.body.windows(3).any(|w| w == b"\"x\"")));
+    assert!(raw
+        .iter()
+        .all(|r| !r.body.windows(3).any(|w| w == b"\"x\"")));
 }
 
 /// Drives a message to a status through the executor.
@@ -455,7 +482,10 @@ async fn cqrs_framework_runs_on_the_store() {
     assert_eq!(envelopes.len(), 2);
     assert_eq!(envelopes[1].sequence, 2);
     assert_eq!(
-        envelopes[0].metadata.get("correlation_id").map(String::as_str),
+        envelopes[0]
+            .metadata
+            .get("correlation_id")
+            .map(String::as_str),
         Some("via-cqrs")
     );
     assert!(envelopes[0].metadata.contains_key("stream_sequence"));
@@ -478,7 +508,9 @@ async fn provisioning_is_idempotent_and_refuses_a_stream_that_lost_a_flag() {
         .await
         .expect("second provision");
     assert!(report.streams.contains(&"SEALPOST_EVENTS".to_string()));
-    assert!(report.consumers.contains(&"SEALPOST_EVENTS/delivery".to_string()));
+    assert!(report
+        .consumers
+        .contains(&"SEALPOST_EVENTS/delivery".to_string()));
 
     // A stream whose server dropped allow_atomic (as 2.9 does) is refused with a fix.
     let defs = embedded_definitions();
@@ -488,7 +520,9 @@ async fn provisioning_is_idempotent_and_refuses_a_stream_that_lost_a_flag() {
     wanted.subjects = vec!["dropped.>".into()];
     let mut as_an_old_server_would = wanted.clone();
     as_an_old_server_would.allow_atomic_publish = false;
-    js.create_stream(as_an_old_server_would).await.expect("create");
+    js.create_stream(as_an_old_server_would)
+        .await
+        .expect("create");
     let err = verify_stream(&js, &wanted).await.expect_err("refused");
     assert_eq!(err.kind(), StoreErrorKind::Unsupported);
     assert!(err.to_string().contains("allow_atomic"), "{err}");
@@ -503,13 +537,17 @@ async fn provisioning_is_idempotent_and_refuses_a_stream_that_lost_a_flag() {
 #[tokio::test]
 async fn the_server_version_check_accepts_this_server_and_refuses_debians_2_9() {
     let env = Env::start().await;
-    let v = check_server(&env.client).await.expect("pinned server is new enough");
+    let v = check_server(&env.client)
+        .await
+        .expect("pinned server is new enough");
     assert!(v.starts_with("2."), "{v}");
 
     // Debian's 2.9 is on this kind of machine; where it is, prove it is refused.
     let old = std::path::Path::new("/usr/sbin/nats-server");
     if !old.exists() {
-        eprintln!("note: /usr/sbin/nats-server absent; the 2.9 refusal is covered by unit tests only");
+        eprintln!(
+            "note: /usr/sbin/nats-server absent; the 2.9 refusal is covered by unit tests only"
+        );
         return;
     }
     let port = sealpost_testkit::free_port().expect("port");
@@ -534,4 +572,127 @@ async fn the_server_version_check_accepts_this_server_and_refuses_debians_2_9() 
     assert_eq!(err.kind(), StoreErrorKind::Unsupported);
     assert!(err.to_string().contains("too old"), "{err}");
     assert!(err.to_string().contains(">= 2.12"), "{err}");
+}
+
+#[tokio::test]
+async fn histories_with_repeated_event_types_and_without_sequence_headers_load_completely() {
+    let env = Env::start().await;
+    let ex = env.executor();
+    // Two failed attempts: attempt_failed and retry_scheduled repeat.
+    let (id, cmd) = accept_cmd("repeats");
+    ex.execute(&id, cmd, &meta("c")).await.expect("accept");
+    for attempt in 1..=2 {
+        ex.execute(
+            &id,
+            MessageCommand::RecordCarrierResult {
+                attempt,
+                carrier: "rbm".into(),
+                outcome: CarrierOutcome::Transient {
+                    code: "503".into(),
+                    retry_after: None,
+                },
+                at: now(),
+            },
+            &meta("c"),
+        )
+        .await
+        .expect("transient");
+    }
+    ex.execute(&id, ack(3), &meta("c")).await.expect("ack");
+    let raw = env.store().load_raw(&id).await.expect("load");
+    let types: Vec<&str> = raw.iter().map(|r| r.event_type()).collect();
+    assert_eq!(
+        types,
+        [
+            "accepted",
+            "queued",
+            "attempt_failed",
+            "retry_scheduled",
+            "attempt_failed",
+            "retry_scheduled",
+            "carrier_acked"
+        ]
+    );
+    assert_eq!(
+        env.store().load(&id).await.expect("load").aggregate.status,
+        Status::CarrierAcked
+    );
+
+    // Events written by something other than this store (no Sealpost-Sequence) still load.
+    let (foreign, _) = accept_cmd("foreign");
+    let js = async_nats::jetstream::new(env.client.clone());
+    for (ty, body) in raw
+        .iter()
+        .take(2)
+        .map(|r| (r.event_type().to_owned(), r.body.clone()))
+    {
+        js.publish(format!("sealpost.evt.{foreign}.{ty}"), body)
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let loaded = env
+        .store()
+        .load(&foreign)
+        .await
+        .expect("load without headers");
+    assert_eq!(loaded.version, 2);
+    assert_eq!(loaded.aggregate.status, Status::Queued);
+}
+
+#[tokio::test]
+async fn a_stale_state_cache_never_gives_a_wrong_answer() {
+    let env = Env::start().await;
+    let cached = env.executor().with_cache(16);
+    let other = env.executor();
+    let (id, cmd) = accept_cmd("cache");
+    cached
+        .execute(&id, cmd, &meta("c"))
+        .await
+        .expect("accept (now cached as queued)");
+
+    // Another process moves the message on; the cache does not know.
+    other
+        .execute(&id, ack(1), &meta("c"))
+        .await
+        .expect("ack elsewhere");
+
+    // Decided on the stale cache this would be `not_yet_acked`; it must be re-decided fresh.
+    let done = cached
+        .execute(
+            &id,
+            MessageCommand::RecordReceipt {
+                receipt_id: "r1".into(),
+                kind: ReceiptKind::Delivered,
+                at: now(),
+            },
+            &meta("c"),
+        )
+        .await
+        .expect("receipt applies");
+    assert_eq!(done.events.len(), 1);
+    assert_eq!(done.aggregate.status, Status::Delivered);
+
+    // A write decided on stale cached state conflicts and is redone on a fresh load.
+    other
+        .execute(&id, hold("elsewhere"), &meta("c"))
+        .await
+        .expect("hold elsewhere");
+    let done = cached
+        .execute(&id, hold("here"), &meta("c"))
+        .await
+        .expect("hold");
+    assert_eq!(done.retries, 1, "the stale cached append conflicted once");
+    let loaded = env.store().load(&id).await.expect("load");
+    assert_eq!(loaded.aggregate.holds.len(), 2);
+    assert_eq!(loaded.version, 6);
+
+    // A duplicate answered from cache is confirmed on a fresh load.
+    let (_, again) = accept_cmd("cache");
+    let done = cached
+        .execute(&id, again, &meta("c"))
+        .await
+        .expect("duplicate accept");
+    assert!(done.events.is_empty());
 }

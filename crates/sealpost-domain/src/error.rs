@@ -13,7 +13,9 @@ pub enum MessageError {
     NotAccepted,
     #[error("the message is {0}; this command no longer applies")]
     AlreadyFinal(Status),
-    #[error("the message was already submitted to the carrier ({0}); it can no longer be cancelled")]
+    #[error(
+        "the message was already submitted to the carrier ({0}); it can no longer be cancelled"
+    )]
     AlreadySubmitted(Status),
     #[error("attempt {got} is out of order: attempt {expected} is next")]
     AttemptOutOfOrder { expected: u32, got: u32 },

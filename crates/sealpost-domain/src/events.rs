@@ -217,6 +217,9 @@ pub struct Purged {
 
 /// Every lifecycle transition of a message. Externally tagged with the snake_case event type,
 /// e.g. `{"accepted": {...}}`; the event store stores only the inner object.
+// `accepted` is the large one and every message has exactly one; boxing it would cost an
+// allocation per accept to save stack space in short-lived values.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageEvent {
@@ -317,10 +320,8 @@ impl MessageEvent {
         };
         let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
         let value = crate::upcast::to_current(event_type, version, value)?;
-        let tagged = serde_json::Value::Object(serde_json::Map::from_iter([(
-            event_type.to_owned(),
-            value,
-        )]));
+        let tagged =
+            serde_json::Value::Object(serde_json::Map::from_iter([(event_type.to_owned(), value)]));
         serde_json::from_value(tagged).map_err(|e| {
             if EVENT_TYPES.contains(&event_type) {
                 bad(e)

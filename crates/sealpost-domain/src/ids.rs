@@ -260,7 +260,13 @@ mod tests {
         assert_eq!(format!("{r}"), "+*********67");
         assert_eq!(format!("{r:?}"), "Recipient(+*********67)");
         assert!(!format!("{r:?}").contains("5551234"));
-        for bad in ["15551234567", "+0555123456", "+1555", "+1555123456789012", "+1555-123-4567"] {
+        for bad in [
+            "15551234567",
+            "+0555123456",
+            "+1555",
+            "+1555123456789012",
+            "+1555-123-4567",
+        ] {
             assert_eq!(Recipient::new(bad), Err(IdError::NotE164), "{bad}");
         }
     }

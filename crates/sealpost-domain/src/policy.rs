@@ -185,10 +185,7 @@ mod tests {
     fn backoff_doubles_within_jitter_and_caps_at_max() {
         let p = RetryPolicy::default();
         for attempt in 1..=40 {
-            let nominal = p
-                .base
-                .saturating_mul(1 << (attempt - 1).min(31))
-                .min(p.max);
+            let nominal = p.base.saturating_mul(1 << (attempt - 1).min(31)).min(p.max);
             let d = p.backoff(&id(), attempt);
             assert!(d >= nominal.mul_f64(0.5), "attempt {attempt}: {d:?}");
             assert!(d < nominal.mul_f64(1.5), "attempt {attempt}: {d:?}");

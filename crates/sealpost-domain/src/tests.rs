@@ -196,10 +196,7 @@ fn when(history: Vec<MessageEvent>, cmd: MessageCommand) -> Outcome {
 }
 
 /// Runs `cmd` in every status and compares with `expect(status)`.
-fn for_every_status(
-    cmd: impl Fn(Status) -> MessageCommand,
-    expect: impl Fn(Status) -> Outcome,
-) {
+fn for_every_status(cmd: impl Fn(Status) -> MessageCommand, expect: impl Fn(Status) -> Outcome) {
     for s in ALL {
         // The histories really do lead to the statuses they are named after.
         let mut m = Message::default();
@@ -282,7 +279,10 @@ fn accept_fixes_deadlines_from_ttl_or_the_type_window() {
 
 #[test]
 fn accept_refuses_a_zero_or_too_long_ttl() {
-    for ttl in [Duration::ZERO, crate::policy::MAX_TTL + Duration::from_secs(1)] {
+    for ttl in [
+        Duration::ZERO,
+        crate::policy::MAX_TTL + Duration::from_secs(1),
+    ] {
         let mut c = accept_cmd();
         c.ttl = Some(ttl);
         assert_eq!(
@@ -305,13 +305,11 @@ fn enqueue_in_every_status() {
         },
         |s| match s {
             Status::New => Err(MessageError::NotAccepted),
-            Status::Queued | Status::RetryScheduled => {
-                Ok(vec![MessageEvent::Queued(Queued {
-                    attempt: attempt_of(s),
-                    not_before: LATER,
-                    at: T1,
-                })])
-            }
+            Status::Queued | Status::RetryScheduled => Ok(vec![MessageEvent::Queued(Queued {
+                attempt: attempt_of(s),
+                not_before: LATER,
+                at: T1,
+            })]),
             Status::CarrierAcked | Status::Delivered | Status::Displayed => {
                 Err(MessageError::AlreadySubmitted(s))
             }
@@ -948,8 +946,7 @@ fn accepted_v0_is_upcast_to_v1() {
     // Without ttl_seconds, v0 used the 72 h default for both deadlines.
     v0.as_object_mut().unwrap().remove("ttl_seconds");
     let body = serde_json::to_vec(&v0).unwrap();
-    let MessageEvent::Accepted(a) = MessageEvent::from_body("accepted", "0", &body).unwrap()
-    else {
+    let MessageEvent::Accepted(a) = MessageEvent::from_body("accepted", "0", &body).unwrap() else {
         unreachable!()
     };
     assert_eq!(a.expires_at, T0 + Duration::from_secs(72 * 3600));

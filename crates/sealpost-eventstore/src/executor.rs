@@ -13,7 +13,7 @@ use cqrs_es::Aggregate;
 
 use crate::codec::StoredEvent;
 use crate::error::{ExecuteError, StoreErrorKind};
-use crate::store::JetStreamEventStore;
+use crate::store::{JetStreamEventStore, Loaded};
 
 /// The result of a command that was accepted by the aggregate.
 #[derive(Debug)]
@@ -31,16 +31,30 @@ pub struct Executed<A: Aggregate> {
 }
 
 /// Executes commands with bounded reload-and-retry on optimistic-concurrency conflicts.
+///
+/// With [`CommandExecutor::with_cache`], the state an earlier command left is kept in memory and
+/// the next command on the same aggregate decides on it without a load. The cache is only
+/// trusted when it is proven right: an append from cached state carries the cached expected
+/// sequence, so a stale entry conflicts and is reloaded; a rejection or a no-op decided on cached
+/// state is decided again on a fresh load before anyone is told. A `kill -9` loses nothing but
+/// warm entries.
 #[derive(Debug)]
 pub struct CommandExecutor<A: Aggregate> {
     store: JetStreamEventStore<A>,
     services: A::Services,
     max_attempts: u32,
+    cache: Option<Cache<A>>,
+}
+
+#[derive(Debug)]
+struct Cache<A> {
+    capacity: usize,
+    entries: std::sync::Mutex<HashMap<String, (A, usize, u64)>>,
 }
 
 impl<A> CommandExecutor<A>
 where
-    A: Aggregate,
+    A: Aggregate + Clone,
     A::Event: StoredEvent,
     A::Command: Clone,
 {
@@ -49,6 +63,54 @@ where
             store,
             services,
             max_attempts: 8,
+            cache: None,
+        }
+    }
+
+    /// Keeps up to `capacity` aggregates' latest state in memory (see the type's docs).
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| Cache {
+            capacity,
+            entries: Default::default(),
+        });
+        self
+    }
+
+    fn cached(&self, aggregate_id: &str) -> Option<Loaded<A>> {
+        let entries = self.cache.as_ref()?.entries.lock().ok()?;
+        let (aggregate, version, last_stream_seq) = entries.get(aggregate_id)?;
+        Some(Loaded {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate: aggregate.clone(),
+            version: *version,
+            last_stream_seq: *last_stream_seq,
+        })
+    }
+
+    fn remember(&self, loaded: &Loaded<A>) {
+        let Some(cache) = &self.cache else { return };
+        let Ok(mut entries) = cache.entries.lock() else {
+            return;
+        };
+        if entries.len() >= cache.capacity && !entries.contains_key(&loaded.aggregate_id) {
+            // Crude but bounded: drop an arbitrary entry; a miss only costs a load.
+            if let Some(k) = entries.keys().next().cloned() {
+                entries.remove(&k);
+            }
+        }
+        entries.insert(
+            loaded.aggregate_id.clone(),
+            (
+                loaded.aggregate.clone(),
+                loaded.version,
+                loaded.last_stream_seq,
+            ),
+        );
+    }
+
+    fn forget(&self, aggregate_id: &str) {
+        if let Some(Ok(mut entries)) = self.cache.as_ref().map(|c| c.entries.lock()) {
+            entries.remove(aggregate_id);
         }
     }
 
@@ -68,30 +130,65 @@ where
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
-        for attempt in 0..self.max_attempts {
-            let mut loaded = self.store.load(aggregate_id).await?;
+        let mut conflicts = 0;
+        let mut from_cache = true;
+        while conflicts < self.max_attempts {
+            let cached = if from_cache {
+                self.cached(aggregate_id)
+            } else {
+                None
+            };
+            let used_cache = cached.is_some();
+            let mut loaded = match cached {
+                Some(c) => c,
+                None => self.store.load(aggregate_id).await?,
+            };
             let sink = EventSink::<A>::default();
-            loaded
+            let decided = loaded
                 .aggregate
                 .handle(command.clone(), &self.services, &sink)
-                .await
-                .map_err(ExecuteError::Rejected)?;
+                .await;
             let events = sink.collect().await;
+            match decided {
+                // Refused or nothing to do on possibly stale state: decide again on a fresh load.
+                Err(_) if used_cache => {
+                    from_cache = false;
+                    continue;
+                }
+                Ok(()) if used_cache && events.is_empty() => {
+                    from_cache = false;
+                    continue;
+                }
+                Err(e) => return Err(ExecuteError::Rejected(e)),
+                Ok(()) => {}
+            }
             match self.store.append(&loaded, &events, metadata).await {
                 Ok(last_stream_seq) => {
+                    let first_sequence = loaded.version + 1;
+                    loaded.version += events.len();
+                    loaded.last_stream_seq = last_stream_seq;
+                    self.remember(&loaded);
                     return Ok(Executed {
                         events,
-                        first_sequence: loaded.version + 1,
+                        first_sequence,
                         aggregate: loaded.aggregate,
                         last_stream_seq,
-                        retries: attempt,
-                    })
+                        retries: conflicts,
+                    });
                 }
                 Err(e) if e.kind() == StoreErrorKind::Conflict => {
-                    tracing::debug!(aggregate_id, attempt, "append conflict; reloading");
-                    tokio::time::sleep(conflict_pause(attempt)).await;
+                    tracing::debug!(aggregate_id, conflicts, "append conflict; reloading");
+                    self.forget(aggregate_id);
+                    from_cache = false;
+                    conflicts += 1;
+                    if !used_cache {
+                        tokio::time::sleep(conflict_pause(conflicts)).await;
+                    }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.forget(aggregate_id);
+                    return Err(e.into());
+                }
             }
         }
         Err(ExecuteError::Contended {

@@ -31,6 +31,10 @@ pub fn embedded_definitions() -> Definitions {
                 "SEALPOST_RECEIPTS.json".into(),
                 include_str!("../../../nats/streams/SEALPOST_RECEIPTS.json").into(),
             ),
+            (
+                "SEALPOST_SCHEDULES.json".into(),
+                include_str!("../../../nats/streams/SEALPOST_SCHEDULES.json").into(),
+            ),
         ],
         consumers: vec![(
             "SEALPOST_EVENTS".into(),
@@ -53,7 +57,11 @@ impl Definitions {
         let read_dir = |p: &Path| -> Result<Vec<(String, String)>, StoreError> {
             let mut out = vec![];
             let entries = std::fs::read_dir(p).map_err(|e| {
-                StoreError::with_source(StoreErrorKind::Other, format!("reading {}", p.display()), e)
+                StoreError::with_source(
+                    StoreErrorKind::Other,
+                    format!("reading {}", p.display()),
+                    e,
+                )
             })?;
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -215,7 +223,10 @@ pub async fn verify_stream(
     let mut s = js.get_stream(&wanted.name).await.map_err(|e| {
         StoreError::with_source(
             StoreErrorKind::Unsupported,
-            format!("stream {} is missing; run `sealpost provision`", wanted.name),
+            format!(
+                "stream {} is missing; run `sealpost provision`",
+                wanted.name
+            ),
             e,
         )
     })?;
@@ -228,7 +239,11 @@ pub async fn verify_stream(
     })?;
     let got = &info.config;
     let flags = [
-        ("allow_atomic", wanted.allow_atomic_publish, got.allow_atomic_publish),
+        (
+            "allow_atomic",
+            wanted.allow_atomic_publish,
+            got.allow_atomic_publish,
+        ),
         ("allow_direct", wanted.allow_direct, got.allow_direct),
         ("deny_delete", wanted.deny_delete, got.deny_delete),
         ("deny_purge", wanted.deny_purge, got.deny_purge),
@@ -237,7 +252,11 @@ pub async fn verify_stream(
             wanted.allow_message_schedules,
             got.allow_message_schedules,
         ),
-        ("allow_msg_ttl", wanted.allow_message_ttl, got.allow_message_ttl),
+        (
+            "allow_msg_ttl",
+            wanted.allow_message_ttl,
+            got.allow_message_ttl,
+        ),
     ];
     for (flag, want, have) in flags {
         if want && !have {
@@ -294,8 +313,8 @@ mod tests {
         assert!(events.allow_atomic_publish && events.allow_direct);
         assert!(events.deny_delete && events.deny_purge);
         for (stream, file, json) in &defs.consumers {
-            let c: consumer::pull::Config = serde_json::from_str(json)
-                .unwrap_or_else(|e| panic!("{stream}/{file}: {e}"));
+            let c: consumer::pull::Config =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{stream}/{file}: {e}"));
             assert!(c.durable_name.is_some(), "{stream}/{file} is durable");
         }
     }

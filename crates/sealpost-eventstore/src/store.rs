@@ -97,6 +97,7 @@ pub struct JetStreamEventStore<A> {
     client: async_nats::Client,
     js: jetstream::Context,
     cfg: Arc<StoreConfig>,
+    inbox: Arc<Inbox>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -106,16 +107,23 @@ impl<A> Clone for JetStreamEventStore<A> {
             client: self.client.clone(),
             js: self.js.clone(),
             cfg: self.cfg.clone(),
+            inbox: self.inbox.clone(),
             _aggregate: PhantomData,
         }
     }
 }
 
 #[derive(Serialize)]
-struct DirectGetBatch<'a> {
-    seq: u64,
-    next_by_subj: &'a str,
-    batch: usize,
+#[serde(untagged)]
+enum DirectGetRequest<'a> {
+    Batch {
+        seq: u64,
+        next_by_subj: &'a str,
+        batch: usize,
+    },
+    MultiLast {
+        multi_last: [&'a str; 1],
+    },
 }
 
 impl<A> JetStreamEventStore<A>
@@ -127,6 +135,7 @@ where
         let mut js = jetstream::new(client.clone());
         js.set_timeout(cfg.timeout);
         Self {
+            inbox: Arc::new(Inbox::new(&client)),
             client,
             js,
             cfg: Arc::new(cfg),
@@ -148,107 +157,145 @@ where
         format!("{}.{aggregate_id}.*", self.cfg.subject_prefix)
     }
 
-    /// Reads every stored event of an aggregate, in order, with one batch direct get (more if
-    /// the history is longer than `load_batch`).
+    /// Reads every stored event of an aggregate, in order.
+    ///
+    /// One `multi_last` direct get returns the last event of each event type of the aggregate,
+    /// found through the server's subject index. When their aggregate sequences are exactly
+    /// 1..=n (no event type repeats, the common case) that is the whole history. Otherwise the
+    /// highest sequence is the number of events, and one batch direct get asks for exactly that
+    /// many: a batch larger than what matches makes the server scan the rest of the stream for
+    /// more (measured: 2.5 ms against 0.15 ms per load on a 10,000-message stream).
     pub async fn load_raw(&self, aggregate_id: &str) -> Result<Vec<RawEvent>, StoreError> {
-        self.direct_get_all(&self.aggregate_filter(aggregate_id))
-            .await
+        let filter = self.aggregate_filter(aggregate_id);
+        let mut lasts = self
+            .direct_get(&DirectGetRequest::MultiLast {
+                multi_last: [filter.as_str()],
+            })
+            .await?
+            .0;
+        lasts.sort_by_key(|r| r.stream_seq);
+        let seqs: Option<Vec<usize>> = lasts
+            .iter()
+            .map(|r| r.header(HDR_SEQUENCE)?.parse().ok())
+            .collect();
+        match seqs {
+            Some(seqs) if seqs.iter().enumerate().all(|(i, s)| *s == i + 1) => Ok(lasts),
+            Some(seqs) => {
+                let total = seqs.into_iter().max().unwrap_or(0);
+                let (events, _) = self
+                    .direct_get(&DirectGetRequest::Batch {
+                        // From 1: the server skips ahead to the first match by its index.
+                        seq: 1,
+                        next_by_subj: &filter,
+                        batch: total,
+                    })
+                    .await?;
+                Ok(events)
+            }
+            // Events without a sequence header (not written by this store): page through all.
+            None => self.direct_get_all(&filter).await,
+        }
     }
 
-    /// Batch direct get of every message matching `filter`.
+    /// Batch direct get of every message matching `filter`, page by page.
     pub async fn direct_get_all(&self, filter: &str) -> Result<Vec<RawEvent>, StoreError> {
-        let api = format!("$JS.API.DIRECT.GET.{}", self.cfg.stream);
         let mut out = Vec::new();
         let mut from = 1u64;
         loop {
-            let inbox = self.client.new_inbox();
-            let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| {
-                StoreError::with_source(StoreErrorKind::Unavailable, "subscribing for a load", e)
-            })?;
-            let req = serde_json::to_vec(&DirectGetBatch {
-                seq: from,
-                next_by_subj: filter,
-                batch: self.cfg.load_batch,
-            })
-            .map_err(|e| StoreError::with_source(StoreErrorKind::Other, "encoding a load", e))?;
-            self.client
-                .publish_with_reply(api.clone(), inbox, req.into())
-                .await
-                .map_err(|e| {
-                    StoreError::with_source(StoreErrorKind::Unavailable, "requesting a load", e)
-                })?;
-            let mut got = 0usize;
-            loop {
-                let msg = match tokio::time::timeout(self.cfg.timeout, sub.next()).await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => {
-                        return Err(StoreError::new(
-                            StoreErrorKind::Unavailable,
-                            "connection closed while loading events",
-                        ))
-                    }
-                    Err(_) => {
-                        return Err(StoreError::new(
-                            StoreErrorKind::Unavailable,
-                            format!(
-                                "no answer to a direct get on stream {} within {:?}; \
-                                 is the stream provisioned with allow_direct?",
-                                self.cfg.stream, self.cfg.timeout
-                            ),
-                        ))
-                    }
-                };
-                match msg.status {
-                    None | Some(StatusCode::OK) => {
-                        let headers = msg.headers.unwrap_or_default();
-                        let stream_seq = headers
-                            .get("Nats-Sequence")
-                            .and_then(|v| v.as_str().parse().ok())
-                            .ok_or_else(|| {
-                                StoreError::new(
-                                    StoreErrorKind::Corrupt,
-                                    "direct get answer without Nats-Sequence",
-                                )
-                            })?;
-                        let subject = headers
-                            .get("Nats-Subject")
-                            .map(|v| v.as_str().to_owned())
-                            .unwrap_or_default();
-                        out.push(RawEvent {
-                            subject,
-                            stream_seq,
-                            headers,
-                            body: msg.payload,
-                        });
-                        from = stream_seq + 1;
-                        got += 1;
-                    }
-                    // 404: nothing (more) matches.
-                    Some(StatusCode::NOT_FOUND) => return Ok(out),
-                    // 204: end of this batch.
-                    Some(s) if s.as_u16() == 204 => break,
-                    Some(StatusCode::NO_RESPONDERS) => {
-                        return Err(StoreError::new(
-                            StoreErrorKind::Unsupported,
-                            format!(
-                                "stream {} does not answer direct gets; run `sealpost provision`",
-                                self.cfg.stream
-                            ),
-                        ))
-                    }
-                    Some(s) => {
-                        return Err(StoreError::new(
-                            StoreErrorKind::Other,
-                            format!(
-                                "direct get answered {s} {}",
-                                msg.description.unwrap_or_default()
-                            ),
-                        ))
-                    }
-                }
+            let (page, more) = self
+                .direct_get(&DirectGetRequest::Batch {
+                    seq: from,
+                    next_by_subj: filter,
+                    batch: self.cfg.load_batch,
+                })
+                .await?;
+            let full = page.len() >= self.cfg.load_batch;
+            if let Some(last) = page.last() {
+                from = last.stream_seq + 1;
             }
-            if got < self.cfg.load_batch {
+            out.extend(page);
+            if !(full && more) {
                 return Ok(out);
+            }
+        }
+    }
+
+    /// One direct-get request; returns its messages and whether it ended with an end-of-batch
+    /// marker (false when nothing matched).
+    async fn direct_get(
+        &self,
+        request: &DirectGetRequest<'_>,
+    ) -> Result<(Vec<RawEvent>, bool), StoreError> {
+        let api = format!("$JS.API.DIRECT.GET.{}", self.cfg.stream);
+        let req = serde_json::to_vec(request)
+            .map_err(|e| StoreError::with_source(StoreErrorKind::Other, "encoding a load", e))?;
+        let mut sub = self.inbox.request(&self.client, api, req.into()).await?;
+        let mut out = Vec::new();
+        loop {
+            let msg = match tokio::time::timeout(self.cfg.timeout, sub.rx.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        "connection closed while loading events",
+                    ))
+                }
+                Err(_) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!(
+                            "no answer to a direct get on stream {} within {:?}; \
+                             is the stream provisioned with allow_direct?",
+                            self.cfg.stream, self.cfg.timeout
+                        ),
+                    ))
+                }
+            };
+            match msg.status {
+                None | Some(StatusCode::OK) => {
+                    let headers = msg.headers.unwrap_or_default();
+                    let stream_seq = headers
+                        .get("Nats-Sequence")
+                        .and_then(|v| v.as_str().parse().ok())
+                        .ok_or_else(|| {
+                            StoreError::new(
+                                StoreErrorKind::Corrupt,
+                                "direct get answer without Nats-Sequence",
+                            )
+                        })?;
+                    let subject = headers
+                        .get("Nats-Subject")
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default();
+                    out.push(RawEvent {
+                        subject,
+                        stream_seq,
+                        headers,
+                        body: msg.payload,
+                    });
+                }
+                // 404: nothing matches.
+                Some(StatusCode::NOT_FOUND) => return Ok((out, false)),
+                // 204: end of batch.
+                Some(s) if s.as_u16() == 204 => return Ok((out, true)),
+                Some(StatusCode::NO_RESPONDERS) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Unsupported,
+                        format!(
+                            "stream {} does not answer direct gets; run `sealpost provision`",
+                            self.cfg.stream
+                        ),
+                    ))
+                }
+                Some(s) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Other,
+                        format!(
+                            "direct get answered {s} {}",
+                            msg.description.unwrap_or_default()
+                        ),
+                    ))
+                }
             }
         }
     }
@@ -288,7 +335,10 @@ where
         A::Event::decode(r.event_type(), version, &r.body).map_err(|e| {
             StoreError::with_source(
                 StoreErrorKind::Corrupt,
-                format!("cannot decode the event at stream sequence {}", r.stream_seq),
+                format!(
+                    "cannot decode the event at stream sequence {}",
+                    r.stream_seq
+                ),
                 e,
             )
         })
@@ -317,15 +367,20 @@ where
             .map(|e| e.encode().map(Bytes::from))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::with_source(StoreErrorKind::Other, "encoding an event", e))?;
-        match self.send(loaded, events, &bodies, metadata).await {
-            Ok(seq) => Ok(seq),
-            Err(e) if e.kind() == StoreErrorKind::Conflict => {
-                match self.already_stored(loaded, events, &bodies).await? {
-                    Some(seq) => Ok(seq),
-                    None => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        let conflict = match self.send(loaded, events, &bodies, metadata).await {
+            Ok(ack) if !ack.duplicate => return Ok(ack.sequence),
+            // A duplicate ack points at an event stored earlier under our Nats-Msg-Id, which is
+            // ours only if its body is.
+            Ok(_) => StoreError::new(
+                StoreErrorKind::Conflict,
+                "the server already holds an event with this message id and sequence",
+            ),
+            Err(e) if e.kind() == StoreErrorKind::Conflict => e,
+            Err(e) => return Err(e),
+        };
+        match self.already_stored(loaded, events, &bodies).await? {
+            Some(seq) => Ok(seq),
+            None => Err(conflict),
         }
     }
 
@@ -353,7 +408,7 @@ where
         events: &[A::Event],
         bodies: &[Bytes],
         metadata: &HashMap<String, String>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<async_nats::jetstream::publish::PublishAck, StoreError> {
         let last_index = events.len() - 1;
         let msg_id_base = loaded
             .aggregate_id
@@ -407,7 +462,7 @@ where
                     .map_err(publish_error)?
                     .await
                     .map_err(publish_error)?;
-                return Ok(ack.sequence);
+                return Ok(ack);
             }
         }
         unreachable!("the loop returns at the last event")
@@ -418,6 +473,107 @@ where
 /// window. Checked by the server before the expected last sequence, so it also means "someone
 /// else committed these aggregate sequences first".
 const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+
+/// One wildcard inbox subscription per store, shared by every load: a batch direct get answers
+/// with several messages, which `Client::request` (first answer only) cannot collect, and a
+/// subscription per load would cost a SUB and an UNSUB each time.
+#[derive(Debug)]
+struct Inbox {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+    waiting: Arc<
+        std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<async_nats::Message>>>,
+    >,
+    started: tokio::sync::OnceCell<()>,
+}
+
+/// A request in flight; deregisters itself when dropped.
+struct Pending {
+    token: u64,
+    waiting: Arc<
+        std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<async_nats::Message>>>,
+    >,
+    rx: tokio::sync::mpsc::UnboundedReceiver<async_nats::Message>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.remove(&self.token);
+        }
+    }
+}
+
+impl Inbox {
+    fn new(client: &async_nats::Client) -> Self {
+        Self {
+            prefix: client.new_inbox(),
+            next: std::sync::atomic::AtomicU64::new(1),
+            waiting: Default::default(),
+            started: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn start(&self, client: &async_nats::Client) -> Result<(), StoreError> {
+        self.started
+            .get_or_try_init(|| async {
+                let mut sub = client
+                    .subscribe(format!("{}.*", self.prefix))
+                    .await
+                    .map_err(|e| {
+                        StoreError::with_source(
+                            StoreErrorKind::Unavailable,
+                            "subscribing the load inbox",
+                            e,
+                        )
+                    })?;
+                let waiting = self.waiting.clone();
+                tokio::spawn(async move {
+                    while let Some(msg) = sub.next().await {
+                        let token = msg
+                            .subject
+                            .rsplit('.')
+                            .next()
+                            .and_then(|t| t.parse::<u64>().ok());
+                        let tx = token.and_then(|t| waiting.lock().ok()?.get(&t).cloned());
+                        if let Some(tx) = tx {
+                            let _ = tx.send(msg);
+                        }
+                    }
+                });
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn request(
+        &self,
+        client: &async_nats::Client,
+        subject: String,
+        body: Bytes,
+    ) -> Result<Pending, StoreError> {
+        self.start(client).await?;
+        let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.waiting
+            .lock()
+            .map_err(|_| StoreError::new(StoreErrorKind::Other, "load inbox lock poisoned"))?
+            .insert(token, tx);
+        let pending = Pending {
+            token,
+            waiting: self.waiting.clone(),
+            rx,
+        };
+        client
+            .publish_with_reply(subject, format!("{}.{token}", self.prefix), body)
+            .await
+            .map_err(|e| {
+                StoreError::with_source(StoreErrorKind::Unavailable, "requesting a load", e)
+            })?;
+        Ok(pending)
+    }
+}
 
 fn publish_error(e: async_nats::jetstream::context::PublishError) -> StoreError {
     let duplicate_batch = std::error::Error::source(&e)
@@ -491,7 +647,10 @@ where
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        let raw = self.load_raw(aggregate_id).await.map_err(to_aggregate_error)?;
+        let raw = self
+            .load_raw(aggregate_id)
+            .await
+            .map_err(to_aggregate_error)?;
         self.envelopes(aggregate_id, raw)
             .map_err(to_aggregate_error)
     }

@@ -109,14 +109,21 @@ impl NatsServer {
         let bin = nats_server_binary()?;
         let log = self.store.path().join("server.log");
         let mut cmd = Command::new(&bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path().join("js"))
-            .arg("-l")
-            .arg(&log)
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path().join("js"))
+        .arg("-l")
+        .arg(&log)
+        .args(&self.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

@@ -1,0 +1,322 @@
+//! `sealpost bench eventstore`: the event store's throughput and latency next to a raw JetStream
+//! publish baseline measured in the same run, on the same server, with the same payload size.
+//!
+//! Each run provisions a private stream (same flags as `SEALPOST_EVENTS`, its own subjects) and
+//! deletes it afterwards, so a bench never touches real data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use sealpost_domain::{Message, MessageCommand, MessageEvent, RetryPolicy};
+use sealpost_eventstore::provision::{check_server, embedded_definitions};
+use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, Loaded, StoreConfig};
+
+use crate::config::Config;
+use crate::lifecycle;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EventstoreBench {
+    pub messages: usize,
+    pub concurrency: usize,
+}
+
+/// One measured phase.
+#[derive(Debug)]
+pub struct Phase {
+    pub name: &'static str,
+    pub ops: u64,
+    pub events: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+}
+
+impl Phase {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:<24} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Runs `per_item(i)` for `0..n` with `concurrency` in flight; each returns (latency, events).
+async fn measure<F, Fut>(
+    name: &'static str,
+    n: usize,
+    concurrency: usize,
+    per_item: F,
+) -> anyhow::Result<Phase>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<(Duration, u64)>>>,
+{
+    let pb = bar(n as u64, name);
+    let started = Instant::now();
+    let mut latency_us = histogram();
+    let mut ops = 0u64;
+    let mut events = 0u64;
+    let mut results = futures::stream::iter(0..n)
+        .map(&per_item)
+        .buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        for (lat, ev) in r? {
+            latency_us.record(lat.as_micros().max(1) as u64)?;
+            ops += 1;
+            events += ev;
+        }
+        pb.inc(1);
+    }
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+    Ok(Phase {
+        name,
+        ops,
+        events,
+        elapsed,
+        latency_us,
+    })
+}
+
+pub async fn run_eventstore(cfg: &Config, b: EventstoreBench) -> anyhow::Result<Vec<Phase>> {
+    let client = crate::connect(cfg).await?;
+    let version = check_server(&client).await?;
+    let js = jetstream::new(client.clone());
+
+    let run = nuid::next().to_string().to_lowercase();
+    let prefix = format!("bench{run}.evt");
+    let defs = embedded_definitions();
+    let mut stream_cfg: jetstream::stream::Config =
+        serde_json::from_str(&defs.streams[0].1).context("event stream definition")?;
+    stream_cfg.name = format!("SEALPOST_BENCH_{run}");
+    stream_cfg.subjects = vec![format!("{prefix}.>")];
+    stream_cfg.num_replicas = cfg.nats.replicas;
+    js.create_stream(stream_cfg.clone())
+        .await
+        .context("creating the bench stream")?;
+    let result = phases(&client, &stream_cfg.name, &prefix, cfg, b).await;
+    js.delete_stream(&stream_cfg.name).await.ok();
+    let phases = result?;
+    print_report(&version, cfg, b, &phases);
+    Ok(phases)
+}
+
+async fn phases(
+    client: &async_nats::Client,
+    stream: &str,
+    prefix: &str,
+    cfg: &Config,
+    b: EventstoreBench,
+) -> anyhow::Result<Vec<Phase>> {
+    let store: JetStreamEventStore<Message> = JetStreamEventStore::new(
+        client.clone(),
+        StoreConfig {
+            stream: stream.to_owned(),
+            subject_prefix: prefix.to_owned(),
+            timeout: cfg.request_timeout().max(Duration::from_secs(10)),
+            ..StoreConfig::default()
+        },
+    );
+    let executor = Arc::new(CommandExecutor::new(store.clone(), cfg.retry_policy()));
+    let cached = Arc::new(
+        CommandExecutor::new(store.clone(), cfg.retry_policy()).with_cache(b.messages.max(1024)),
+    );
+
+    // The payload size of the baseline: the mean body of one full lifecycle's events.
+    let sample = lifecycle::happy_path_events("bench-sample", &RetryPolicy::default())?;
+    let mean_body = sample
+        .iter()
+        .map(|e| e.to_body().map(|b| b.len()))
+        .sum::<Result<usize, _>>()?
+        / sample.len();
+    let events_per_lifecycle = sample.len();
+    let raw_publishes = b.messages * events_per_lifecycle;
+
+    // 1. Baseline: raw JetStream publishes with Nats-Msg-Id, each awaited, same concurrency.
+    let js = jetstream::new(client.clone());
+    let payload = bytes::Bytes::from(vec![b'x'; mean_body]);
+    let per_task = raw_publishes.div_ceil(b.concurrency);
+    let raw = measure("raw publish", b.concurrency, b.concurrency, |task| {
+        let js = js.clone();
+        let payload = payload.clone();
+        let subject = format!("{prefix}.raw.{task}.x");
+        async move {
+            let mut out = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", format!("raw-{task}-{i}").as_str());
+                let t = Instant::now();
+                js.publish_with_headers(subject.clone(), h, payload.clone())
+                    .await?
+                    .await?;
+                out.push((t.elapsed(), 1));
+            }
+            Ok(out)
+        }
+    })
+    .await?;
+
+    // 2. Full lifecycles: five commands per message, each a load plus an OCC append.
+    let lifecycle = run_lifecycles("lifecycle, load each", "life", executor, b).await?;
+    // 2b. The same with the executor's state cache: loads only on a miss, appends still carry
+    // the optimistic-concurrency expectation.
+    let lifecycle_cached = run_lifecycles("lifecycle, cached state", "cached", cached, b).await?;
+
+    // 3. Single appends: one event with its OCC expectation, no load.
+    let single = measure("single OCC appends", b.messages, b.concurrency, |i| {
+        let store = store.clone();
+        async move {
+            let (id, cmd) = lifecycle::accept(&format!("single-{i}"));
+            let MessageCommand::Accept(a) = cmd else {
+                unreachable!("accept() builds an accept command")
+            };
+            let event = MessageEvent::Held(sealpost_domain::events::Held {
+                hold_id: "bench".into(),
+                reason: "bench".into(),
+                at: a.at,
+            });
+            let fresh = Loaded {
+                aggregate_id: id,
+                aggregate: Message::default(),
+                version: 0,
+                last_stream_seq: 0,
+            };
+            let t = Instant::now();
+            store.append(&fresh, &[event], &HashMap::new()).await?;
+            Ok(vec![(t.elapsed(), 1)])
+        }
+    })
+    .await?;
+
+    // 4. Two-event atomic batches (what accept writes), no load.
+    let batches = measure("2-event atomic batches", b.messages, b.concurrency, |i| {
+        let store = store.clone();
+        async move {
+            let (id, _) = lifecycle::accept(&format!("batch-{i}"));
+            let now = time::OffsetDateTime::now_utc();
+            let held = |h: &str| {
+                MessageEvent::Held(sealpost_domain::events::Held {
+                    hold_id: h.into(),
+                    reason: "bench".into(),
+                    at: now,
+                })
+            };
+            let fresh = Loaded {
+                aggregate_id: id,
+                aggregate: Message::default(),
+                version: 0,
+                last_stream_seq: 0,
+            };
+            let t = Instant::now();
+            store
+                .append(&fresh, &[held("a"), held("b")], &HashMap::new())
+                .await?;
+            Ok(vec![(t.elapsed(), 2)])
+        }
+    })
+    .await?;
+
+    // 5. Loads alone, of the lifecycles written above.
+    let loads = measure("loads (6-event history)", b.messages, b.concurrency, |i| {
+        let store = store.clone();
+        async move {
+            let (id, _) = lifecycle::accept(&format!("life-{i}"));
+            let t = Instant::now();
+            let n = store.load_raw(&id).await?.len();
+            anyhow::ensure!(n == 6, "expected 6 events, loaded {n}");
+            Ok(vec![(t.elapsed(), 0)])
+        }
+    })
+    .await?;
+
+    let mut raw = raw;
+    raw.name = "raw JetStream publish";
+    Ok(vec![
+        raw,
+        lifecycle,
+        lifecycle_cached,
+        single,
+        batches,
+        loads,
+    ])
+}
+
+async fn run_lifecycles(
+    name: &'static str,
+    key_prefix: &'static str,
+    executor: Arc<CommandExecutor<Message>>,
+    b: EventstoreBench,
+) -> anyhow::Result<Phase> {
+    measure(name, b.messages, b.concurrency, |i| {
+        let executor = executor.clone();
+        async move {
+            let key = format!("{key_prefix}-{i}");
+            let mut out = Vec::with_capacity(5);
+            for (id, cmd) in lifecycle::happy_path_commands(&key) {
+                let t = Instant::now();
+                let done = executor.execute(&id, cmd, &HashMap::new()).await?;
+                out.push((t.elapsed(), done.events.len() as u64));
+            }
+            Ok(out)
+        }
+    })
+    .await
+}
+
+fn print_report(version: &str, cfg: &Config, b: EventstoreBench, phases: &[Phase]) {
+    println!(
+        "sealpost bench eventstore: {} messages, concurrency {}, nats-server {version}, {} replica(s)",
+        b.messages, b.concurrency, cfg.nats.replicas
+    );
+    println!(
+        "{:<24} {:>9} {:>11} {:>11} {:>9} {:>9}",
+        "phase", "ops", "ops/s", "events/s", "p50 ms", "p99 ms"
+    );
+    for p in phases {
+        println!(
+            "{:<24} {:>9} {:>11.0} {:>11.0} {:>9.2} {:>9.2}",
+            p.name,
+            p.ops,
+            p.ops_per_sec(),
+            p.events_per_sec(),
+            p.pct_ms(0.50),
+            p.pct_ms(0.99)
+        );
+    }
+    if let [raw, lifecycles @ ..] = phases {
+        for life in lifecycles
+            .iter()
+            .filter(|p| p.name.starts_with("lifecycle"))
+        {
+            let ratio = life.events_per_sec() / raw.events_per_sec();
+            println!(
+                "{}: events/s / raw publish/s = {ratio:.2} (target >= 0.25){}",
+                life.name,
+                if ratio >= 0.25 { "" } else { "  BELOW TARGET" }
+            );
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Configuration: the embedded commented defaults (`config.default.toml`), then a file, then
+//! `SEALPOST_<SECTION>_<KEY>` environment variables, then validation.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use sealpost_domain::policy::{RetryPolicy, RetryWindows};
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults, with a comment on every key.
+pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub retry: RetryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    pub replicas: usize,
+    pub duplicate_window_secs: u64,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub max_attempts: u32,
+    pub transactional_window_secs: u64,
+    pub promotional_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub filter: String,
+}
+
+impl Config {
+    /// Defaults, then `file`, then the environment; validated.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file_text = match file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Self::from_layers(file_text.as_deref(), &env)
+    }
+
+    /// The layering without touching the process: for tests.
+    pub fn from_layers(file: Option<&str>, env: &[(String, String)]) -> anyhow::Result<Config> {
+        let mut value: toml::Table = toml::from_str(DEFAULT_TOML).context("embedded defaults")?;
+        if let Some(text) = file {
+            let overlay: toml::Table =
+                toml::from_str(text).context("config file is not valid TOML")?;
+            merge(&mut value, overlay);
+        }
+        apply_env(&mut value, env)?;
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let n = &self.nats;
+        if !["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|p| n.url.starts_with(p))
+        {
+            bail!(
+                "nats.url must start with nats://, tls://, ws:// or wss:// (got '{}')",
+                n.url
+            );
+        }
+        if !(1..=5).contains(&n.replicas) {
+            bail!(
+                "nats.replicas must be 1 to 5 (3 on a cluster), got {}",
+                n.replicas
+            );
+        }
+        if n.duplicate_window_secs == 0 {
+            bail!("nats.duplicate_window_secs must be at least 1");
+        }
+        if n.request_timeout_ms == 0 {
+            bail!("nats.request_timeout_ms must be at least 1");
+        }
+        let r = &self.retry;
+        if r.base_ms == 0 || r.base_ms > r.max_ms {
+            bail!("retry.base_ms must be at least 1 and at most retry.max_ms");
+        }
+        if r.max_attempts == 0 {
+            bail!("retry.max_attempts must be at least 1");
+        }
+        if r.transactional_window_secs < 60 || r.promotional_window_secs < 60 {
+            bail!("retry windows must be at least 60 seconds");
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            bail!(
+                "log.format must be \"text\" or \"json\" (got '{}')",
+                self.log.format
+            );
+        }
+        Ok(())
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let r = &self.retry;
+        RetryPolicy {
+            base: Duration::from_millis(r.base_ms),
+            max: Duration::from_millis(r.max_ms),
+            max_attempts: r.max_attempts,
+            windows: RetryWindows {
+                transactional: Duration::from_secs(r.transactional_window_secs),
+                promotional: Duration::from_secs(r.promotional_window_secs),
+            },
+            tenant_windows: Default::default(),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.nats.request_timeout_ms)
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Every `SEALPOST_<SECTION>_<KEY>` that names a known key overrides it, parsed as that key's
+/// type. Other `SEALPOST_*` variables (the scripts' own) are left alone.
+fn apply_env(value: &mut toml::Table, env: &[(String, String)]) -> anyhow::Result<()> {
+    for (section, table) in value.iter_mut() {
+        let Some(table) = table.as_table_mut() else {
+            continue;
+        };
+        for (key, current) in table.iter_mut() {
+            let name = format!("SEALPOST_{}_{}", section, key).to_uppercase();
+            let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
+                continue;
+            };
+            *current = match current {
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number (got '{raw}')"))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be true or false (got '{raw}')"))?,
+                ),
+                _ => toml::Value::String(raw.clone()),
+            };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_domain_defaults() {
+        let cfg = Config::from_layers(None, &[]).expect("defaults");
+        assert_eq!(cfg.nats.replicas, 1);
+        assert_eq!(cfg.retry_policy(), RetryPolicy::default());
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let file = "[nats]\nurl = \"nats://10.0.0.1:4222\"\nreplicas = 3\n";
+        let cfg = Config::from_layers(
+            Some(file),
+            &env(&[
+                ("SEALPOST_NATS_URL", "nats://127.0.0.1:14222"),
+                ("SEALPOST_RETRY_MAX_ATTEMPTS", "7"),
+                ("SEALPOST_NATS_SERVER", "/ignored/by/config"),
+            ]),
+        )
+        .expect("layers");
+        assert_eq!(cfg.nats.url, "nats://127.0.0.1:14222");
+        assert_eq!(cfg.nats.replicas, 3);
+        assert_eq!(cfg.retry.max_attempts, 7);
+    }
+
+    #[test]
+    fn typos_bad_values_and_bad_env_are_refused_with_the_key_named() {
+        let e = Config::from_layers(Some("[nats]\nurll = \"x\"\n"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("urll"), "{e:#}");
+        let e = Config::from_layers(Some("[nats]\nreplicas = 9\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("nats.replicas"), "{e}");
+        let e =
+            Config::from_layers(None, &env(&[("SEALPOST_NATS_REPLICAS", "three")])).unwrap_err();
+        assert!(e.to_string().contains("SEALPOST_NATS_REPLICAS"), "{e}");
+        let e = Config::from_layers(None, &env(&[("SEALPOST_LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(e.to_string().contains("log.format"), "{e}");
+        let e = Config::from_layers(None, &env(&[("SEALPOST_NATS_URL", "http://x")])).unwrap_err();
+        assert!(e.to_string().contains("nats.url"), "{e}");
+        let e = Config::from_layers(Some("not toml ["), &[]).unwrap_err();
+        assert!(e.to_string().contains("TOML"), "{e}");
+    }
+}

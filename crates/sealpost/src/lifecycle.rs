@@ -1,0 +1,203 @@
+//! Message lifecycles as command scripts, shared by `sealpost demo` and `sealpost bench`.
+//!
+//! Carrier answers here are scripted, not real: the delivery workers and the carrier simulator
+//! arrive with the delivery work. What is real is every command going through the event store.
+
+use std::time::Duration;
+
+use sealpost_domain::events::{EncryptionMetadata, Fallback, FallbackChannel, MessageType};
+use sealpost_domain::{
+    aggregate_id, AcceptMessage, CarrierOutcome, Message, MessageCommand, MessageEvent, MessageId,
+    ReceiptKind, Recipient, RetryPolicy, Sha256Hex, TenantId,
+};
+use time::OffsetDateTime;
+
+pub const TENANT: &str = "demo-tenant";
+
+/// (aggregate id, accept command) for an idempotency key of the demo tenant.
+pub fn accept(key: &str) -> (String, MessageCommand) {
+    let tenant = TenantId::new(TENANT).expect("the demo tenant id is token-safe");
+    let id = aggregate_id(&tenant, &MessageId::derive(&tenant, key));
+    let cmd = MessageCommand::Accept(Box::new(AcceptMessage {
+        tenant_id: tenant,
+        idempotency_key: key.to_owned(),
+        recipient: Recipient::new("+15550100100").expect("a valid E.164 number"),
+        payload_ref: format!("s3://sealpost/tenants/{TENANT}/{key}.enc"),
+        payload_sha256: Sha256Hex::of(key.as_bytes()),
+        payload_size: Some(2048),
+        encryption: EncryptionMetadata {
+            mls_version: "1".into(),
+            cipher: "XChaCha20-Poly1305".into(),
+            key_id: "user-public-key-v2".into(),
+        },
+        message_type: MessageType::Transactional,
+        correlation_id: Some(format!("corr-{key}")),
+        ttl: Some(Duration::from_secs(3600)),
+        fallback: Some(Fallback {
+            channel: FallbackChannel::Sms,
+            notice_template: "secure_message_waiting".into(),
+        }),
+        at: OffsetDateTime::now_utc(),
+    }));
+    (id, cmd)
+}
+
+fn result(attempt: u32, outcome: CarrierOutcome) -> MessageCommand {
+    MessageCommand::RecordCarrierResult {
+        attempt,
+        carrier: "rbm".into(),
+        outcome,
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+fn acked(attempt: u32, key: &str) -> MessageCommand {
+    result(
+        attempt,
+        CarrierOutcome::Acked {
+            carrier_message_id: key.to_owned(),
+        },
+    )
+}
+
+fn receipt(key: &str, kind: ReceiptKind) -> MessageCommand {
+    MessageCommand::RecordReceipt {
+        receipt_id: format!("{key}-{kind:?}"),
+        kind,
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+/// Accept, carrier ack, delivered, displayed, purge: five commands, six events.
+pub fn happy_path_commands(key: &str) -> Vec<(String, MessageCommand)> {
+    let (id, accept) = accept(key);
+    let now = OffsetDateTime::now_utc();
+    [
+        accept,
+        acked(1, key),
+        receipt(key, ReceiptKind::Delivered),
+        receipt(key, ReceiptKind::Displayed),
+        MessageCommand::Purge { at: now },
+    ]
+    .into_iter()
+    .map(|c| (id.clone(), c))
+    .collect()
+}
+
+/// The events of [`happy_path_commands`], decided in memory.
+pub fn happy_path_events(key: &str, policy: &RetryPolicy) -> anyhow::Result<Vec<MessageEvent>> {
+    let mut m = Message::default();
+    let mut out = vec![];
+    for (_, cmd) in happy_path_commands(key) {
+        for e in m.decide(cmd, policy)? {
+            cqrs_es::Aggregate::apply(&mut m, e.clone());
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// The demo's mix of carrier behaviours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    Displayed,
+    DeliveredOnly,
+    TransientThenAck,
+    ThrottledThenAck,
+    NotCapable,
+    Permanent,
+    Cancelled,
+}
+
+impl Scenario {
+    /// A fixed mix: 60% displayed, 10% delivered only, 10% a 503 first, 5% a 429 first, 5% not
+    /// RCS-capable (SMS notice), 5% permanent 400, 5% cancelled before submission.
+    pub fn for_index(i: usize) -> Scenario {
+        match i % 20 {
+            0..=11 => Scenario::Displayed,
+            12 | 13 => Scenario::DeliveredOnly,
+            14 | 15 => Scenario::TransientThenAck,
+            16 => Scenario::ThrottledThenAck,
+            17 => Scenario::NotCapable,
+            18 => Scenario::Permanent,
+            _ => Scenario::Cancelled,
+        }
+    }
+
+    /// The commands after `accept`.
+    pub fn commands(self, key: &str) -> Vec<MessageCommand> {
+        use ReceiptKind::*;
+        let transient = || CarrierOutcome::Transient {
+            code: "503".into(),
+            retry_after: None,
+        };
+        let throttled = || CarrierOutcome::Throttled {
+            code: "429".into(),
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        match self {
+            Scenario::Displayed => vec![
+                acked(1, key),
+                receipt(key, Delivered),
+                receipt(key, Displayed),
+            ],
+            Scenario::DeliveredOnly => vec![acked(1, key), receipt(key, Delivered)],
+            Scenario::TransientThenAck => vec![
+                result(1, transient()),
+                acked(2, key),
+                receipt(key, Displayed),
+            ],
+            Scenario::ThrottledThenAck => vec![
+                result(1, throttled()),
+                acked(2, key),
+                receipt(key, Delivered),
+                receipt(key, Displayed),
+            ],
+            Scenario::NotCapable => vec![result(1, CarrierOutcome::NotRcsCapable)],
+            Scenario::Permanent => {
+                vec![result(1, CarrierOutcome::Permanent { code: "400".into() })]
+            }
+            Scenario::Cancelled => vec![MessageCommand::Cancel {
+                at: OffsetDateTime::now_utc(),
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_domain::Status;
+
+    #[test]
+    fn every_scenario_ends_where_it_says() {
+        let policy = RetryPolicy::default();
+        for (i, expected) in [
+            (0, Status::Displayed),
+            (12, Status::Delivered),
+            (14, Status::Displayed),
+            (16, Status::Displayed),
+            (17, Status::FallbackTriggered),
+            (18, Status::Failed),
+            (19, Status::Cancelled),
+        ] {
+            let key = format!("k{i}");
+            let (_, accept) = accept(&key);
+            let mut m = Message::default();
+            let scenario = Scenario::for_index(i);
+            for cmd in std::iter::once(accept).chain(scenario.commands(&key)) {
+                for e in m.decide(cmd, &policy).expect("scripted commands are legal") {
+                    cqrs_es::Aggregate::apply(&mut m, e);
+                }
+            }
+            assert_eq!(m.status, expected, "{scenario:?}");
+        }
+    }
+
+    #[test]
+    fn the_happy_path_is_five_commands_and_six_events() {
+        assert_eq!(happy_path_commands("k").len(), 5);
+        let events = happy_path_events("k", &RetryPolicy::default()).expect("legal");
+        assert_eq!(events.len(), 6);
+    }
+}
