@@ -20,7 +20,7 @@ use crate::store::{JetStreamEventStore, Loaded};
 pub struct Executed<A: Aggregate> {
     /// The events written; empty when the command changed nothing.
     pub events: Vec<A::Event>,
-    /// The aggregate sequence of the first written event (or the current version if none).
+    /// The aggregate sequence of the first written event (version + 1 when none was written).
     pub first_sequence: usize,
     /// The aggregate after the command.
     pub aggregate: A,

@@ -13,7 +13,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use sealpost_domain::{Message, MessageCommand, MessageEvent, RetryPolicy};
+use sealpost_domain::{Message, MessageEvent, RetryPolicy};
 use sealpost_eventstore::provision::{check_server, embedded_definitions};
 use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, Loaded, StoreConfig};
 
@@ -189,23 +189,11 @@ async fn phases(
     let single = measure("single OCC appends", b.messages, b.concurrency, |i| {
         let store = store.clone();
         async move {
-            let (id, cmd) = lifecycle::accept(&format!("single-{i}"));
-            let MessageCommand::Accept(a) = cmd else {
-                unreachable!("accept() builds an accept command")
-            };
-            let event = MessageEvent::Held(sealpost_domain::events::Held {
-                hold_id: "bench".into(),
-                reason: "bench".into(),
-                at: a.at,
-            });
-            let fresh = Loaded {
-                aggregate_id: id,
-                aggregate: Message::default(),
-                version: 0,
-                last_stream_seq: 0,
-            };
+            let (id, _) = lifecycle::accept(&format!("single-{i}"));
             let t = Instant::now();
-            store.append(&fresh, &[event], &HashMap::new()).await?;
+            store
+                .append(&fresh(id), &[held("bench")], &HashMap::new())
+                .await?;
             Ok(vec![(t.elapsed(), 1)])
         }
     })
@@ -216,23 +204,9 @@ async fn phases(
         let store = store.clone();
         async move {
             let (id, _) = lifecycle::accept(&format!("batch-{i}"));
-            let now = time::OffsetDateTime::now_utc();
-            let held = |h: &str| {
-                MessageEvent::Held(sealpost_domain::events::Held {
-                    hold_id: h.into(),
-                    reason: "bench".into(),
-                    at: now,
-                })
-            };
-            let fresh = Loaded {
-                aggregate_id: id,
-                aggregate: Message::default(),
-                version: 0,
-                last_stream_seq: 0,
-            };
             let t = Instant::now();
             store
-                .append(&fresh, &[held("a"), held("b")], &HashMap::new())
+                .append(&fresh(id), &[held("a"), held("b")], &HashMap::new())
                 .await?;
             Ok(vec![(t.elapsed(), 2)])
         }
@@ -262,6 +236,24 @@ async fn phases(
         batches,
         loads,
     ])
+}
+
+/// A not-yet-written aggregate: appends to it expect last sequence 0.
+fn fresh(aggregate_id: String) -> Loaded<Message> {
+    Loaded {
+        aggregate_id,
+        aggregate: Message::default(),
+        version: 0,
+        last_stream_seq: 0,
+    }
+}
+
+fn held(hold_id: &str) -> MessageEvent {
+    MessageEvent::Held(sealpost_domain::events::Held {
+        hold_id: hold_id.into(),
+        reason: "bench".into(),
+        at: time::OffsetDateTime::now_utc(),
+    })
 }
 
 async fn run_lifecycles(
