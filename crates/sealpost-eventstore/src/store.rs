@@ -474,6 +474,10 @@ where
 /// else committed these aggregate sequences first".
 const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
 
+/// Loads in flight, by the token that ends their reply subject.
+type Waiting =
+    Arc<std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<async_nats::Message>>>>;
+
 /// One wildcard inbox subscription per store, shared by every load: a batch direct get answers
 /// with several messages, which `Client::request` (first answer only) cannot collect, and a
 /// subscription per load would cost a SUB and an UNSUB each time.
@@ -481,18 +485,14 @@ const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
 struct Inbox {
     prefix: String,
     next: std::sync::atomic::AtomicU64,
-    waiting: Arc<
-        std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<async_nats::Message>>>,
-    >,
+    waiting: Waiting,
     started: tokio::sync::OnceCell<()>,
 }
 
 /// A request in flight; deregisters itself when dropped.
 struct Pending {
     token: u64,
-    waiting: Arc<
-        std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<async_nats::Message>>>,
-    >,
+    waiting: Waiting,
     rx: tokio::sync::mpsc::UnboundedReceiver<async_nats::Message>,
 }
 
