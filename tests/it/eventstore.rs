@@ -60,16 +60,32 @@ async fn stream_messages(env: &Env) -> u64 {
 async fn events_carry_subject_msg_id_and_sealpost_headers() {
     let env = Env::start().await;
     let (id, cmd) = accept_cmd("headers");
-    let done = env
-        .executor()
-        .execute(&id, cmd, &meta("corr-1"))
+    let ex = env.executor();
+    let done = ex.execute(&id, cmd, &meta("corr-1")).await.expect("accept");
+    assert_eq!(done.events.len(), 1, "accept writes one event");
+    // A transient failure writes two events in one atomic batch.
+    let failed = MessageCommand::RecordCarrierResult {
+        attempt: 1,
+        carrier: "rbm".into(),
+        outcome: CarrierOutcome::Transient {
+            code: "503".into(),
+            retry_after: None,
+        },
+        at: now(),
+    };
+    let done = ex
+        .execute(&id, failed, &meta("corr-1"))
         .await
-        .expect("accept");
+        .expect("fail");
     assert_eq!(done.events.len(), 2);
     let raw = env.store().load_raw(&id).await.expect("load");
     let mid = id.split_once('.').expect("dotted id").1;
-    assert_eq!(raw.len(), 2);
-    for (i, (r, ty)) in raw.iter().zip(["accepted", "queued"]).enumerate() {
+    assert_eq!(raw.len(), 3);
+    for (i, (r, ty)) in raw
+        .iter()
+        .zip(["accepted", "attempt_failed", "retry_scheduled"])
+        .enumerate()
+    {
         let seq = i + 1;
         assert_eq!(r.subject, format!("sealpost.evt.{id}.{ty}"));
         assert_eq!(
@@ -84,7 +100,7 @@ async fn events_carry_subject_msg_id_and_sealpost_headers() {
         assert_eq!(r.header("Sealpost-Correlation-Id"), Some("corr-1"));
     }
     // The two events of one command are contiguous: one atomic batch.
-    assert_eq!(raw[1].stream_seq, raw[0].stream_seq + 1);
+    assert_eq!(raw[2].stream_seq, raw[1].stream_seq + 1);
 }
 
 #[tokio::test]
@@ -120,7 +136,7 @@ async fn two_writers_racing_on_one_aggregate_one_wins_and_the_other_retries_to_t
         .await
         .expect_err("the stale writer must lose");
     assert_eq!(err.kind(), StoreErrorKind::Conflict);
-    assert_eq!(store.load_raw(&id).await.expect("load").len(), 3);
+    assert_eq!(store.load_raw(&id).await.expect("load").len(), 2);
 
     // Retried through the executor, the cancel reloads and gets the correct answer.
     let retried = env
@@ -135,7 +151,7 @@ async fn two_writers_racing_on_one_aggregate_one_wins_and_the_other_retries_to_t
     ));
     let loaded = store.load(&id).await.expect("load");
     assert_eq!(loaded.aggregate.status, Status::CarrierAcked);
-    assert_eq!(loaded.version, 3);
+    assert_eq!(loaded.version, 2);
 }
 
 #[tokio::test]
@@ -169,7 +185,7 @@ async fn many_concurrent_writers_on_one_aggregate_all_land_once_with_a_gapless_h
     assert!(retries > 0, "the writers really did conflict");
 
     let raw = env.store().load_raw(&id).await.expect("load");
-    assert_eq!(raw.len(), 2 + WRITERS);
+    assert_eq!(raw.len(), 1 + WRITERS);
     for (i, r) in raw.iter().enumerate() {
         assert_eq!(
             r.header("Sealpost-Sequence"),
@@ -231,7 +247,7 @@ async fn a_resent_batch_is_deduplicated() {
         .expect("a resend of a stored batch succeeds");
     assert_eq!(again, first);
     assert_eq!(stream_messages(&env).await, before);
-    assert_eq!(store.load_raw(&id).await.expect("load").len(), 4);
+    assert_eq!(store.load_raw(&id).await.expect("load").len(), 3);
 
     // A single-event resend is recognised the same way.
     let loaded = store.load(&id).await.expect("load");
@@ -247,7 +263,7 @@ async fn a_resent_batch_is_deduplicated() {
             .expect("resend"),
         seq
     );
-    assert_eq!(store.load_raw(&id).await.expect("load").len(), 5);
+    assert_eq!(store.load_raw(&id).await.expect("load").len(), 4);
 }
 
 #[tokio::test]
@@ -293,7 +309,7 @@ async fn a_batch_with_a_stale_expectation_stores_nothing_at_all() {
         "not even the first message of the batch"
     );
     let raw = store.load_raw(&id).await.expect("load");
-    assert_eq!(raw.len(), 3);
+    assert_eq!(raw.len(), 2);
     assert!(raw
         .iter()
         .all(|r| !r.body.windows(3).any(|w| w == b"\"x\"")));
@@ -400,7 +416,7 @@ async fn ten_thousand_aggregates_are_written_and_read_back() {
         .await
         .expect("all writes");
     assert_eq!(written.len(), N);
-    assert_eq!(stream_messages(&env).await, 2 * N as u64);
+    assert_eq!(stream_messages(&env).await, N as u64);
 
     let store = env.store();
     let mismatches = stream::iter(written)
@@ -408,7 +424,7 @@ async fn ten_thousand_aggregates_are_written_and_read_back() {
             let store = &store;
             async move {
                 let loaded = store.load(&id).await.expect("load");
-                usize::from(loaded.aggregate != expected || loaded.version != 2)
+                usize::from(loaded.aggregate != expected || loaded.version != 1)
             }
         })
         .buffer_unordered(64)
@@ -479,8 +495,8 @@ async fn cqrs_framework_runs_on_the_store() {
         .await
         .expect("execute");
     let envelopes = store.load_events(&id).await.expect("load events");
-    assert_eq!(envelopes.len(), 2);
-    assert_eq!(envelopes[1].sequence, 2);
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].sequence, 1);
     assert_eq!(
         envelopes[0]
             .metadata
@@ -605,7 +621,6 @@ async fn histories_with_repeated_event_types_and_without_sequence_headers_load_c
         types,
         [
             "accepted",
-            "queued",
             "attempt_failed",
             "retry_scheduled",
             "attempt_failed",
@@ -686,7 +701,7 @@ async fn a_stale_state_cache_never_gives_a_wrong_answer() {
     assert_eq!(done.retries, 1, "the stale cached append conflicted once");
     let loaded = env.store().load(&id).await.expect("load");
     assert_eq!(loaded.aggregate.holds.len(), 2);
-    assert_eq!(loaded.version, 6);
+    assert_eq!(loaded.version, 5);
 
     // A duplicate answered from cache is confirmed on a fresh load.
     let (_, again) = accept_cmd("cache");
@@ -695,4 +710,58 @@ async fn a_stale_state_cache_never_gives_a_wrong_answer() {
         .await
         .expect("duplicate accept");
     assert!(done.events.is_empty());
+}
+
+#[tokio::test]
+async fn a_send_presumed_new_writes_once_and_a_resend_is_told_apart_on_a_fresh_load() {
+    let env = Env::start().await;
+    let ex = env.executor();
+    let (id, cmd) = accept_cmd("presumed");
+    let first = ex
+        .execute_presuming_new(&id, cmd.clone(), &meta("c"))
+        .await
+        .expect("new send");
+    assert_eq!(first.events.len(), 1);
+    assert_eq!(
+        first.retries, 0,
+        "no load and no conflict for a new message"
+    );
+
+    // The identical command again (the gateway's own resend after a lost ack) is recognised as
+    // the same write: answered as written, stored once.
+    let resent = ex
+        .execute_presuming_new(&id, cmd.clone(), &meta("c"))
+        .await
+        .expect("identical resend");
+    assert_eq!(resent.events.len(), 1);
+    assert_eq!(resent.last_stream_seq, first.last_stream_seq);
+
+    // The client retrying later is a new command (new instant): the presumed-new append
+    // conflicts, and the fresh load says duplicate.
+    let MessageCommand::Accept(mut later) = cmd.clone() else {
+        unreachable!()
+    };
+    later.at += time::Duration::seconds(5);
+    let again = ex
+        .execute_presuming_new(&id, MessageCommand::Accept(later), &meta("c"))
+        .await
+        .expect("client retry");
+    assert!(again.events.is_empty(), "a duplicate writes nothing");
+    assert_eq!(again.retries, 1);
+    assert_eq!(again.aggregate, first.aggregate);
+
+    // The same key with another digest is a conflict, decided on the stored state.
+    let MessageCommand::Accept(mut other) = cmd else {
+        unreachable!()
+    };
+    other.payload_sha256 = sealpost_domain::Sha256Hex::of(b"other ciphertext");
+    let err = ex
+        .execute_presuming_new(&id, MessageCommand::Accept(other), &meta("c"))
+        .await
+        .expect_err("other digest");
+    assert!(matches!(
+        err,
+        ExecuteError::Rejected(MessageError::IdempotencyConflict)
+    ));
+    assert_eq!(env.store().load_raw(&id).await.expect("load").len(), 1);
 }

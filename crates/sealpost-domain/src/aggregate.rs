@@ -254,29 +254,22 @@ impl Message {
         let expires_at = cmd.at + cmd.ttl.unwrap_or(window);
         let retry_until = (cmd.at + window).min(expires_at);
         let message_id = MessageId::derive(&cmd.tenant_id, &cmd.idempotency_key);
-        Ok(vec![
-            MessageEvent::Accepted(Accepted {
-                tenant_id: cmd.tenant_id,
-                message_id,
-                idempotency_key: cmd.idempotency_key,
-                recipient: cmd.recipient,
-                payload_ref: cmd.payload_ref,
-                payload_sha256: cmd.payload_sha256,
-                payload_size: cmd.payload_size,
-                encryption: cmd.encryption,
-                message_type: cmd.message_type,
-                correlation_id: cmd.correlation_id,
-                fallback: cmd.fallback,
-                accepted_at: cmd.at,
-                expires_at,
-                retry_until,
-            }),
-            MessageEvent::Queued(Queued {
-                attempt: 1,
-                not_before: cmd.at,
-                at: cmd.at,
-            }),
-        ])
+        Ok(vec![MessageEvent::Accepted(Accepted {
+            tenant_id: cmd.tenant_id,
+            message_id,
+            idempotency_key: cmd.idempotency_key,
+            recipient: cmd.recipient,
+            payload_ref: cmd.payload_ref,
+            payload_sha256: cmd.payload_sha256,
+            payload_size: cmd.payload_size,
+            encryption: cmd.encryption,
+            message_type: cmd.message_type,
+            correlation_id: cmd.correlation_id,
+            fallback: cmd.fallback,
+            accepted_at: cmd.at,
+            expires_at,
+            retry_until,
+        })])
     }
 
     fn decide_carrier_result(
@@ -422,6 +415,10 @@ impl Aggregate for Message {
     fn apply(&mut self, event: Self::Event) {
         match event {
             MessageEvent::Accepted(e) => {
+                // `accepted` is the first delivery job: the message waits for attempt 1 from now.
+                self.status = Status::Queued;
+                self.next_attempt = 1;
+                self.not_before = Some(e.accepted_at);
                 self.accepted = Some(e);
             }
             MessageEvent::Queued(e) => {

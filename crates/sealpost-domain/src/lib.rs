@@ -15,8 +15,10 @@
 //!
 //! ## Lifecycle
 //!
-//! `accept` writes `accepted` and `queued` in one batch: the `queued` event is the delivery job.
-//! The worker submits attempt `next_attempt` and records the carrier's answer; receipts then move
+//! `accept` writes one event, `accepted`, which is also the first delivery job: the delivery
+//! consumer filters `accepted` and `queued`, and `queued` is written only by a redrive (`enqueue`).
+//! One event keeps an accept a single optimistic append instead of an atomic batch, which the
+//! server commits serially (about 1 ms each per stream). The worker submits attempt `next_attempt` and records the carrier's answer; receipts then move
 //! the message forward. Terminal failures are `failed`, `fallback_triggered`, `expired` and
 //! `cancelled`. Legal holds (`held`/`released`) and `purged` are flags beside the status.
 //!
@@ -30,7 +32,7 @@
 //!
 //! | command | new | Q / RS | CA | DLV | DSP | FL / EXP | FB | CAN |
 //! |---|---|---|---|---|---|---|---|---|
-//! | accept | `accepted`,`queued` | same key+digest: —; other digest: `idempotency_conflict` | ← | ← | ← | ← | ← | ← |
+//! | accept | `accepted` | same key+digest: —; other digest: `idempotency_conflict` | ← | ← | ← | ← | ← | ← |
 //! | enqueue (redrive) | not_accepted | `queued` | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
 //! | record carrier result, attempt = next | not_accepted | see below | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
 //! | record carrier result, attempt < next | not_accepted | — | — | — | — | — | — | — |

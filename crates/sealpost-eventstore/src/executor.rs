@@ -130,13 +130,42 @@ where
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        self.run(aggregate_id, command, metadata, false).await
+    }
+
+    /// For a command that usually creates its aggregate (a send): decides on the empty aggregate
+    /// without loading, and appends expecting no earlier event. When the aggregate exists after
+    /// all, the append conflicts (or the decision is refused or empty) and the command is decided
+    /// again on a fresh load, exactly as for a stale cache entry. A new aggregate costs one round
+    /// trip instead of two; a resend costs one more.
+    pub async fn execute_presuming_new(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        self.run(aggregate_id, command, metadata, true).await
+    }
+
+    async fn run(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+        presume_new: bool,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
         let mut conflicts = 0;
         let mut from_cache = true;
         while conflicts < self.max_attempts {
-            let cached = if from_cache {
-                self.cached(aggregate_id)
-            } else {
-                None
+            let cached = match (from_cache, presume_new) {
+                (false, _) => None,
+                (true, false) => self.cached(aggregate_id),
+                (true, true) => Some(Loaded {
+                    aggregate_id: aggregate_id.to_owned(),
+                    aggregate: A::default(),
+                    version: 0,
+                    last_stream_seq: 0,
+                }),
             };
             let used_cache = cached.is_some();
             let mut loaded = match cached {

@@ -38,8 +38,8 @@ pub fn embedded_definitions() -> Definitions {
         ],
         consumers: vec![(
             "SEALPOST_EVENTS".into(),
-            "delivery-queued.json".into(),
-            include_str!("../../../nats/consumers/SEALPOST_EVENTS/delivery-queued.json").into(),
+            "delivery.json".into(),
+            include_str!("../../../nats/consumers/SEALPOST_EVENTS/delivery.json").into(),
         )],
     }
 }

@@ -68,7 +68,7 @@ fn receipt(key: &str, kind: ReceiptKind) -> MessageCommand {
     }
 }
 
-/// Accept, carrier ack, delivered, displayed, purge: five commands, six events.
+/// Accept, carrier ack, delivered, displayed, purge: five commands, five single-event appends.
 pub fn happy_path_commands(key: &str) -> Vec<(String, MessageCommand)> {
     let (id, accept) = accept(key);
     let now = OffsetDateTime::now_utc();
@@ -195,9 +195,9 @@ mod tests {
     }
 
     #[test]
-    fn the_happy_path_is_five_commands_and_six_events() {
+    fn the_happy_path_is_five_commands_and_five_events() {
         assert_eq!(happy_path_commands("k").len(), 5);
         let events = happy_path_events("k", &RetryPolicy::default()).expect("legal");
-        assert_eq!(events.len(), 6);
+        assert_eq!(events.len(), 5);
     }
 }
