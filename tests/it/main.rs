@@ -1,5 +1,7 @@
 //! End-to-end tests against real servers: one test binary, each test with its own nats-server.
 
+mod blobstore;
 mod eventstore;
+mod gateway;
 mod schemas;
 mod support;

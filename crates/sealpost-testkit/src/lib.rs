@@ -5,10 +5,14 @@
 //! **Owns:** spawning a private `nats-server` (≥ 2.12, from `SEALPOST_NATS_SERVER` or the
 //! project-local `.tools/nats/bin/nats-server` that `scripts/test` installs) on a free loopback
 //! port with a temporary store, killing it on drop; `kill -9` and restart on the same port and
-//! store for crash tests; and [`eventually`], for polling eventual state with a deadline.
+//! store for crash tests; a private moto S3 server ([`MotoServer`], from `SEALPOST_MOTO_SERVER` or
+//! `.tools/bin/moto_server`, installed by `scripts/lib.sh`'s `ensure_moto`) for Object Lock
+//! tests; an in-process embedded S3 over a temp folder ([`embedded_s3`]); and [`eventually`], for
+//! polling eventual state with a deadline.
 //!
-//! **Must not:** share servers, streams or databases between tests, talk to the system NATS on
-//! port 4222 (Debian's 2.9 ignores atomic batches), or sleep a fixed time to wait for a state.
+//! **Must not:** share servers, streams, buckets or databases between tests, talk to the system
+//! NATS on port 4222 (Debian's 2.9 ignores atomic batches), or sleep a fixed time to wait for a
+//! state.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -55,6 +59,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// The nkey seed the kit itself connects with, for servers that require authentication.
+    seed: Option<String>,
 }
 
 impl NatsServer {
@@ -65,11 +71,21 @@ impl NatsServer {
 
     /// Like [`NatsServer::start`] with extra command-line arguments (e.g. a config file).
     pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_authenticated(extra_args, None).await
+    }
+
+    /// Like [`NatsServer::start_with`] for a config that requires authentication: the kit (and
+    /// [`NatsServer::connect`]) use the nkey `seed`.
+    pub async fn start_authenticated(
+        extra_args: &[&str],
+        seed: Option<String>,
+    ) -> anyhow::Result<Self> {
         let mut server = NatsServer {
             child: None,
             port: free_port()?,
             store: tempfile::tempdir().context("creating a temp JetStream store")?,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            seed,
         };
         server.spawn().await?;
         Ok(server)
@@ -83,8 +99,15 @@ impl NatsServer {
         self.store.path()
     }
 
+    fn options(&self) -> async_nats::ConnectOptions {
+        match &self.seed {
+            Some(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            None => async_nats::ConnectOptions::new(),
+        }
+    }
+
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        async_nats::ConnectOptions::new()
+        self.options()
             .connection_timeout(Duration::from_secs(5))
             .connect(self.url())
             .await
@@ -136,7 +159,8 @@ impl NatsServer {
                     bail!("nats-server exited with {status} during start:\n{tail}");
                 }
             }
-            if let Ok(c) = async_nats::ConnectOptions::new()
+            if let Ok(c) = self
+                .options()
                 .connection_timeout(Duration::from_millis(500))
                 .connect(self.url())
                 .await
@@ -160,6 +184,148 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Where the moto server command is: `SEALPOST_MOTO_SERVER`, else the wrapper that
+/// `ensure_moto` writes to `.tools/bin/moto_server`.
+pub fn moto_server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SEALPOST_MOTO_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let local = workspace_root().join(".tools/bin/moto_server");
+    if local.exists() {
+        return Ok(local);
+    }
+    bail!(
+        "no moto server found: run `source scripts/lib.sh && ensure_moto` (it installs \
+         moto[server] into .tools/), or run scripts/test, or set SEALPOST_MOTO_SERVER to a \
+         command taking moto_server's arguments (-H HOST -p PORT)"
+    )
+}
+
+/// A private moto S3 server for one test (it enforces Object Lock legal holds, which the embedded
+/// S3 ignores). In memory; killed (SIGKILL) on drop. Any credentials are accepted.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    port: u16,
+    log_dir: tempfile::TempDir,
+}
+
+impl MotoServer {
+    /// Starts moto on a free port and waits until it answers HTTP.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = moto_server_binary()?;
+        let log_dir = tempfile::tempdir().context("creating a temp dir for the moto log")?;
+        let log_path = log_dir.path().join("moto.log");
+        let log = std::fs::File::create(&log_path).context("creating the moto log")?;
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cloning the moto log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (run `source scripts/lib.sh && ensure_moto` to install it)",
+                    bin.display()
+                )
+            })?;
+        let mut server = MotoServer {
+            child,
+            port,
+            log_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "moto server exited with {status} during start:\n{}",
+                    server.log_tail()
+                );
+            }
+            if http_answers(port).await {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto server did not answer HTTP on port {port} in 30 s:\n{}",
+                    server.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A blob store configuration for `bucket` on this server (path style, us-east-1).
+    pub fn config(&self, bucket: &str) -> sealpost_blobstore::BlobStoreConfig {
+        sealpost_blobstore::BlobStoreConfig {
+            endpoint: Some(self.endpoint()),
+            region: "us-east-1".to_owned(),
+            bucket: bucket.to_owned(),
+            access_key_id: "moto-test".to_owned(),
+            secret_access_key: "moto-test-secret".to_owned(),
+            force_path_style: true,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_dir.path().join("moto.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when something on 127.0.0.1:`port` answers an HTTP request with an HTTP status line.
+async fn http_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 8];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1."))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// Access key of the S3 servers [`embedded_s3`] starts.
+pub const EMBEDDED_S3_ACCESS_KEY: &str = "sealpost-test";
+/// Secret key of the S3 servers [`embedded_s3`] starts.
+pub const EMBEDDED_S3_SECRET: &str = "sealpost-test-secret";
+
+/// An embedded S3 on 127.0.0.1:0 over a fresh temp folder, which is removed when the `TempDir`
+/// drops: bind it to a name (`let (s3, _dir) = ...`), not `_`, or the folder goes at once.
+pub async fn embedded_s3() -> anyhow::Result<(sealpost_blobstore::EmbeddedS3, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().context("creating a temp folder for the embedded S3")?;
+    let server = sealpost_blobstore::EmbeddedS3::start(
+        dir.path(),
+        "127.0.0.1:0".parse()?,
+        EMBEDDED_S3_ACCESS_KEY,
+        EMBEDDED_S3_SECRET,
+    )
+    .await?;
+    Ok((server, dir))
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.

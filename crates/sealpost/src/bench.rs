@@ -322,3 +322,214 @@ fn print_report(version: &str, cfg: &Config, b: EventstoreBench, phases: &[Phase
         }
     }
 }
+
+// ------------------------------------------------------------------------------------- ingress
+
+const BENCH_TENANT: &str = "bench-tenant";
+const BENCH_KEY: &str = "bench-api-key";
+
+fn ingress_body(key: &str, reference: &str, sha256: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "idempotency_key": key,
+        "recipient": "+15550100100",
+        "encrypted_payload_reference": reference,
+        "payload_sha256": sha256,
+        "encryption_metadata": {"mls_version": "1", "cipher": "XChaCha20-Poly1305", "key_id": "user-public-key-v2"},
+        "metadata": {"tenant_id": BENCH_TENANT, "message_type": "transactional", "correlation_id": format!("corr-{key}")},
+        "ttl_seconds": 3600,
+        "fallback": {"channel": "sms", "notice_template": "secure_message_waiting"}
+    }))
+    .expect("a JSON literal serializes")
+}
+
+/// `sealpost bench ingress`: accepted sends/s over NATS and over HTTP through an in-process
+/// gateway (its own NATS connection, its own HTTP port), the payload already stored, next to raw
+/// JetStream publishes of an `accepted` event's size. Events go to a private stream that is
+/// deleted afterwards.
+pub async fn run_ingress(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::Result<()> {
+    use sealpost_gateway::{Gateway, RunningGateway, TenantConfig, Tenants};
+
+    let client = crate::connect(cfg).await?;
+    let version = check_server(&client).await?;
+    let js = jetstream::new(client.clone());
+    let run = nuid::next().to_string().to_lowercase();
+    let prefix = format!("bench{run}.evt");
+    let defs = embedded_definitions();
+    let mut stream_cfg: jetstream::stream::Config =
+        serde_json::from_str(&defs.streams[0].1).context("event stream definition")?;
+    stream_cfg.name = format!("SEALPOST_BENCH_{run}");
+    stream_cfg.subjects = vec![format!("{prefix}.>")];
+    stream_cfg.num_replicas = cfg.nats.replicas;
+    js.create_stream(stream_cfg.clone())
+        .await
+        .context("creating the bench stream")?;
+
+    let result = async {
+        let blobs = crate::serve::blobs(cfg).await?;
+        let store = JetStreamEventStore::<Message>::new(
+            crate::connect(cfg).await?,
+            StoreConfig {
+                stream: stream_cfg.name.clone(),
+                subject_prefix: prefix.clone(),
+                timeout: cfg.request_timeout(),
+                ..StoreConfig::default()
+            },
+        );
+        let tenants = Tenants::new(&[TenantConfig {
+            id: BENCH_TENANT.into(),
+            api_key_sha256: vec![sealpost_gateway::hash_api_key(BENCH_KEY)],
+            nats_nkey: None,
+            rate_per_sec: 1e9,
+            burst: u32::MAX,
+            daily_quota: None,
+        }])?;
+        let gateway = Gateway::new(
+            CommandExecutor::new(store, cfg.retry_policy()),
+            blobs.store.clone(),
+            tenants,
+            cfg.gateway.max_blob_bytes,
+        );
+        // The payload is stored once, through the gateway, as a client would upload it.
+        let tenant = gateway.tenant(BENCH_TENANT)?;
+        let ciphertext = bytes::Bytes::from(vec![0x5a; 2048]);
+        let stored = gateway
+            .upload(
+                tenant,
+                futures::stream::iter([Ok::<_, std::io::Error>(ciphertext)]),
+            )
+            .await?;
+        let running =
+            RunningGateway::start(crate::connect(cfg).await?, gateway, "127.0.0.1:0".parse()?)
+                .await?;
+        let sha = stored.sha256.as_str().to_owned();
+        let sample = ingress_body("sample", &stored.reference, &sha);
+
+        // 1. Baseline: raw JetStream publishes with Msg-Id, the size of an accepted event.
+        let accepted_size = 900usize.max(sample.len());
+        let payload = bytes::Bytes::from(vec![b'x'; accepted_size]);
+        let raw = measure("raw JetStream publish", messages, concurrency, |i| {
+            let js = js.clone();
+            let payload = payload.clone();
+            let subject = format!("{prefix}.raw.{}.x", i % 1024);
+            async move {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
+                let t = Instant::now();
+                js.publish_with_headers(subject, h, payload).await?.await?;
+                Ok(vec![(t.elapsed(), 1)])
+            }
+        })
+        .await?;
+
+        // 2. Sends over NATS: request/reply to the service, from several client connections.
+        let mut clients = vec![];
+        for _ in 0..4 {
+            clients.push(crate::connect(cfg).await?);
+        }
+        let subject = format!("sealpost.cmd.{BENCH_TENANT}.send");
+        let nats = measure("sends over NATS", messages, concurrency, |i| {
+            let client = clients[i % clients.len()].clone();
+            let body = ingress_body(&format!("nats-{run}-{i}"), &stored.reference, &sha);
+            let subject = subject.clone();
+            async move {
+                let t = Instant::now();
+                let reply = client.request(subject, body.into()).await?;
+                let lat = t.elapsed();
+                let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+                anyhow::ensure!(
+                    v["status"] == "accepted",
+                    "send not accepted: {}",
+                    String::from_utf8_lossy(&reply.payload)
+                );
+                Ok(vec![(lat, 1)])
+            }
+        })
+        .await?;
+
+        // 3. Sends over HTTP.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .build()?;
+        let url = format!("http://{}/v1/messages", running.http_addr);
+        let over_http = measure("sends over HTTP", messages, concurrency, |i| {
+            let http = http.clone();
+            let url = url.clone();
+            let body = ingress_body(&format!("http-{run}-{i}"), &stored.reference, &sha);
+            async move {
+                let t = Instant::now();
+                let res = http
+                    .post(url)
+                    .bearer_auth(BENCH_KEY)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = res.status();
+                let text = res.bytes().await?;
+                let lat = t.elapsed();
+                anyhow::ensure!(
+                    status.as_u16() == 202,
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&text)
+                );
+                Ok(vec![(lat, 1)])
+            }
+        })
+        .await?;
+
+        // Every send wrote exactly one event.
+        let mut s = js.get_stream(&stream_cfg.name).await?;
+        let stored_events = s.info().await?.state.messages;
+        anyhow::ensure!(
+            stored_events == 3 * messages as u64,
+            "expected {} messages in the bench stream (raw + NATS + HTTP), found {stored_events}",
+            3 * messages
+        );
+        drop(running);
+        drop(blobs);
+        anyhow::Ok(vec![raw, nats, over_http])
+    }
+    .await;
+    js.delete_stream(&stream_cfg.name).await.ok();
+    let phases = result?;
+
+    println!(
+        "sealpost bench ingress: {messages} sends per transport, concurrency {concurrency}, nats-server {version}, payload already stored"
+    );
+    println!(
+        "{:<24} {:>9} {:>11} {:>9} {:>9}",
+        "phase", "ops", "ops/s", "p50 ms", "p99 ms"
+    );
+    for p in &phases {
+        println!(
+            "{:<24} {:>9} {:>11.0} {:>9.2} {:>9.2}",
+            p.name,
+            p.ops,
+            p.ops_per_sec(),
+            p.pct_ms(0.50),
+            p.pct_ms(0.99)
+        );
+    }
+    let raw = phases[0].ops_per_sec();
+    for p in &phases[1..] {
+        let rate = p.ops_per_sec();
+        let target = if p.name.contains("NATS") {
+            format!(
+                " (target >= 10,000 accepted sends/s: {})",
+                if rate >= 10_000.0 {
+                    "met"
+                } else {
+                    "BELOW TARGET"
+                }
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{}: {rate:.0} accepted/s = {:.2} x raw publish{target}",
+            p.name,
+            rate / raw
+        );
+    }
+    Ok(())
+}

@@ -15,8 +15,46 @@ pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub nats: NatsConfig,
+    pub gateway: GatewayConfig,
+    pub s3: S3Config,
     pub retry: RetryConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub tenants: Vec<sealpost_gateway::TenantConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub http_listen: String,
+    pub max_blob_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub force_path_style: bool,
+    pub embedded_listen: String,
+    pub embedded_dir: String,
+}
+
+impl S3Config {
+    /// The blob store config for a given endpoint.
+    pub fn blob_config(&self, endpoint: Option<String>) -> sealpost_blobstore::BlobStoreConfig {
+        sealpost_blobstore::BlobStoreConfig {
+            endpoint,
+            region: self.region.clone(),
+            bucket: self.bucket.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            force_path_style: self.force_path_style,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +64,7 @@ pub struct NatsConfig {
     pub replicas: usize,
     pub duplicate_window_secs: u64,
     pub request_timeout_ms: u64,
+    pub nkey_seed: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +147,35 @@ impl Config {
         if r.transactional_window_secs < 60 || r.promotional_window_secs < 60 {
             bail!("retry windows must be at least 60 seconds");
         }
+        if !n.nkey_seed.is_empty() && !n.nkey_seed.starts_with("SU") {
+            bail!("nats.nkey_seed must be a user seed starting with 'SU' (set SEALPOST_NATS_NKEY_SEED)");
+        }
+        if self
+            .gateway
+            .http_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            bail!(
+                "gateway.http_listen must be an address like 127.0.0.1:8080 (got '{}')",
+                self.gateway.http_listen
+            );
+        }
+        if self
+            .s3
+            .embedded_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            bail!(
+                "s3.embedded_listen must be an address like 127.0.0.1:0 (got '{}')",
+                self.s3.embedded_listen
+            );
+        }
+        if self.s3.bucket.is_empty() {
+            bail!("s3.bucket must not be empty");
+        }
+        sealpost_gateway::Tenants::new(&self.tenants)?;
         if !["text", "json"].contains(&self.log.format.as_str()) {
             bail!(
                 "log.format must be \"text\" or \"json\" (got '{}')",
@@ -115,6 +183,19 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// A copy safe to print: secrets replaced by `<set>`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let mask = |s: &mut String| {
+            if !s.is_empty() {
+                *s = "<set>".into();
+            }
+        };
+        mask(&mut c.nats.nkey_seed);
+        mask(&mut c.s3.secret_access_key);
+        c
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {

@@ -2,8 +2,9 @@
 //!
 //! The one Sealpost binary: configuration, wiring and the command line.
 //!
-//! **Owns:** loading and validating config ([`config`]), connecting to NATS, and the commands
-//! `provision`, `demo`, `bench eventstore` and `config`.
+//! **Owns:** loading and validating config ([`config`]), connecting to NATS, wiring the roles
+//! (`serve`), and the commands `provision`, `send`, `status`, `cancel`, `tenants`, `demo`,
+//! `bench` and `config`.
 //!
 //! **Must not:** hold business rules (those are in `sealpost-domain`) or storage logic (in
 //! `sealpost-eventstore`); it only wires them together.
@@ -12,6 +13,7 @@ mod bench;
 mod config;
 mod demo;
 mod lifecycle;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,11 +60,56 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
-    /// Print the effective configuration, or the commented defaults.
+    /// Print the effective configuration (secrets masked), or the commented defaults.
     Config {
         #[arg(long)]
         defaults: bool,
     },
+    /// Run Sealpost's roles in this process until interrupted.
+    Serve {
+        /// Comma-separated roles. Available now: gateway (NATS service + HTTP API).
+        #[arg(long, default_value = "gateway", value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Send a message: the send command JSON from a file (or - for stdin), over NATS.
+    Send {
+        #[arg(long)]
+        tenant: String,
+        /// The send command v1 as JSON (schemas/commands/send.v1.json).
+        file: PathBuf,
+    },
+    /// Show a message's status row, over NATS.
+    Status {
+        #[arg(long)]
+        tenant: String,
+        message_id: String,
+    },
+    /// Cancel a message that was not submitted yet, over NATS.
+    Cancel {
+        #[arg(long)]
+        tenant: String,
+        message_id: String,
+    },
+    /// Tenant administration.
+    Tenants {
+        #[command(subcommand)]
+        which: TenantsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Print the SHA-256 of an API key, for `api_key_sha256` (read from stdin when omitted).
+    HashKey { key: Option<String> },
+    /// Print a nats-server `authorization` block: the service user plus one user per tenant,
+    /// limited to its own subjects and inbox.
+    NatsConfig {
+        /// The public nkey (U...) of the Sealpost processes' own NATS user.
+        #[arg(long)]
+        service_nkey: String,
+    },
+    /// Generate a new nkey pair for a tenant or the service: prints the public key and the seed.
+    NewNkey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,11 +121,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Accepted sends/s over NATS and over HTTP against a raw JetStream publish baseline.
+    Ingress {
+        #[arg(long, default_value_t = 20000)]
+        messages: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
 }
 
 /// Connects to the configured NATS server with the configured timeouts.
 pub async fn connect(cfg: &Config) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    let options = if cfg.nats.nkey_seed.is_empty() {
+        async_nats::ConnectOptions::new()
+    } else {
+        async_nats::ConnectOptions::with_nkey(cfg.nats.nkey_seed.clone())
+    };
+    options
         .name("sealpost")
         .request_timeout(Some(cfg.request_timeout()))
         .connection_timeout(std::time::Duration::from_secs(5))
@@ -113,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if defaults {
                 print!("{}", config::DEFAULT_TOML);
             } else {
-                print!("{}", toml::to_string(&cfg)?);
+                print!("{}", toml::to_string(&cfg.redacted())?);
             }
         }
         Command::Provision { dir } => {
@@ -141,6 +200,85 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("consumer {c}: ok");
             }
         }
+        Command::Serve { roles } => {
+            for r in &roles {
+                anyhow::ensure!(
+                    r == "gateway",
+                    "unknown role '{r}': available roles are: gateway (delivery, receipts and projector arrive with their issues)"
+                );
+            }
+            let client = connect(&cfg).await?;
+            let blobs = serve::blobs(&cfg).await?;
+            let mut running = serve::gateway(&cfg, client, blobs.store.clone()).await?;
+            tracing::info!(http = %running.http_addr, "gateway serving: NATS service 'sealpost' and HTTP");
+            println!("gateway listening on http://{}", running.http_addr);
+            tokio::select! {
+                () = running.wait() => anyhow::bail!("the gateway stopped; see the log above"),
+                r = tokio::signal::ctrl_c() => r?,
+            }
+        }
+        Command::Send { tenant, file } => {
+            let body = if file.as_os_str() == "-" {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let client = connect(&cfg).await?;
+            request(&client, format!("sealpost.cmd.{tenant}.send"), body).await?;
+        }
+        Command::Status { tenant, message_id } => {
+            let client = connect(&cfg).await?;
+            let body = serde_json::to_vec(&serde_json::json!({ "message_id": message_id }))?;
+            request(&client, format!("sealpost.qry.{tenant}.status"), body).await?;
+        }
+        Command::Cancel { tenant, message_id } => {
+            let client = connect(&cfg).await?;
+            let body = serde_json::to_vec(&serde_json::json!({ "message_id": message_id }))?;
+            request(&client, format!("sealpost.cmd.{tenant}.cancel"), body).await?;
+        }
+        Command::Tenants { which } => match which {
+            TenantsCommand::HashKey { key } => {
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        let mut s = String::new();
+                        std::io::stdin().read_line(&mut s)?;
+                        s.trim().to_owned()
+                    }
+                };
+                anyhow::ensure!(
+                    !key.is_empty(),
+                    "give the API key as an argument or on stdin"
+                );
+                println!("{}", sealpost_gateway::hash_api_key(&key));
+            }
+            TenantsCommand::NatsConfig { service_nkey } => {
+                anyhow::ensure!(
+                    service_nkey.starts_with('U') && service_nkey.len() == 56,
+                    "--service-nkey must be a public user nkey (56 characters starting with 'U'); `sealpost tenants new-nkey` makes one"
+                );
+                print!(
+                    "{}",
+                    sealpost_gateway::nats_config(&cfg.tenants, &service_nkey)
+                );
+            }
+            TenantsCommand::NewNkey => {
+                let kp = nkeys::KeyPair::new_user();
+                println!("public: {}", kp.public_key());
+                println!("seed:   {}", kp.seed()?);
+            }
+        },
+        Command::Bench {
+            which:
+                BenchCommand::Ingress {
+                    messages,
+                    concurrency,
+                },
+        } => {
+            bench::run_ingress(&cfg, messages.max(1), concurrency.max(1)).await?;
+        }
         Command::Demo {
             messages,
             concurrency,
@@ -162,6 +300,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
         }
     }
+    Ok(())
+}
+
+/// One request to the `sealpost` service: prints the reply, or fails with the error's code.
+async fn request(
+    client: &async_nats::Client,
+    subject: String,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    let reply = client
+        .request(subject.clone(), body.into())
+        .await
+        .with_context(|| format!("no answer on {subject}; is `sealpost serve` running?"))?;
+    let text = String::from_utf8_lossy(&reply.payload);
+    let failed = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
+        .is_some();
+    if failed {
+        anyhow::bail!("{text}");
+    }
+    println!("{text}");
     Ok(())
 }
 

@@ -1,0 +1,30 @@
+//! # sealpost-gateway
+//!
+//! The stateless ingress of Sealpost: the NATS micro service `sealpost` ([`nats`]) and the HTTP
+//! API ([`http`]), both thin transports over one [`Gateway`].
+//!
+//! **Owns:** the public send/cancel/status contract and its error codes ([`error`]), validation
+//! of every rule of the send command ([`send`]), tenants with their API-key hashes, rate limits,
+//! daily quotas and generated NATS permissions ([`tenants`]), the check that a payload reference
+//! lies in the tenant's prefix and the object exists with its digest, and idempotent acceptance
+//! through the event store.
+//!
+//! **Must not:** keep state a `kill -9` can lose (every answer comes from JetStream or S3; the
+//! blob index and rate buckets are caches and limits, not records); read, log or return
+//! ciphertext, keys, API keys or full phone numbers (errors never echo input values); decide
+//! lifecycle rules (that is `sealpost-domain`); talk to carriers.
+
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod nats;
+pub mod send;
+pub mod server;
+pub mod tenants;
+pub mod view;
+
+pub use error::{ApiError, ErrorCode};
+pub use gateway::{CancelReply, Gateway, SendReply, SendStatus};
+pub use server::RunningGateway;
+pub use tenants::{hash_api_key, inbox_prefix, nats_config, TenantConfig, Tenants};
+pub use view::MessageView;

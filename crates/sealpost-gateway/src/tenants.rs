@@ -1,0 +1,362 @@
+//! Tenants from config: API keys (stored only as SHA-256 hashes), per-tenant token-bucket rate
+//! limits and daily quotas, and the NATS users and permissions generated from the same list.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use sealpost_domain::TenantId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// One `[[tenants]]` entry of the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// SHA-256 (hex) of each valid API key; more than one allows rotation. The keys themselves
+    /// are never stored: `sealpost tenants hash-key` prints the hash of a key.
+    #[serde(default)]
+    pub api_key_sha256: Vec<String>,
+    /// The public nkey (`U...`) of the tenant's NATS user, for `sealpost tenants nats-config`.
+    #[serde(default)]
+    pub nats_nkey: Option<String>,
+    /// Sustained sends per second (per gateway instance).
+    #[serde(default = "default_rate")]
+    pub rate_per_sec: f64,
+    /// Bucket size: how many sends may arrive at once.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Accepted sends per UTC day; none = unlimited.
+    #[serde(default)]
+    pub daily_quota: Option<u64>,
+}
+
+fn default_rate() -> f64 {
+    1000.0
+}
+
+fn default_burst() -> u32 {
+    2000
+}
+
+/// SHA-256 hex of an API key, as stored in `api_key_sha256`.
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A configured tenant with its live limits.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub config: TenantConfig,
+    bucket: Mutex<Bucket>,
+    quota: Quota,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Accepted sends of the current UTC day, per gateway instance.
+#[derive(Debug, Default)]
+struct Quota {
+    day: AtomicU64,
+    used: AtomicU64,
+}
+
+impl Tenant {
+    /// Takes one token, or says how long until one is available.
+    pub fn take_token(&self, now: Instant) -> Result<(), ApiError> {
+        let rate = self.config.rate_per_sec.max(0.001);
+        let burst = f64::from(self.config.burst.max(1));
+        let mut b = self
+            .bucket
+            .lock()
+            .map_err(|_| ApiError::unavailable("rate limiter unavailable; retry"))?;
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_ms = (((1.0 - b.tokens) / rate) * 1000.0).ceil().max(1.0) as u64;
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "tenant '{}' is over its rate limit of {} sends/s; retry after {wait_ms} ms",
+                    self.id.as_str(),
+                    self.config.rate_per_sec
+                ),
+            )
+            .with_retry_after_ms(wait_ms))
+        }
+    }
+
+    /// Reserves one send of today's quota (`day` = days since the epoch, UTC).
+    pub fn reserve_quota(&self, day: u64) -> Result<(), ApiError> {
+        let Some(limit) = self.config.daily_quota else {
+            return Ok(());
+        };
+        if self.quota.day.swap(day, Ordering::AcqRel) != day {
+            self.quota.used.store(0, Ordering::Release);
+        }
+        let used = self.quota.used.fetch_add(1, Ordering::AcqRel);
+        if used >= limit {
+            self.quota.used.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "tenant '{}' used its daily quota of {limit} sends; it resets at 00:00 UTC",
+                    self.id.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives back a reservation that did not become an accepted send (duplicate or error).
+    pub fn refund_quota(&self) {
+        if self.config.daily_quota.is_some() {
+            let _ = self
+                .quota
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+        }
+    }
+}
+
+/// All configured tenants, looked up by id or by API-key hash.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    by_id: HashMap<String, Tenant>,
+    by_key_hash: HashMap<String, String>,
+}
+
+/// A config problem, named with the tenant it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("tenant config: {0}")]
+pub struct TenantConfigError(String);
+
+impl Tenants {
+    pub fn new(configs: &[TenantConfig]) -> Result<Self, TenantConfigError> {
+        let mut t = Tenants::default();
+        let now = Instant::now();
+        for c in configs {
+            let id = TenantId::new(c.id.clone())
+                .map_err(|e| TenantConfigError(format!("tenant id '{}': {e}", c.id)))?;
+            if !c.rate_per_sec.is_finite() || c.rate_per_sec <= 0.0 || c.burst == 0 {
+                return Err(TenantConfigError(format!(
+                    "tenant '{}': rate_per_sec and burst must be positive",
+                    c.id
+                )));
+            }
+            for h in &c.api_key_sha256 {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(TenantConfigError(format!(
+                        "tenant '{}': api_key_sha256 entries must be 64 hex characters (the SHA-256 of the key, from `sealpost tenants hash-key`)",
+                        c.id
+                    )));
+                }
+                if let Some(other) = t.by_key_hash.insert(h.to_ascii_lowercase(), c.id.clone()) {
+                    return Err(TenantConfigError(format!(
+                        "tenants '{other}' and '{}' share an API key",
+                        c.id
+                    )));
+                }
+            }
+            if let Some(k) = &c.nats_nkey {
+                if !(k.starts_with('U') && k.len() == 56) {
+                    return Err(TenantConfigError(format!(
+                        "tenant '{}': nats_nkey must be a public user nkey (56 characters starting with 'U')",
+                        c.id
+                    )));
+                }
+            }
+            let tenant = Tenant {
+                id,
+                config: c.clone(),
+                bucket: Mutex::new(Bucket {
+                    tokens: f64::from(c.burst),
+                    last: now,
+                }),
+                quota: Quota::default(),
+            };
+            if t.by_id.insert(c.id.clone(), tenant).is_some() {
+                return Err(TenantConfigError(format!(
+                    "tenant '{}' is listed twice",
+                    c.id
+                )));
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn get(&self, id: &str) -> Result<&Tenant, ApiError> {
+        self.by_id.get(id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "unknown tenant; use a tenant configured in [[tenants]]",
+            )
+        })
+    }
+
+    /// The tenant of a bearer API key.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<&Tenant, ApiError> {
+        let key = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "missing credentials: send 'Authorization: Bearer <tenant API key>'",
+                )
+            })?;
+        let id = self.by_key_hash.get(&hash_api_key(key)).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "invalid API key: check the key or ask the operator for a new one",
+            )
+        })?;
+        self.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
+        self.by_id.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// The inbox prefix a tenant's NATS client must use (`custom_inbox_prefix`): replies to one
+/// tenant can then not be read by another.
+pub fn inbox_prefix(tenant: &str) -> String {
+    format!("_INBOX_{tenant}")
+}
+
+/// A nats-server `authorization` block: the Sealpost service user (all subjects) and one user
+/// per tenant that may only request its own `sealpost.cmd.<tenant>.>` and
+/// `sealpost.qry.<tenant>.>` and receive replies on its own inbox prefix. Tenants without an nkey
+/// are listed in a comment and get no user.
+pub fn nats_config(tenants: &[TenantConfig], service_nkey: &str) -> String {
+    let mut out = String::from(
+        "# Generated by `sealpost tenants nats-config`; include it from the server config.\n\
+         authorization {\n  users = [\n",
+    );
+    out.push_str(&format!(
+        "    # Sealpost processes (gateway, workers, projectors)\n    {{ nkey: \"{service_nkey}\" }}\n"
+    ));
+    let mut sorted: Vec<&TenantConfig> = tenants.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    for t in sorted {
+        match &t.nats_nkey {
+            Some(nkey) => out.push_str(&format!(
+                "    # tenant {id}\n    {{ nkey: \"{nkey}\", permissions: {{\n        publish: {{ allow: [\"sealpost.cmd.{id}.>\", \"sealpost.qry.{id}.>\"] }}\n        subscribe: {{ allow: [\"{inbox}.>\"] }}\n    }} }}\n",
+                id = t.id,
+                inbox = inbox_prefix(&t.id),
+            )),
+            None => out.push_str(&format!("    # tenant {} has no nats_nkey: no NATS user\n", t.id)),
+        }
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(id: &str) -> TenantConfig {
+        TenantConfig {
+            id: id.into(),
+            api_key_sha256: vec![hash_api_key(&format!("key-{id}"))],
+            nats_nkey: None,
+            rate_per_sec: 10.0,
+            burst: 2,
+            daily_quota: Some(3),
+        }
+    }
+
+    #[test]
+    fn a_bearer_key_finds_its_tenant_and_a_wrong_key_is_unauthorized() {
+        let t = Tenants::new(&[cfg("acme"), cfg("beta")]).unwrap();
+        assert_eq!(
+            t.authenticate(Some("Bearer key-acme")).unwrap().id.as_str(),
+            "acme"
+        );
+        for bad in [
+            None,
+            Some("Bearer "),
+            Some("Basic x"),
+            Some("Bearer key-nope"),
+        ] {
+            let e = t.authenticate(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unauthorized);
+            assert!(!e.message.contains("key-nope"), "the key is not echoed");
+        }
+        assert_eq!(t.get("gamma").unwrap_err().code, ErrorCode::Unauthorized);
+    }
+
+    #[test]
+    fn the_token_bucket_allows_the_burst_then_says_when_to_retry() {
+        let t = Tenants::new(&[cfg("acme")]).unwrap();
+        let acme = t.get("acme").unwrap();
+        let now = Instant::now();
+        acme.take_token(now).unwrap();
+        acme.take_token(now).unwrap();
+        let e = acme.take_token(now).unwrap_err();
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert_eq!(e.retry_after_ms, Some(100));
+        acme.take_token(now + Duration::from_millis(100)).unwrap();
+    }
+
+    #[test]
+    fn the_daily_quota_counts_reservations_refunds_and_resets_each_day() {
+        let t = Tenants::new(&[cfg("acme")]).unwrap();
+        let acme = t.get("acme").unwrap();
+        for _ in 0..3 {
+            acme.reserve_quota(100).unwrap();
+        }
+        assert_eq!(
+            acme.reserve_quota(100).unwrap_err().code,
+            ErrorCode::QuotaExceeded
+        );
+        acme.refund_quota();
+        acme.reserve_quota(100).unwrap();
+        acme.reserve_quota(101).unwrap();
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_tenant_named() {
+        let mut dup = cfg("beta");
+        dup.api_key_sha256 = cfg("acme").api_key_sha256;
+        let e = Tenants::new(&[cfg("acme"), dup]).unwrap_err();
+        assert!(e.to_string().contains("share an API key"), "{e}");
+        let mut bad = cfg("acme");
+        bad.api_key_sha256 = vec!["plain-key".into()];
+        assert!(Tenants::new(&[bad]).is_err());
+        assert!(Tenants::new(&[cfg("a b")]).is_err());
+        assert!(Tenants::new(&[cfg("acme"), cfg("acme")]).is_err());
+    }
+
+    #[test]
+    fn nats_config_limits_each_tenant_to_its_own_subjects_and_inbox() {
+        let mut a = cfg("acme");
+        a.nats_nkey = Some(format!("U{}", "A".repeat(55)));
+        let text = nats_config(&[a, cfg("beta")], "USERVICE");
+        assert!(text.contains("\"sealpost.cmd.acme.>\", \"sealpost.qry.acme.>\""));
+        assert!(text.contains("\"_INBOX_acme.>\""));
+        assert!(text.contains("tenant beta has no nats_nkey"));
+        assert!(!text.contains("sealpost.cmd.beta"));
+    }
+}

@@ -1,0 +1,964 @@
+//! The ingress end to end: the `sealpost` NATS service and the HTTP API on a real nats-server and
+//! the embedded S3 endpoint. Validation, idempotency under concurrency, limits and tenancy.
+
+// Test fixtures: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sealpost_blobstore::{BlobStore, EmbeddedS3, StoredBlob};
+use sealpost_domain::{Message, RetryPolicy, TenantId};
+use sealpost_eventstore::CommandExecutor;
+use sealpost_gateway::{hash_api_key, Gateway, RunningGateway, TenantConfig, Tenants};
+use serde_json::{json, Value};
+
+use crate::support::{store_on, Env};
+
+pub const ACME: &str = "acme-corp";
+pub const BETA: &str = "beta-co";
+
+pub fn tenant_config(id: &str) -> TenantConfig {
+    TenantConfig {
+        id: id.into(),
+        api_key_sha256: vec![hash_api_key(&format!("{id}-key"))],
+        nats_nkey: None,
+        rate_per_sec: 1e6,
+        burst: 1_000_000,
+        daily_quota: None,
+    }
+}
+
+pub struct Ingress {
+    pub env: Env,
+    _s3: EmbeddedS3,
+    _s3_dir: tempfile::TempDir,
+    pub blobs: BlobStore,
+    pub running: RunningGateway,
+    pub http: reqwest::Client,
+}
+
+impl Ingress {
+    pub async fn start(tenants: Vec<TenantConfig>) -> Ingress {
+        let env = Env::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+            .await
+            .expect("embedded s3");
+        let blobs = BlobStore::new(&s3.config("sealpost")).expect("blob store");
+        blobs.ensure_bucket().await.expect("bucket");
+        let gateway = Gateway::new(
+            CommandExecutor::new(store_on(&env.client), RetryPolicy::default()),
+            blobs.clone(),
+            Tenants::new(&tenants).expect("tenants"),
+            64 * 1024 * 1024,
+        );
+        let running = RunningGateway::start(
+            env.server.connect().await.expect("connect"),
+            gateway,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .expect("gateway starts");
+        Ingress {
+            env,
+            _s3: s3,
+            _s3_dir: dir,
+            blobs,
+            running,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn default() -> Ingress {
+        Self::start(vec![tenant_config(ACME), tenant_config(BETA)]).await
+    }
+
+    pub async fn upload(&self, tenant: &str, bytes: &[u8]) -> StoredBlob {
+        let t = TenantId::new(tenant).unwrap();
+        self.blobs
+            .put_stream(
+                &t,
+                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(
+                    bytes,
+                ))]),
+                1 << 20,
+            )
+            .await
+            .expect("upload")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.http_addr)
+    }
+
+    /// A NATS request; returns (error code header if any, JSON body).
+    pub async fn nats(&self, subject: &str, body: Vec<u8>) -> (Option<String>, Value) {
+        let reply = self
+            .env
+            .client
+            .request(subject.to_owned(), body.into())
+            .await
+            .expect("the service answers");
+        let code = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.as_str().to_owned());
+        let v = serde_json::from_slice(&reply.payload).expect("JSON reply");
+        (code, v)
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, HeaderMapLite, Value) {
+        let mut req = self.http.post(self.url(path)).body(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let res = req.send().await.expect("HTTP answers");
+        let status = res.status().as_u16();
+        let headers = HeaderMapLite {
+            retry_after: res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let v = res.json().await.unwrap_or(Value::Null);
+        (status, headers, v)
+    }
+
+    pub async fn events(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.env.client.clone());
+        let mut s = js.get_stream("SEALPOST_EVENTS").await.expect("stream");
+        s.info().await.expect("info").state.messages
+    }
+}
+
+#[derive(Debug)]
+pub struct HeaderMapLite {
+    pub retry_after: Option<String>,
+}
+
+pub fn send_body(tenant: &str, key: &str, blob: &StoredBlob) -> Value {
+    json!({
+        "idempotency_key": key,
+        "recipient": "+15551234567",
+        "encrypted_payload_reference": blob.reference,
+        "payload_sha256": blob.sha256.as_str(),
+        "encryption_metadata": {"mls_version": "1", "cipher": "XChaCha20-Poly1305", "key_id": "user-public-key-v2"},
+        "metadata": {"tenant_id": tenant, "message_type": "transactional", "correlation_id": "txn-0001"},
+        "ttl_seconds": 3600,
+        "fallback": {"channel": "sms", "notice_template": "secure_message_waiting"}
+    })
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+#[tokio::test]
+async fn a_send_over_nats_and_one_over_http_are_accepted_and_their_status_answers() {
+    let ing = Ingress::default().await;
+    let blob = ing.upload(ACME, b"sealed bytes").await;
+
+    let (err, reply) = ing
+        .nats(
+            &format!("sealpost.cmd.{ACME}.send"),
+            bytes(&send_body(ACME, "k-nats", &blob)),
+        )
+        .await;
+    assert_eq!(err, None, "{reply}");
+    assert_eq!(reply["status"], "accepted");
+    let id = reply["message_id"].as_str().unwrap().to_owned();
+
+    let (status, _, http_reply) = ing
+        .post(
+            "/v1/messages",
+            Some("acme-corp-key"),
+            bytes(&send_body(ACME, "k-http", &blob)),
+        )
+        .await;
+    assert_eq!(status, 202, "{http_reply}");
+    assert_eq!(http_reply["status"], "accepted");
+    assert_eq!(ing.events().await, 2, "one accepted event per send");
+
+    let (err, row) = ing
+        .nats(
+            &format!("sealpost.qry.{ACME}.status"),
+            bytes(&json!({"message_id": id})),
+        )
+        .await;
+    assert_eq!(err, None, "{row}");
+    assert_eq!(row["status"], "queued");
+    assert_eq!(row["payload_sha256"], blob.sha256.as_str());
+    assert_eq!(row["recipient"], "+*********67", "the number is masked");
+
+    let res = ing
+        .http
+        .get(ing.url(&format!("/v1/messages/{id}")))
+        .bearer_auth("acme-corp-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let row: Value = res.json().await.unwrap();
+    assert_eq!(row["message_id"], id.as_str());
+
+    // Another tenant cannot see it.
+    let res = ing
+        .http
+        .get(ing.url(&format!("/v1/messages/{id}")))
+        .bearer_auth("beta-co-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+
+    // Cancel before submission works once; the second cancel is a no-op with the same status.
+    let (err, c) = ing
+        .nats(
+            &format!("sealpost.cmd.{ACME}.cancel"),
+            bytes(&json!({"message_id": id})),
+        )
+        .await;
+    assert_eq!(err, None, "{c}");
+    assert_eq!(c["status"], "cancelled");
+    for probe in ["/healthz", "/readyz"] {
+        let res = ing.http.get(ing.url(probe)).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{probe}");
+    }
+}
+
+/// Every rule of the contract, over both transports: its code, a message that says what to fix,
+/// and nothing stored.
+#[tokio::test]
+async fn every_invalid_send_gets_its_code_and_nothing_is_stored() {
+    let ing = Ingress::default().await;
+    let blob = ing.upload(ACME, b"sealed bytes").await;
+    let beta_blob = ing.upload(BETA, b"beta's bytes").await;
+    let good = send_body(ACME, "k", &blob);
+    let with = |path: &[&str], v: Value| {
+        let mut b = good.clone();
+        let mut cur = &mut b;
+        for p in &path[..path.len() - 1] {
+            cur = cur.get_mut(*p).unwrap();
+        }
+        cur[path[path.len() - 1]] = v;
+        bytes(&b)
+    };
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("recipient");
+    let missing_object = format!("s3://sealpost/tenants/{ACME}/nope.enc");
+    let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"idempotency_key\": ".to_vec(),
+            "invalid_request",
+            400,
+            "JSON",
+        ),
+        (
+            "missing field",
+            bytes(&missing),
+            "invalid_request",
+            400,
+            "recipient",
+        ),
+        (
+            "over-long field",
+            with(&["idempotency_key"], json!("k".repeat(200))),
+            "invalid_request",
+            400,
+            "idempotency_key",
+        ),
+        (
+            "non-E.164 recipient",
+            with(&["recipient"], json!("0044 20 7946 0018")),
+            "invalid_request",
+            400,
+            "E.164",
+        ),
+        (
+            "tenant mismatch",
+            with(&["metadata", "tenant_id"], json!(BETA)),
+            "tenant_mismatch",
+            403,
+            "tenant",
+        ),
+        (
+            "reference in another tenant's prefix",
+            with(&["encrypted_payload_reference"], json!(beta_blob.reference)),
+            "tenant_mismatch",
+            403,
+            "prefix",
+        ),
+        (
+            "reference in another bucket",
+            with(
+                &["encrypted_payload_reference"],
+                json!(format!("s3://elsewhere/tenants/{ACME}/x.enc")),
+            ),
+            "invalid_request",
+            400,
+            "bucket",
+        ),
+        (
+            "missing object",
+            with(&["encrypted_payload_reference"], json!(missing_object)),
+            "payload_not_found",
+            422,
+            "upload",
+        ),
+        (
+            "digest mismatch",
+            with(&["payload_sha256"], json!("0".repeat(64))),
+            "digest_mismatch",
+            422,
+            "digest",
+        ),
+        (
+            "oversize body",
+            with(&["metadata", "correlation_id"], json!("x".repeat(20_000))),
+            "invalid_request",
+            413,
+            "larger than",
+        ),
+    ];
+    for (name, body, code, http_status, word) in &cases {
+        let (header, reply) = ing
+            .nats(&format!("sealpost.cmd.{ACME}.send"), body.clone())
+            .await;
+        assert_eq!(reply["error"]["code"], *code, "NATS {name}: {reply}");
+        assert_eq!(
+            header.as_deref(),
+            Some(http_status.to_string().as_str()),
+            "NATS {name}"
+        );
+        let msg = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.to_lowercase().contains(&word.to_lowercase()),
+            "NATS {name}: '{msg}' lacks '{word}'"
+        );
+        assert!(
+            !msg.contains("7946") && !msg.contains("4567"),
+            "{name}: number echoed"
+        );
+
+        let (status, _, reply) = ing
+            .post("/v1/messages", Some("acme-corp-key"), body.clone())
+            .await;
+        assert_eq!(status, *http_status, "HTTP {name}: {reply}");
+        if *http_status != 413 {
+            assert_eq!(reply["error"]["code"], *code, "HTTP {name}: {reply}");
+        }
+    }
+
+    // Unknown tenant (NATS subject) and bad or missing credentials (HTTP).
+    let (header, reply) = ing
+        .nats(
+            "sealpost.cmd.nobody.send",
+            bytes(&send_body("nobody", "k", &blob)),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+    assert_eq!(header.as_deref(), Some("401"));
+    for key in [Some("wrong-key"), None] {
+        let (status, _, reply) = ing.post("/v1/messages", key, bytes(&good)).await;
+        assert_eq!(status, 401, "{key:?}");
+        assert_eq!(reply["error"]["code"], "unauthorized");
+    }
+
+    assert_eq!(
+        ing.events().await,
+        0,
+        "no event was written by any refused send"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_quotas_count_only_accepted_sends() {
+    let mut limited = tenant_config(ACME);
+    limited.rate_per_sec = 1.0;
+    limited.burst = 3;
+    let mut quota = tenant_config(BETA);
+    quota.daily_quota = Some(2);
+    let ing = Ingress::start(vec![limited, quota]).await;
+    let blob = ing.upload(ACME, b"a").await;
+    let beta_blob = ing.upload(BETA, b"b").await;
+
+    for i in 0..3 {
+        let (status, _, r) = ing
+            .post(
+                "/v1/messages",
+                Some("acme-corp-key"),
+                bytes(&send_body(ACME, &format!("r{i}"), &blob)),
+            )
+            .await;
+        assert_eq!(status, 202, "{r}");
+    }
+    let (status, headers, r) = ing
+        .post(
+            "/v1/messages",
+            Some("acme-corp-key"),
+            bytes(&send_body(ACME, "r3", &blob)),
+        )
+        .await;
+    assert_eq!(status, 429);
+    assert_eq!(r["error"]["code"], "rate_limited");
+    let ms = r["error"]["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert!(ms > 0 && ms <= 1000, "{ms}");
+    assert_eq!(headers.retry_after.as_deref(), Some("1"));
+    let (_, r) = ing
+        .nats(
+            &format!("sealpost.cmd.{ACME}.send"),
+            bytes(&send_body(ACME, "r4", &blob)),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "rate_limited");
+
+    // Quota 2: a duplicate does not use it up; the third new message is refused.
+    let subject = format!("sealpost.cmd.{BETA}.send");
+    for (key, expect) in [("q1", "accepted"), ("q1", "duplicate"), ("q2", "accepted")] {
+        let (_, r) = ing
+            .nats(&subject, bytes(&send_body(BETA, key, &beta_blob)))
+            .await;
+        assert_eq!(r["status"], expect, "{key}: {r}");
+    }
+    let (_, r) = ing
+        .nats(&subject, bytes(&send_body(BETA, "q3", &beta_blob)))
+        .await;
+    assert_eq!(r["error"]["code"], "quota_exceeded", "{r}");
+    assert_eq!(ing.events().await, 5);
+}
+
+/// 1,000 concurrent sends, 20% reusing a key: half of those with the same payload, half with
+/// another. Exactly one `accepted` event per key; duplicates answer `duplicate` with the
+/// original id; the others `idempotency_conflict`.
+async fn idempotency_under_concurrency(over_http: bool) {
+    let ing = Arc::new(Ingress::default().await);
+    let a = ing.upload(ACME, b"payload A").await;
+    let b = ing.upload(ACME, b"payload B").await;
+    const UNIQUE: usize = 800;
+    // (key, blob): 800 unique keys; 100 resends of key i with the same payload; 100 with another.
+    let mut sends: Vec<(String, StoredBlob)> = (0..UNIQUE)
+        .map(|i| (format!("key-{i}"), a.clone()))
+        .collect();
+    sends.extend((0..100).map(|i| (format!("key-{i}"), a.clone())));
+    sends.extend((100..200).map(|i| (format!("key-{i}"), b.clone())));
+    // Interleave so the reuses race with the originals.
+    sends.sort_by_key(|(k, blob)| (k.clone(), blob.sha256.as_str().to_owned()));
+
+    let replies: Vec<(String, String, Value)> = futures::stream::iter(sends)
+        .map(|(key, blob)| {
+            let ing = ing.clone();
+            async move {
+                let body = bytes(&send_body(ACME, &key, &blob));
+                let reply = if over_http {
+                    ing.post("/v1/messages", Some("acme-corp-key"), body)
+                        .await
+                        .2
+                } else {
+                    ing.nats(&format!("sealpost.cmd.{ACME}.send"), body).await.1
+                };
+                (key, blob.sha256.as_str().to_owned(), reply)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(replies.len(), 1000);
+
+    let mut by_key: HashMap<String, Vec<(String, Value)>> = HashMap::new();
+    for (key, sha, reply) in replies {
+        by_key.entry(key).or_default().push((sha, reply));
+    }
+    assert_eq!(by_key.len(), UNIQUE);
+    let store = ing.env.store();
+    let (mut duplicates, mut conflicts) = (0, 0);
+    for (key, answers) in &by_key {
+        let accepted: Vec<_> = answers
+            .iter()
+            .filter(|(_, r)| r["status"] == "accepted")
+            .collect();
+        assert_eq!(
+            accepted.len(),
+            1,
+            "{key}: exactly one accepted: {answers:?}"
+        );
+        let (winner_sha, winner) = accepted[0];
+        let id = winner["message_id"].as_str().unwrap();
+        for (sha, r) in answers {
+            if r["status"] == "duplicate" {
+                assert_eq!(
+                    sha, winner_sha,
+                    "{key}: a duplicate carries the same payload"
+                );
+                assert_eq!(r["message_id"], id, "{key}: the original id");
+                duplicates += 1;
+            } else if r.get("error").is_some() {
+                assert_eq!(r["error"]["code"], "idempotency_conflict", "{key}: {r}");
+                assert_ne!(sha, winner_sha);
+                conflicts += 1;
+            }
+        }
+        let raw = store.load_raw(&format!("{ACME}.{id}")).await.expect("load");
+        assert_eq!(raw.len(), 1, "{key}: one event");
+        assert_eq!(raw[0].event_type(), "accepted");
+        let body: Value = serde_json::from_slice(&raw[0].body).unwrap();
+        assert_eq!(body["payload_sha256"], winner_sha.as_str());
+    }
+    assert_eq!(duplicates, 100);
+    assert_eq!(conflicts, 100);
+    assert_eq!(ing.events().await, UNIQUE as u64);
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_sends_with_reused_keys_over_nats_accept_each_key_once() {
+    idempotency_under_concurrency(false).await;
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_sends_with_reused_keys_over_http_accept_each_key_once() {
+    idempotency_under_concurrency(true).await;
+}
+
+#[tokio::test]
+async fn blobs_upload_over_http_and_presigned_urls_land_in_the_tenant_prefix() {
+    let ing = Ingress::default().await;
+    let ciphertext = vec![7u8; 100_000];
+    let (status, _, stored) = ing
+        .post("/v1/blobs", Some("acme-corp-key"), ciphertext.clone())
+        .await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["size"], 100_000);
+    assert_eq!(
+        stored["sha256"],
+        sealpost_domain::Sha256Hex::of(&ciphertext).as_str()
+    );
+    let reference = stored["reference"].as_str().unwrap();
+    assert!(
+        reference.starts_with(&format!("s3://sealpost/tenants/{ACME}/")),
+        "{reference}"
+    );
+
+    // The uploaded blob is known: a send needs no digest and no S3 round trip.
+    let mut body = json!({
+        "idempotency_key": "after-upload",
+        "recipient": "+15551234567",
+        "encrypted_payload_reference": reference,
+        "encryption_metadata": {"mls_version": "1", "cipher": "c", "key_id": "k"},
+        "metadata": {"tenant_id": ACME, "message_type": "promotional"}
+    });
+    let (status, _, r) = ing
+        .post("/v1/messages", Some("acme-corp-key"), bytes(&body))
+        .await;
+    assert_eq!(status, 202, "{r}");
+    body["idempotency_key"] = json!("after-upload-2");
+
+    let (status, _, p) = ing
+        .post("/v1/blobs/presign", Some("beta-co-key"), bytes(&json!({})))
+        .await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["method"], "PUT");
+    assert!(p["reference"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("tenants/{BETA}/")));
+    let put = ing
+        .http
+        .put(p["url"].as_str().unwrap())
+        .body(b"presigned ciphertext".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    // Sent by beta with the presigned reference: verified by HEAD.
+    let send = json!({
+        "idempotency_key": "presigned",
+        "recipient": "+15551234567",
+        "encrypted_payload_reference": p["reference"],
+        "payload_sha256": sealpost_domain::Sha256Hex::of(b"presigned ciphertext").as_str(),
+        "encryption_metadata": {"mls_version": "1", "cipher": "c", "key_id": "k"},
+        "metadata": {"tenant_id": BETA, "message_type": "transactional"}
+    });
+    let (status, _, r) = ing
+        .post("/v1/messages", Some("beta-co-key"), bytes(&send))
+        .await;
+    assert_eq!(status, 202, "{r}");
+
+    let (status, _, r) = ing.post("/v1/blobs", Some("nope"), b"x".to_vec()).await;
+    assert_eq!(status, 401, "{r}");
+    let _ = Message::default();
+}
+
+/// The `sealpost` binary built next to this test binary (`cargo test --workspace` builds it).
+fn sealpost_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("sealpost");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p sealpost` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+struct GatewayProcess {
+    child: Option<tokio::process::Child>,
+    config: std::path::PathBuf,
+    nats_url: String,
+    spawned: usize,
+}
+
+impl GatewayProcess {
+    async fn spawn(&mut self) {
+        let child = tokio::process::Command::new(sealpost_binary())
+            .args(["serve", "--roles", "gateway"])
+            .env("SEALPOST_CONFIG", &self.config)
+            .env("SEALPOST_NATS_URL", &self.nats_url)
+            .env("SEALPOST_LOG_FILTER", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sealpost serve starts");
+        self.child = Some(child);
+        self.spawned += 1;
+    }
+
+    /// `kill -9`: SIGKILL, no shutdown path runs.
+    async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().expect("SIGKILL");
+            c.wait().await.expect("reaped");
+        }
+    }
+}
+
+#[tokio::test]
+async fn killing_the_gateway_mid_stream_loses_no_answered_send_and_accepts_each_once() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+        .await
+        .expect("embedded s3");
+    let blobs = BlobStore::new(&s3.config("sealpost")).expect("blob store");
+    blobs.ensure_bucket().await.expect("bucket");
+    let blob = blobs
+        .put_stream(
+            &TenantId::new(ACME).unwrap(),
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"c"))]),
+            1024,
+        )
+        .await
+        .expect("upload");
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[s3]\nendpoint = \"{}\"\naccess_key_id = \"ak\"\nsecret_access_key = \"sk\"\n\n[[tenants]]\nid = \"{ACME}\"\nrate_per_sec = 100000.0\nburst = 100000\n",
+            s3.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut gw = GatewayProcess {
+        child: None,
+        config,
+        nats_url: env.server.url(),
+        spawned: 0,
+    };
+    gw.spawn().await;
+
+    const N: usize = 1500;
+    let client = env.client.clone();
+    let sends = tokio::spawn(async move {
+        futures::stream::iter(0..N)
+            .map(|i| {
+                let client = client.clone();
+                let body = bytes(&send_body(ACME, &format!("crash-{i}"), &blob));
+                async move {
+                    // A steady stream rather than one burst, so the kills land mid-stream.
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        let req = client
+                            .request(format!("sealpost.cmd.{ACME}.send"), body.clone().into());
+                        // No responder (gateway down) or no answer (killed mid-request):
+                        // retry the same send with the same key.
+                        if let Ok(Ok(reply)) =
+                            tokio::time::timeout(Duration::from_secs(2), req).await
+                        {
+                            let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+                            if v.get("error").is_none() {
+                                return (i, v, tries);
+                            }
+                            assert_eq!(v["error"]["code"], "unavailable", "{v}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+    });
+
+    let mut kills = 0;
+    while !sends.is_finished() && kills < 10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.kill9().await;
+        kills += 1;
+        gw.spawn().await;
+    }
+    assert!(kills >= 3, "the stream outlived at least three kills");
+    let answers = tokio::time::timeout(Duration::from_secs(120), sends)
+        .await
+        .expect("every send is answered in time")
+        .expect("sender task");
+    gw.kill9().await;
+
+    assert_eq!(answers.len(), N);
+    let retried = answers.iter().filter(|(_, _, tries)| *tries > 1).count();
+    let duplicates = answers
+        .iter()
+        .filter(|(_, v, _)| v["status"] == "duplicate")
+        .count();
+    eprintln!(
+        "{} gateway processes; {retried} sends retried; {duplicates} answered duplicate",
+        gw.spawned
+    );
+    assert!(retried > 0, "the kills really interrupted sends");
+    let store = env.store();
+    for (i, v, _) in &answers {
+        let id = v["message_id"].as_str().expect("message id");
+        let raw = store.load_raw(&format!("{ACME}.{id}")).await.expect("load");
+        assert_eq!(raw.len(), 1, "send {i}: exactly one accepted event");
+        assert_eq!(raw[0].event_type(), "accepted");
+    }
+    let js = async_nats::jetstream::new(env.client.clone());
+    let total = js
+        .get_stream("SEALPOST_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(total, N as u64, "nothing extra, nothing missing");
+}
+
+/// A tenant's NATS client with its nkey and its own inbox prefix; server errors (permission
+/// violations) are collected.
+async fn tenant_client(
+    url: &str,
+    tenant: &str,
+    seed: String,
+) -> (async_nats::Client, Arc<std::sync::Mutex<Vec<String>>>) {
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    let client = async_nats::ConnectOptions::with_nkey(seed)
+        .custom_inbox_prefix(sealpost_gateway::inbox_prefix(tenant))
+        .request_timeout(Some(Duration::from_millis(700)))
+        .event_callback(move |event| {
+            let sink = sink.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    sink.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .expect("tenant connects with its nkey");
+    (client, errors)
+}
+
+#[tokio::test]
+async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
+    let service = nkeys::KeyPair::new_user();
+    let acme_kp = nkeys::KeyPair::new_user();
+    let beta_kp = nkeys::KeyPair::new_user();
+    let mut acme = tenant_config(ACME);
+    acme.nats_nkey = Some(acme_kp.public_key());
+    let mut beta = tenant_config(BETA);
+    beta.nats_nkey = Some(beta_kp.public_key());
+    let tenants = vec![acme, beta];
+
+    // The server config is exactly what `sealpost tenants nats-config` prints.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        sealpost_gateway::nats_config(&tenants, &service.public_key()),
+    )
+    .unwrap();
+    let server = sealpost_testkit::NatsServer::start_authenticated(
+        &["-c", conf.to_str().unwrap()],
+        Some(service.seed().unwrap()),
+    )
+    .await
+    .expect("server with tenant users");
+    let svc = server.connect().await.expect("service user connects");
+    sealpost_eventstore::provision::provision(
+        &async_nats::jetstream::new(svc.clone()),
+        &sealpost_eventstore::provision::embedded_definitions(),
+        &Default::default(),
+    )
+    .await
+    .expect("provision as the service user");
+    let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+        .await
+        .unwrap();
+    let blobs = BlobStore::new(&s3.config("sealpost")).unwrap();
+    blobs.ensure_bucket().await.unwrap();
+    let gateway = Gateway::new(
+        CommandExecutor::new(store_on(&svc), RetryPolicy::default()),
+        blobs.clone(),
+        Tenants::new(&tenants).unwrap(),
+        1 << 20,
+    );
+    let _running = RunningGateway::start(svc.clone(), gateway, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upload = |t: &str| {
+        let blobs = blobs.clone();
+        let t = TenantId::new(t).unwrap();
+        async move {
+            blobs
+                .put_stream(
+                    &t,
+                    futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                        b"x",
+                    ))]),
+                    16,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let acme_blob = upload(ACME).await;
+    let beta_blob = upload(BETA).await;
+
+    let (a, a_errors) = tenant_client(&server.url(), ACME, acme_kp.seed().unwrap()).await;
+    let (b, _) = tenant_client(&server.url(), BETA, beta_kp.seed().unwrap()).await;
+
+    // Each tenant can use its own subjects (the control).
+    let r = a
+        .request(
+            format!("sealpost.cmd.{ACME}.send"),
+            bytes(&send_body(ACME, "own", &acme_blob)).into(),
+        )
+        .await
+        .expect("acme's own send");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.payload).unwrap()["status"],
+        "accepted"
+    );
+    let r = b
+        .request(
+            format!("sealpost.cmd.{BETA}.send"),
+            bytes(&send_body(BETA, "own", &beta_blob)).into(),
+        )
+        .await
+        .expect("beta's own send");
+    let beta_id = serde_json::from_slice::<Value>(&r.payload).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Acme cannot publish to beta's command or query subjects...
+    let forged = bytes(&send_body(BETA, "forged", &beta_blob));
+    assert!(a
+        .request(format!("sealpost.cmd.{BETA}.send"), forged.into())
+        .await
+        .is_err());
+    assert!(a
+        .request(
+            format!("sealpost.qry.{BETA}.status"),
+            bytes(&json!({"message_id": beta_id})).into()
+        )
+        .await
+        .is_err());
+    // ...nor read beta's events, by subscription or through the JetStream API...
+    let mut sub = a.subscribe(format!("sealpost.evt.{BETA}.>")).await.unwrap();
+    assert!(a
+        .request(
+            "$JS.API.DIRECT.GET.SEALPOST_EVENTS",
+            bytes(&json!({"last_by_subj": format!("sealpost.evt.{BETA}.{beta_id}.accepted")}))
+                .into()
+        )
+        .await
+        .is_err());
+    assert!(a
+        .request("$JS.API.STREAM.INFO.SEALPOST_EVENTS", "".into())
+        .await
+        .is_err());
+    // ...nor beta's replies.
+    let _peek = a
+        .subscribe(format!("{}.>", sealpost_gateway::inbox_prefix(BETA)))
+        .await
+        .unwrap();
+    let r = b
+        .request(
+            format!("sealpost.qry.{BETA}.status"),
+            bytes(&json!({"message_id": beta_id})).into(),
+        )
+        .await
+        .expect("beta's status");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.payload).unwrap()["tenant_id"],
+        BETA
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "acme's subscription to beta's events receives nothing"
+    );
+
+    let errors = sealpost_testkit::eventually(Duration::from_secs(5), "permission errors", || {
+        let errs = a_errors.lock().unwrap().clone();
+        async move {
+            (errs
+                .iter()
+                .filter(|e| e.contains("Permissions Violation"))
+                .count()
+                >= 5)
+                .then_some(errs)
+        }
+    })
+    .await
+    .expect("the server reported each refused operation");
+    for what in [
+        "Publish to \"sealpost.cmd.beta-co.send\"",
+        "Subscription to \"sealpost.evt.beta-co.>\"",
+        "Subscription to \"_INBOX_beta-co.>\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(what)),
+            "no violation for {what}: {errors:?}"
+        );
+    }
+
+    // Beta's history holds only beta's own send.
+    let raw = store_on(&svc)
+        .direct_get_all(&format!("sealpost.evt.{BETA}.>"))
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 1);
+}
