@@ -368,7 +368,6 @@ async fn unreachable_endpoint_is_unavailable() {
     .unwrap();
     let r = parse(&store, "s3://sealpost-payloads/tenants/acme-corp/x.enc");
     let err = store.head(&r).await.unwrap_err();
-    eprintln!("MSG {err}");
     assert_eq!(err.kind(), BlobErrorKind::Unavailable, "{err}");
     assert!(!err.to_string().contains("very-secret-value"), "{err}");
 }

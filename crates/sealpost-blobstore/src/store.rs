@@ -975,3 +975,80 @@ impl Drop for MultipartUpload {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BlobStoreConfig {
+        BlobStoreConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            bucket: "payloads".into(),
+            access_key_id: "AKID".into(),
+            secret_access_key: "top-secret".into(),
+            force_path_style: true,
+        }
+    }
+
+    /// The gateway runs these futures in spawned tasks (axum handlers), so they must be `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(store: &BlobStore, t: &TenantId, r: &BlobRef) {
+        fn send<T: Send>(_: &T) {}
+        let body = futures::stream::iter(Vec::<Result<Bytes, std::io::Error>>::new());
+        send(&store.put_stream(t, body, 1));
+        send(&store.verify(r, None));
+        send(&store.delete(r));
+        send(&store.presign_put(t, None, Duration::from_secs(1)));
+        send(&store.set_legal_hold(r, true));
+        send(&store.ensure_bucket());
+    }
+
+    #[test]
+    fn config_is_checked_and_debug_hides_the_secret() {
+        assert!(BlobStore::new(&cfg()).is_ok());
+        assert!(!format!("{:?}", cfg()).contains("top-secret"));
+        let store = BlobStore::new(&cfg()).unwrap();
+        assert!(!format!("{store:?}").contains("top-secret"));
+        for bad in [
+            BlobStoreConfig {
+                bucket: "Bad_Bucket".into(),
+                ..cfg()
+            },
+            BlobStoreConfig {
+                bucket: "ab".into(),
+                ..cfg()
+            },
+            BlobStoreConfig {
+                region: " ".into(),
+                ..cfg()
+            },
+            BlobStoreConfig {
+                secret_access_key: String::new(),
+                ..cfg()
+            },
+            BlobStoreConfig {
+                endpoint: Some("127.0.0.1:9000".into()),
+                ..cfg()
+            },
+        ] {
+            let e = BlobStore::new(&bad).unwrap_err();
+            assert_eq!(e.kind(), BlobErrorKind::Other);
+            assert!(
+                e.to_string()
+                    .starts_with("invalid blob store configuration"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_deserializes_strictly() {
+        let json = r#"{"endpoint":null,"region":"eu-west-1","bucket":"payloads",
+            "access_key_id":"a","secret_access_key":"b","force_path_style":false}"#;
+        let c: BlobStoreConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.region, "eu-west-1");
+        let extra = json.replace("\"force_path_style\"", "\"typo\":1,\"force_path_style\"");
+        assert!(serde_json::from_str::<BlobStoreConfig>(&extra).is_err());
+    }
+}
