@@ -866,3 +866,42 @@ fn accepted_v0_examples_validate_and_upcast_to_valid_v1_events() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn every_gateway_error_code_and_the_send_reply_validate_against_their_schemas() -> Result<()> {
+    use sealpost_gateway::{ApiError, ErrorCode, SendReply, SendStatus};
+    let dir = schemas_dir().join("commands");
+    let error_schema = validator(&read_json(&dir.join("error.v1.json"))?)?;
+    for code in [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::TenantMismatch,
+        ErrorCode::PayloadNotFound,
+        ErrorCode::DigestMismatch,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::RateLimited,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::Unavailable,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidState,
+    ] {
+        let mut e = ApiError::new(code, "what to fix");
+        if code == ErrorCode::RateLimited {
+            e = e.with_retry_after_ms(250);
+        }
+        let body: Value = serde_json::from_slice(&e.to_json())?;
+        let errs = errors(&error_schema, &body);
+        anyhow::ensure!(errs.is_empty(), "{}: {body}\n{errs}", code.as_str());
+    }
+    let reply_schema = validator(&read_json(&dir.join("send_reply.v1.json"))?)?;
+    for status in [SendStatus::Accepted, SendStatus::Duplicate] {
+        let reply = serde_json::to_value(SendReply {
+            message_id: "0b9c6a4e-3f5e-5c1a-9d7e-2f1b8a6c4d3e".into(),
+            status,
+            accepted_at: time::OffsetDateTime::now_utc(),
+        })?;
+        let errs = errors(&reply_schema, &reply);
+        anyhow::ensure!(errs.is_empty(), "{reply}\n{errs}");
+    }
+    Ok(())
+}

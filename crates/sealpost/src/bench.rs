@@ -101,11 +101,13 @@ where
     })
 }
 
-pub async fn run_eventstore(cfg: &Config, b: EventstoreBench) -> anyhow::Result<Vec<Phase>> {
-    let client = crate::connect(cfg).await?;
-    let version = check_server(&client).await?;
-    let js = jetstream::new(client.clone());
-
+/// A private stream with the event stream's flags and its own subjects `bench<run>.evt.>`, so a
+/// bench never touches real data. Returns (its config, the subject prefix, the run id); the
+/// caller deletes it.
+async fn private_stream(
+    js: &jetstream::Context,
+    cfg: &Config,
+) -> anyhow::Result<(jetstream::stream::Config, String, String)> {
     let run = nuid::next().to_string().to_lowercase();
     let prefix = format!("bench{run}.evt");
     let defs = embedded_definitions();
@@ -117,6 +119,14 @@ pub async fn run_eventstore(cfg: &Config, b: EventstoreBench) -> anyhow::Result<
     js.create_stream(stream_cfg.clone())
         .await
         .context("creating the bench stream")?;
+    Ok((stream_cfg, prefix, run))
+}
+
+pub async fn run_eventstore(cfg: &Config, b: EventstoreBench) -> anyhow::Result<Vec<Phase>> {
+    let client = crate::connect(cfg).await?;
+    let version = check_server(&client).await?;
+    let js = jetstream::new(client.clone());
+    let (stream_cfg, prefix, _) = private_stream(&js, cfg).await?;
     let result = phases(&client, &stream_cfg.name, &prefix, cfg, b).await;
     js.delete_stream(&stream_cfg.name).await.ok();
     let phases = result?;
@@ -352,17 +362,7 @@ pub async fn run_ingress(cfg: &Config, messages: usize, concurrency: usize) -> a
     let client = crate::connect(cfg).await?;
     let version = check_server(&client).await?;
     let js = jetstream::new(client.clone());
-    let run = nuid::next().to_string().to_lowercase();
-    let prefix = format!("bench{run}.evt");
-    let defs = embedded_definitions();
-    let mut stream_cfg: jetstream::stream::Config =
-        serde_json::from_str(&defs.streams[0].1).context("event stream definition")?;
-    stream_cfg.name = format!("SEALPOST_BENCH_{run}");
-    stream_cfg.subjects = vec![format!("{prefix}.>")];
-    stream_cfg.num_replicas = cfg.nats.replicas;
-    js.create_stream(stream_cfg.clone())
-        .await
-        .context("creating the bench stream")?;
+    let (stream_cfg, prefix, run) = private_stream(&js, cfg).await?;
 
     let result = async {
         let blobs = crate::serve::blobs(cfg).await?;
