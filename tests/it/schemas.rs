@@ -872,19 +872,7 @@ fn every_gateway_error_code_and_the_send_reply_validate_against_their_schemas() 
     use sealpost_gateway::{ApiError, ErrorCode, SendReply, SendStatus};
     let dir = schemas_dir().join("commands");
     let error_schema = validator(&read_json(&dir.join("error.v1.json"))?)?;
-    for code in [
-        ErrorCode::InvalidRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::TenantMismatch,
-        ErrorCode::PayloadNotFound,
-        ErrorCode::DigestMismatch,
-        ErrorCode::IdempotencyConflict,
-        ErrorCode::RateLimited,
-        ErrorCode::QuotaExceeded,
-        ErrorCode::Unavailable,
-        ErrorCode::NotFound,
-        ErrorCode::InvalidState,
-    ] {
+    for code in ErrorCode::ALL {
         let mut e = ApiError::new(code, "what to fix");
         if code == ErrorCode::RateLimited {
             e = e.with_retry_after_ms(250);

@@ -24,6 +24,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for exhaustive checks (the error schema lists exactly these).
+    pub const ALL: [ErrorCode; 11] = [
+        Self::InvalidRequest,
+        Self::Unauthorized,
+        Self::TenantMismatch,
+        Self::PayloadNotFound,
+        Self::DigestMismatch,
+        Self::IdempotencyConflict,
+        Self::RateLimited,
+        Self::QuotaExceeded,
+        Self::Unavailable,
+        Self::NotFound,
+        Self::InvalidState,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",
@@ -164,19 +179,7 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_names() {
-        for c in [
-            ErrorCode::InvalidRequest,
-            ErrorCode::Unauthorized,
-            ErrorCode::TenantMismatch,
-            ErrorCode::PayloadNotFound,
-            ErrorCode::DigestMismatch,
-            ErrorCode::IdempotencyConflict,
-            ErrorCode::RateLimited,
-            ErrorCode::QuotaExceeded,
-            ErrorCode::Unavailable,
-            ErrorCode::NotFound,
-            ErrorCode::InvalidState,
-        ] {
+        for c in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
         assert_eq!(ApiError::too_large("the command", 10).http_status(), 413);
