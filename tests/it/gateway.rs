@@ -601,7 +601,7 @@ async fn blobs_upload_over_http_and_presigned_urls_land_in_the_tenant_prefix() {
 }
 
 /// The `sealpost` binary built next to this test binary (`cargo test --workspace` builds it).
-fn sealpost_binary() -> std::path::PathBuf {
+pub fn sealpost_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()

@@ -485,6 +485,32 @@ impl BlobStore {
         })
     }
 
+    /// A presigned GET of an existing object, for a carrier that fetches the ciphertext itself
+    /// (RBM's `fileUrl`). The URL is a bearer secret: never log it.
+    pub async fn presign_get(
+        &self,
+        r: &BlobRef,
+        expires_in: Duration,
+    ) -> Result<String, BlobError> {
+        if expires_in.is_zero() || expires_in > MAX_PRESIGN {
+            return Err(BlobError::other(format!(
+                "a presigned URL must expire after 1 s to 7 days, not {expires_in:?}; ask for a \
+                 shorter lifetime"
+            )));
+        }
+        let presign = PresigningConfig::expires_in(expires_in)
+            .map_err(|e| BlobError::other(format!("cannot presign for {expires_in:?}: {e}")))?;
+        let presigned = self
+            .client
+            .get_object()
+            .bucket(&r.bucket)
+            .key(&r.key)
+            .presigned(presign)
+            .await
+            .map_err(|e| self.sdk_error("presigning a download of", &r.uri(), e))?;
+        Ok(presigned.uri().to_owned())
+    }
+
     /// HEAD: `Ok(None)` when the object does not exist.
     pub async fn head(&self, r: &BlobRef) -> Result<Option<ObjectInfo>, BlobError> {
         let out = match self

@@ -114,6 +114,19 @@ where
         }
     }
 
+    /// Seeds the cache with state the caller rebuilt itself, e.g. a worker that holds the
+    /// aggregate's only event as its job. The entry is trusted like any other: the next append
+    /// carries `last_stream_seq` as its expectation, so wrong state conflicts and is reloaded.
+    /// Without a cache this does nothing.
+    pub fn prime(&self, aggregate_id: &str, aggregate: A, version: usize, last_stream_seq: u64) {
+        self.remember(&Loaded {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            version,
+            last_stream_seq,
+        });
+    }
+
     /// How many times a command is tried in all before [`ExecuteError::Contended`].
     pub fn with_max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);

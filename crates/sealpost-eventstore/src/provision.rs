@@ -36,11 +36,28 @@ pub fn embedded_definitions() -> Definitions {
                 include_str!("../../../nats/streams/SEALPOST_SCHEDULES.json").into(),
             ),
         ],
-        consumers: vec![(
-            "SEALPOST_EVENTS".into(),
-            "delivery.json".into(),
-            include_str!("../../../nats/consumers/SEALPOST_EVENTS/delivery.json").into(),
-        )],
+        consumers: vec![
+            (
+                "SEALPOST_EVENTS".into(),
+                "delivery.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_EVENTS/delivery.json").into(),
+            ),
+            (
+                "SEALPOST_EVENTS".into(),
+                "fallback.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_EVENTS/fallback.json").into(),
+            ),
+            (
+                "SEALPOST_RECEIPTS".into(),
+                "receipts.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_RECEIPTS/receipts.json").into(),
+            ),
+            (
+                "SEALPOST_SCHEDULES".into(),
+                "expiry.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_SCHEDULES/expiry.json").into(),
+            ),
+        ],
     }
 }
 

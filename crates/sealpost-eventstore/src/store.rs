@@ -308,7 +308,7 @@ where
         let version = raw.len();
         for (i, r) in raw.into_iter().enumerate() {
             last_stream_seq = r.stream_seq;
-            aggregate.apply(self.decode(&r, i + 1)?);
+            aggregate.apply(self.decode_event(&r, i + 1)?);
         }
         Ok(Loaded {
             aggregate_id: aggregate_id.to_owned(),
@@ -318,7 +318,9 @@ where
         })
     }
 
-    fn decode(&self, r: &RawEvent, expected_seq: usize) -> Result<A::Event, StoreError> {
+    /// Decodes (and upcasts) one stored event, checking that it is aggregate sequence
+    /// `expected_seq`. Consumers that receive events as jobs use this to skip a load.
+    pub fn decode_event(&self, r: &RawEvent, expected_seq: usize) -> Result<A::Event, StoreError> {
         let version = r.header(HDR_EVENT_VERSION).unwrap_or("1");
         if let Some(seq) = r.header(HDR_SEQUENCE) {
             if seq.parse::<usize>().ok() != Some(expected_seq) {
@@ -619,7 +621,7 @@ where
         raw.into_iter()
             .enumerate()
             .map(|(i, r)| {
-                let payload = self.decode(&r, i + 1)?;
+                let payload = self.decode_event(&r, i + 1)?;
                 let mut metadata = HashMap::new();
                 metadata.insert(META_STREAM_SEQUENCE.to_owned(), r.stream_seq.to_string());
                 if let Some(c) = r.header(HDR_CORRELATION_ID) {

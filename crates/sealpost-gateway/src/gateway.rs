@@ -66,6 +66,7 @@ struct Inner {
     tenants: Tenants,
     known: Mutex<HashMap<String, KnownBlob>>,
     max_blob_bytes: u64,
+    receipts: crate::receipts::ReceiptConfig,
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
@@ -89,8 +90,27 @@ impl Gateway {
                 tenants,
                 known: Mutex::new(HashMap::new()),
                 max_blob_bytes,
+                receipts: Default::default(),
             }),
         }
+    }
+
+    /// Enables carrier receipt webhooks (`POST /v1/receipts/{carrier}`). Call it on a new
+    /// gateway, before it is cloned into a server.
+    pub fn with_receipts(self, receipts: crate::receipts::ReceiptConfig) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Self {
+                inner: Arc::new(Inner { receipts, ..inner }),
+            },
+            Err(shared) => {
+                tracing::error!("receipts configured on a gateway already in use; they stay off");
+                Self { inner: shared }
+            }
+        }
+    }
+
+    pub fn receipts(&self) -> &crate::receipts::ReceiptConfig {
+        &self.inner.receipts
     }
 
     pub fn tenants(&self) -> &Tenants {

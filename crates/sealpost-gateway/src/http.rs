@@ -1,6 +1,7 @@
 //! The HTTP API (axum): `POST /v1/messages`, `GET /v1/messages/{id}`,
 //! `POST /v1/messages/{id}/cancel`, `POST /v1/blobs` (streaming), `POST /v1/blobs/presign`,
-//! `/healthz` and `/readyz`. Every call needs `Authorization: Bearer <tenant API key>`.
+//! `/healthz` and `/readyz`. Every call needs `Authorization: Bearer <tenant API key>`, except
+//! `POST /v1/receipts/{carrier}`, which carriers call with a signed body instead.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -28,6 +29,7 @@ pub fn router(gateway: Gateway, nats: async_nats::Client) -> Router {
         .route("/v1/messages/{id}/cancel", post(cancel))
         .route("/v1/blobs", post(upload))
         .route("/v1/blobs/presign", post(presign))
+        .route("/v1/receipts/{carrier}", post(receipt))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(AppState { gateway, nats })
@@ -157,6 +159,28 @@ async fn presign(State(s): State<AppState>, headers: HeaderMap, body: Body) -> R
     .await;
     match result {
         Ok(p) => json(StatusCode::OK, &p),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn receipt(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(carrier): Path<String>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let signature = header_str(&headers, "x-goog-signature")?;
+        let body = read_body(body, crate::receipts::MAX_RECEIPT_BYTES).await?;
+        let js = async_nats::jetstream::new(s.nats.clone());
+        crate::receipts::ingest(&js, s.gateway.receipts(), &carrier, signature, body).await
+    }
+    .await;
+    match result {
+        Ok(crate::receipts::ReceiptReply::Stored) => json(StatusCode::OK, &serde_json::json!({})),
+        Ok(crate::receipts::ReceiptReply::Verification { secret }) => {
+            json(StatusCode::OK, &serde_json::json!({ "secret": secret }))
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -12,12 +12,14 @@
 //! **Must not:** keep state a `kill -9` can lose (every answer comes from JetStream or S3; the
 //! blob index and rate buckets are caches and limits, not records); read, log or return
 //! ciphertext, keys, API keys or full phone numbers (errors never echo input values); decide
-//! lifecycle rules (that is `sealpost-domain`); talk to carriers.
+//! lifecycle rules (that is `sealpost-domain`); submit to carriers (it only receives their
+//! signed receipts, [`receipts`]).
 
 pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod nats;
+pub mod receipts;
 pub mod send;
 pub mod server;
 pub mod tenants;
@@ -25,6 +27,7 @@ pub mod view;
 
 pub use error::{ApiError, ErrorCode};
 pub use gateway::{CancelReply, Gateway, SendReply, SendStatus};
+pub use receipts::ReceiptConfig;
 pub use server::RunningGateway;
 pub use tenants::{hash_api_key, inbox_prefix, nats_config, TenantConfig, Tenants};
 pub use view::MessageView;

@@ -18,6 +18,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub s3: S3Config,
     pub retry: RetryConfig,
+    pub delivery: DeliverySection,
+    pub carriers: CarriersSection,
     pub log: LogConfig,
     #[serde(default)]
     pub tenants: Vec<sealpost_gateway::TenantConfig>,
@@ -75,6 +77,46 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     pub transactional_window_secs: u64,
     pub promotional_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    pub concurrency: usize,
+    pub max_pause_wait_ms: u64,
+    pub payload_url_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarriersSection {
+    pub rbm: RbmSection,
+    pub sms: SmsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbmSection {
+    pub base_url: String,
+    pub agent_id: String,
+    pub bearer_token: String,
+    pub client_token: String,
+    pub timeout_ms: u64,
+    pub concurrency: usize,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSection {
+    pub base_url: String,
+    pub api_key: String,
+    pub sender: String,
+    pub timeout_ms: u64,
+    pub concurrency: usize,
+    pub rate_per_sec: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +218,37 @@ impl Config {
             bail!("s3.bucket must not be empty");
         }
         sealpost_gateway::Tenants::new(&self.tenants)?;
+        if self.delivery.concurrency == 0 {
+            bail!("delivery.concurrency must be at least 1");
+        }
+        if self.delivery.payload_url_ttl_secs == 0
+            || self.delivery.payload_url_ttl_secs > 7 * 24 * 3600
+        {
+            bail!("delivery.payload_url_ttl_secs must be 1 to 604800 (S3 presigns up to 7 days)");
+        }
+        for (name, url, timeout, conc) in [
+            (
+                "rbm",
+                &self.carriers.rbm.base_url,
+                self.carriers.rbm.timeout_ms,
+                self.carriers.rbm.concurrency,
+            ),
+            (
+                "sms",
+                &self.carriers.sms.base_url,
+                self.carriers.sms.timeout_ms,
+                self.carriers.sms.concurrency,
+            ),
+        ] {
+            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("carriers.{name}.base_url must start with http:// or https://");
+            }
+            if timeout == 0 || conc == 0 {
+                bail!(
+                    "carriers.{name}.timeout_ms and carriers.{name}.concurrency must be at least 1"
+                );
+            }
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             bail!(
                 "log.format must be \"text\" or \"json\" (got '{}')",
@@ -195,6 +268,9 @@ impl Config {
         };
         mask(&mut c.nats.nkey_seed);
         mask(&mut c.s3.secret_access_key);
+        mask(&mut c.carriers.rbm.bearer_token);
+        mask(&mut c.carriers.rbm.client_token);
+        mask(&mut c.carriers.sms.api_key);
         c
     }
 
@@ -231,29 +307,41 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 /// Every `SEALPOST_<SECTION>_<KEY>` that names a known key overrides it, parsed as that key's
 /// type. Other `SEALPOST_*` variables (the scripts' own) are left alone.
 fn apply_env(value: &mut toml::Table, env: &[(String, String)]) -> anyhow::Result<()> {
-    for (section, table) in value.iter_mut() {
-        let Some(table) = table.as_table_mut() else {
+    apply_env_at("SEALPOST", value, env)
+}
+
+/// Sets every key of `table` (recursively: `[carriers.rbm] bearer_token` is
+/// `SEALPOST_CARRIERS_RBM_BEARER_TOKEN`) from the environment.
+fn apply_env_at(
+    prefix: &str,
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    for (key, current) in table.iter_mut() {
+        let name = format!("{prefix}_{key}").to_uppercase();
+        if let Some(sub) = current.as_table_mut() {
+            apply_env_at(&name, sub, env)?;
+            continue;
+        }
+        if prefix == "SEALPOST" {
+            continue;
+        }
+        let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
             continue;
         };
-        for (key, current) in table.iter_mut() {
-            let name = format!("SEALPOST_{}_{}", section, key).to_uppercase();
-            let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
-                continue;
-            };
-            *current = match current {
-                toml::Value::Integer(_) => toml::Value::Integer(
-                    raw.trim()
-                        .parse()
-                        .with_context(|| format!("{name} must be a whole number (got '{raw}')"))?,
-                ),
-                toml::Value::Boolean(_) => toml::Value::Boolean(
-                    raw.trim()
-                        .parse()
-                        .with_context(|| format!("{name} must be true or false (got '{raw}')"))?,
-                ),
-                _ => toml::Value::String(raw.clone()),
-            };
-        }
+        *current = match current {
+            toml::Value::Integer(_) => toml::Value::Integer(
+                raw.trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number (got '{raw}')"))?,
+            ),
+            toml::Value::Boolean(_) => toml::Value::Boolean(
+                raw.trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be true or false (got '{raw}')"))?,
+            ),
+            _ => toml::Value::String(raw.clone()),
+        };
     }
     Ok(())
 }

@@ -1,141 +1,155 @@
-//! `sealpost demo`: drives a few thousand messages through their lifecycles on the event store,
-//! with a progress bar, then reloads every message from JetStream and prints what it finds.
+//! `sealpost demo`: the whole delivery path in one process against a faulty carrier simulator.
+//! Messages are sent over NATS to the gateway, delivered by the real workers (retries, throttle
+//! pauses, timeouts and their 409 resubmissions), receipts come back as signed webhooks, and
+//! not-capable recipients with a fallback get a neutral SMS notice. The summary is what the event
+//! stream and the simulator saw.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use async_nats::jetstream;
-use futures::StreamExt;
-use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
-use sealpost_domain::events::ErrorClass;
-use sealpost_domain::{Message, MessageEvent, Status};
-use sealpost_eventstore::provision::{check_ready, embedded_definitions};
-use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
+use sealpost_carrier_sim::{FaultMix, SimConfig};
 
 use crate::config::Config;
-use crate::lifecycle::{self, Scenario};
-
-#[derive(Debug, Default)]
-struct Tally {
-    commands: u64,
-    events: u64,
-    conflicts_retried: u64,
-    retries_by_class: BTreeMap<String, u64>,
-}
+use crate::pipeline::{self, Options, Pipeline};
 
 pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::Result<()> {
-    let client = crate::connect(cfg).await?;
-    let js = jetstream::new(client.clone());
-    check_ready(&js, &embedded_definitions()).await?;
-    let store: JetStreamEventStore<Message> = JetStreamEventStore::new(
-        client.clone(),
-        StoreConfig {
-            timeout: cfg.request_timeout(),
-            ..StoreConfig::default()
+    let messages = messages.max(1);
+    let mut cfg = cfg.clone();
+    // Short backoffs and a client timeout below the simulator's hang, so that every fault shows
+    // up within seconds.
+    cfg.retry.base_ms = 200;
+    cfg.retry.max_ms = 2000;
+    cfg.carriers.rbm.timeout_ms = 200;
+    let faults = FaultMix {
+        throttle: 0.01,
+        retry_after_secs: 1,
+        server_error: 0.05,
+        timeout: 0.01,
+        hang_ms: 300,
+        not_capable: 0.02,
+        permanent: 0.01,
+        duplicate_receipt: 0.05,
+        out_of_order_receipt: 0.05,
+        offline: 0.0,
+    };
+    let sim = SimConfig {
+        latency: Duration::from_millis(5),
+        receipt_delay: Duration::from_millis(50),
+        faults: faults.clone(),
+        seed: 7,
+        webhook_concurrency: 128,
+        ..SimConfig::default()
+    };
+    let p = Pipeline::start(
+        &cfg,
+        Options {
+            sim,
+            sms_fallback: true,
+            fallback_every: 2,
+            tenant_prefix: "demo",
         },
-    );
-    let executor = Arc::new(
-        CommandExecutor::new(store.clone(), cfg.retry_policy()).with_cache(messages.max(1024)),
-    );
-    let run = nuid::next().to_string().to_lowercase();
+    )
+    .await?;
 
-    let pb = ProgressBar::new(messages as u64);
-    pb.set_style(
-        ProgressStyle::with_template("messages [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let pb = pipeline::progress_bar("delivering");
+    let s = p.drive(messages, concurrency, Some(pb)).await?;
+    let stats = p.sim_stats();
+    let counts = p.sim.accepted_counts();
+    let acked = p.acked_ids();
+    let not_once: Vec<(&String, u32)> = acked
+        .iter()
+        .map(|id| (id, counts.get(id).copied().unwrap_or(0)))
+        .filter(|(_, c)| *c != 1)
+        .collect();
+
+    println!(
+        "sealpost demo: {messages} messages (tenant {}), concurrency {concurrency}, every 2nd with an SMS fallback",
+        p.tenant()
     );
-    let started = Instant::now();
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut tally = Tally::default();
-    let mut ids = Vec::with_capacity(messages);
-    let mut results = futures::stream::iter(0..messages)
-        .map(|i| {
-            let executor = executor.clone();
-            let key = format!("demo-{run}-{i}");
-            async move {
-                let (id, accept) = lifecycle::accept(&key);
-                let meta = HashMap::from([("correlation_id".to_owned(), format!("corr-{key}"))]);
-                let mut out = vec![];
-                for cmd in std::iter::once(accept).chain(Scenario::for_index(i).commands(&key)) {
-                    let t = Instant::now();
-                    let done = executor.execute(&id, cmd, &meta).await?;
-                    out.push((t.elapsed(), done.events, done.retries));
-                }
-                anyhow::Ok((id, out))
-            }
-        })
-        .buffer_unordered(concurrency);
-    while let Some(r) = results.next().await {
-        let (id, steps) = r?;
-        for (lat, events, retries) in steps {
-            latency_us.record(lat.as_micros().max(1) as u64)?;
-            tally.commands += 1;
-            tally.events += events.len() as u64;
-            tally.conflicts_retried += u64::from(retries);
-            for e in &events {
-                if let MessageEvent::AttemptFailed(f) = e {
-                    let class = match f.class {
-                        ErrorClass::Transient => "transient",
-                        ErrorClass::Throttled => "throttled",
-                        ErrorClass::Permanent => "permanent",
-                        ErrorClass::NotCapable => "not_capable",
-                    };
-                    *tally.retries_by_class.entry(class.to_owned()).or_default() += 1;
-                }
-            }
+    println!(
+        "carrier faults: throttle {} (Retry-After {} s), 5xx {}, accept-then-hang {} ({} ms vs client timeout {} ms), \
+         not capable {}, permanent {}, duplicate receipts {}, out-of-order receipts {}",
+        faults.throttle,
+        faults.retry_after_secs,
+        faults.server_error,
+        faults.timeout,
+        faults.hang_ms,
+        p.config().carriers.rbm.timeout_ms,
+        faults.not_capable,
+        faults.permanent,
+        faults.duplicate_receipt,
+        faults.out_of_order_receipt
+    );
+    println!(
+        "{} of {} accepted messages terminal in {:.2} s ({:.0} msgs/s, first send to last terminal event); sends took {:.2} s; {} events",
+        s.terminal,
+        s.accepted,
+        s.elapsed.as_secs_f64(),
+        s.rate(),
+        s.sends_elapsed.as_secs_f64(),
+        s.events_total()
+    );
+
+    println!("\n{:<34} {:>8}", "final state", "messages");
+    for (state, n) in &s.by_state {
+        println!("{state:<34} {n:>8}");
+    }
+    println!("\n{:<34} {:>8}", "failed attempts by class", "count");
+    for (class, n) in s.failed_by_class() {
+        println!("{class:<34} {n:>8}");
+    }
+    println!("\n{:<34} {:>8}", "failed attempts by class / code", "count");
+    for ((class, code), n) in &s.failed_by {
+        println!("{:<34} {n:>8}", format!("{class} / {code}"));
+    }
+    println!("\n{:<34} {:>8}", "events by type", "count");
+    for (ty, n) in &s.events {
+        println!("{ty:<34} {n:>8}");
+    }
+    if !s.after_terminal.is_empty() {
+        println!("events after a terminal state: {:?}", s.after_terminal);
+    }
+    println!(
+        "\nlatency accepted -> terminal:  {}",
+        pipeline::percentiles(&s.to_terminal_us)
+    );
+    println!(
+        "latency accepted -> displayed: {}",
+        pipeline::percentiles(&s.to_displayed_us)
+    );
+    println!(
+        "send request/reply:            {}",
+        pipeline::percentiles(&s.send_latency_us)
+    );
+
+    println!("\n{:<34} {:>8}", "carrier simulator", "count");
+    for (name, n) in pipeline::sim_rows(&stats) {
+        println!("{name:<34} {n:>8}");
+    }
+    println!(
+        "\nexactly one accepted submission at the carrier per message that reached carrier_acked: \
+         {} acked, {} with a count other than 1{}",
+        acked.len(),
+        not_once.len(),
+        if not_once.is_empty() {
+            " (ok)"
+        } else {
+            "  VIOLATED"
         }
-        ids.push(id);
-        pb.inc(1);
-    }
-    let elapsed = started.elapsed();
-    pb.finish_and_clear();
-
-    // Read every message back from JetStream: the summary is what the store holds.
-    let pb = ProgressBar::new(ids.len() as u64);
-    pb.set_message("reloading");
-    let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut reloads = futures::stream::iter(ids)
-        .map(|id| {
-            let store = store.clone();
-            async move { store.load(&id).await }
-        })
-        .buffer_unordered(concurrency);
-    while let Some(loaded) = reloads.next().await {
-        let status: Status = loaded?.aggregate.status;
-        *by_status.entry(status.as_str()).or_default() += 1;
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-
-    println!(
-        "sealpost demo: {messages} messages, {} commands, {} events in {:.2} s ({:.0} commands/s)",
-        tally.commands,
-        tally.events,
-        elapsed.as_secs_f64(),
-        tally.commands as f64 / elapsed.as_secs_f64()
     );
-    println!("\n{:<20} {:>8}", "status (reloaded)", "messages");
-    for (status, n) in &by_status {
-        println!("{status:<20} {n:>8}");
+    for (id, c) in not_once.iter().take(10) {
+        println!("  {id}: accepted {c} times");
     }
-    println!("\n{:<20} {:>8}", "failed attempts by class", "count");
-    for (class, n) in &tally.retries_by_class {
-        println!("{class:<20} {n:>8}");
-    }
-    println!(
-        "\ncommand latency (load + decide + append): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; \
-         conflicts retried: {}",
-        latency_us.value_at_quantile(0.5) as f64 / 1000.0,
-        latency_us.value_at_quantile(0.9) as f64 / 1000.0,
-        latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-        tally.conflicts_retried
+
+    anyhow::ensure!(
+        s.all_terminal(),
+        "{} of {} messages did not reach a terminal state within the time limit",
+        s.messages - s.terminal,
+        s.messages
     );
-    println!(
-        "carrier answers are scripted in this demo; real workers, carriers and receipts come next"
+    anyhow::ensure!(
+        not_once.is_empty(),
+        "{} acked messages were not accepted exactly once at the carrier",
+        not_once.len()
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
-//! Message lifecycles as command scripts, shared by `sealpost demo` and `sealpost bench`.
+//! Message lifecycles as command scripts, for `sealpost bench eventstore`.
 //!
-//! Carrier answers here are scripted, not real: the delivery workers and the carrier simulator
-//! arrive with the delivery work. What is real is every command going through the event store.
+//! Carrier answers here are scripted: the bench measures the event store alone. (`sealpost demo`
+//! and `sealpost bench delivery` run the real workers against the carrier simulator instead.)
 
 use std::time::Duration;
 
@@ -97,102 +97,9 @@ pub fn happy_path_events(key: &str, policy: &RetryPolicy) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// The demo's mix of carrier behaviours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scenario {
-    Displayed,
-    DeliveredOnly,
-    TransientThenAck,
-    ThrottledThenAck,
-    NotCapable,
-    Permanent,
-    Cancelled,
-}
-
-impl Scenario {
-    /// A fixed mix: 60% displayed, 10% delivered only, 10% a 503 first, 5% a 429 first, 5% not
-    /// RCS-capable (SMS notice), 5% permanent 400, 5% cancelled before submission.
-    pub fn for_index(i: usize) -> Scenario {
-        match i % 20 {
-            0..=11 => Scenario::Displayed,
-            12 | 13 => Scenario::DeliveredOnly,
-            14 | 15 => Scenario::TransientThenAck,
-            16 => Scenario::ThrottledThenAck,
-            17 => Scenario::NotCapable,
-            18 => Scenario::Permanent,
-            _ => Scenario::Cancelled,
-        }
-    }
-
-    /// The commands after `accept`.
-    pub fn commands(self, key: &str) -> Vec<MessageCommand> {
-        use ReceiptKind::*;
-        let transient = || CarrierOutcome::Transient {
-            code: "503".into(),
-            retry_after: None,
-        };
-        let throttled = || CarrierOutcome::Throttled {
-            code: "429".into(),
-            retry_after: Some(Duration::from_secs(2)),
-        };
-        match self {
-            Scenario::Displayed => vec![
-                acked(1, key),
-                receipt(key, Delivered),
-                receipt(key, Displayed),
-            ],
-            Scenario::DeliveredOnly => vec![acked(1, key), receipt(key, Delivered)],
-            Scenario::TransientThenAck => vec![
-                result(1, transient()),
-                acked(2, key),
-                receipt(key, Displayed),
-            ],
-            Scenario::ThrottledThenAck => vec![
-                result(1, throttled()),
-                acked(2, key),
-                receipt(key, Delivered),
-                receipt(key, Displayed),
-            ],
-            Scenario::NotCapable => vec![result(1, CarrierOutcome::NotRcsCapable)],
-            Scenario::Permanent => {
-                vec![result(1, CarrierOutcome::Permanent { code: "400".into() })]
-            }
-            Scenario::Cancelled => vec![MessageCommand::Cancel {
-                at: OffsetDateTime::now_utc(),
-            }],
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sealpost_domain::Status;
-
-    #[test]
-    fn every_scenario_ends_where_it_says() {
-        let policy = RetryPolicy::default();
-        for (i, expected) in [
-            (0, Status::Displayed),
-            (12, Status::Delivered),
-            (14, Status::Displayed),
-            (16, Status::Displayed),
-            (17, Status::FallbackTriggered),
-            (18, Status::Failed),
-            (19, Status::Cancelled),
-        ] {
-            let key = format!("k{i}");
-            let (_, accept) = accept(&key);
-            let mut m = Message::default();
-            let scenario = Scenario::for_index(i);
-            for cmd in std::iter::once(accept).chain(scenario.commands(&key)) {
-                for e in m.decide(cmd, &policy).expect("scripted commands are legal") {
-                    cqrs_es::Aggregate::apply(&mut m, e);
-                }
-            }
-            assert_eq!(m.status, expected, "{scenario:?}");
-        }
-    }
 
     #[test]
     fn the_happy_path_is_five_commands_and_five_events() {

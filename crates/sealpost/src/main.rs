@@ -13,6 +13,7 @@ mod bench;
 mod config;
 mod demo;
 mod lifecycle;
+mod pipeline;
 mod serve;
 
 use std::path::PathBuf;
@@ -48,11 +49,12 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Drive messages through their lifecycles on the event store and print a summary.
+    /// Run the whole delivery path in-process (gateway, workers, receipts, fallback) against a
+    /// faulty carrier simulator, and print what the event stream and the simulator saw.
     Demo {
         #[arg(long, default_value_t = 3000)]
         messages: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
     /// Benchmarks that print figures next to a baseline measured in the same run.
@@ -67,9 +69,28 @@ enum Command {
     },
     /// Run Sealpost's roles in this process until interrupted.
     Serve {
-        /// Comma-separated roles. Available now: gateway (NATS service + HTTP API).
+        /// Comma-separated roles: gateway (NATS service + HTTP API + receipt webhooks), delivery
+        /// (carrier workers), receipts (applies stored receipts), expiry (fired expiry timers),
+        /// fallback (revoke + neutral notice), or all.
         #[arg(long, default_value = "gateway", value_delimiter = ',')]
         roles: Vec<String>,
+    },
+    /// Run the simulated RBM aggregator and SMS API (development, demo, tests).
+    CarrierSim {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        /// Where to POST signed receipts, e.g. http://127.0.0.1:8080/v1/receipts/rbm.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 50)]
+        receipt_delay_ms: u64,
+        /// The fault mix as JSON, e.g. '{"throttle":0.02,"server_error":0.05,"not_capable":0.02}'.
+        #[arg(long, default_value = "{}")]
+        faults: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Send a message: the send command JSON from a file (or - for stdin), over NATS.
     Send {
@@ -126,6 +147,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20000)]
         messages: usize,
         #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Messages/s end to end (send -> carrier simulator -> receipts -> displayed) against a raw
+    /// JetStream publish baseline.
+    Delivery {
+        #[arg(long, default_value_t = 20000)]
+        messages: usize,
+        #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
 }
@@ -201,21 +230,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Serve { roles } => {
+            const KNOWN: [&str; 6] = [
+                "gateway", "delivery", "receipts", "expiry", "fallback", "all",
+            ];
             for r in &roles {
                 anyhow::ensure!(
-                    r == "gateway",
-                    "unknown role '{r}': available roles are: gateway (delivery, receipts and projector arrive with their issues)"
+                    KNOWN.contains(&r.as_str()),
+                    "unknown role '{r}': available roles are {} (the projector arrives with its issue)",
+                    KNOWN.join(", ")
                 );
             }
+            let all = roles.iter().any(|r| r == "all");
+            let delivery_roles: Vec<&str> = sealpost_delivery::Delivery::ROLES
+                .into_iter()
+                .filter(|r| all || roles.iter().any(|x| x == r))
+                .collect();
             let client = connect(&cfg).await?;
             let blobs = serve::blobs(&cfg).await?;
-            let mut running = serve::gateway(&cfg, client, blobs.store.clone()).await?;
-            tracing::info!(http = %running.http_addr, "gateway serving: NATS service 'sealpost' and HTTP");
-            println!("gateway listening on http://{}", running.http_addr);
-            tokio::select! {
-                () = running.wait() => anyhow::bail!("the gateway stopped; see the log above"),
-                r = tokio::signal::ctrl_c() => r?,
+            let mut gateway = None;
+            if all || roles.iter().any(|r| r == "gateway") {
+                let running = serve::gateway(&cfg, client.clone(), blobs.store.clone()).await?;
+                tracing::info!(http = %running.http_addr, "gateway serving: NATS service 'sealpost' and HTTP");
+                println!("gateway listening on http://{}", running.http_addr);
+                gateway = Some(running);
             }
+            let _consumers = if delivery_roles.is_empty() {
+                None
+            } else {
+                let d = serve::delivery(&cfg, client.clone(), blobs.store.clone()).await?;
+                let c = d.start(&delivery_roles);
+                tracing::info!(roles = ?delivery_roles, "delivery roles running");
+                println!("delivery roles running: {}", delivery_roles.join(", "));
+                Some(c)
+            };
+            match gateway.as_mut() {
+                Some(g) => tokio::select! {
+                    () = g.wait() => anyhow::bail!("the gateway stopped; see the log above"),
+                    r = tokio::signal::ctrl_c() => r?,
+                },
+                None => tokio::signal::ctrl_c().await?,
+            }
+        }
+        Command::CarrierSim {
+            listen,
+            webhook_url,
+            latency_ms,
+            receipt_delay_ms,
+            faults,
+            seed,
+        } => {
+            let faults: sealpost_carrier_sim::FaultMix = serde_json::from_str(&faults)
+                .context("--faults must be a JSON object of fault probabilities (see sealpost-carrier-sim's FaultMix)")?;
+            let rbm = &cfg.carriers.rbm;
+            let sim_cfg = sealpost_carrier_sim::SimConfig {
+                agent_id: rbm.agent_id.clone(),
+                bearer_token: rbm.bearer_token.clone(),
+                client_token: rbm.client_token.clone(),
+                sms_api_key: cfg.carriers.sms.api_key.clone(),
+                webhook_url,
+                latency: std::time::Duration::from_millis(latency_ms),
+                receipt_delay: std::time::Duration::from_millis(receipt_delay_ms),
+                faults,
+                seed,
+                ..Default::default()
+            };
+            let sim = sealpost_carrier_sim::CarrierSim::start(listen, sim_cfg).await?;
+            println!("carrier simulator on {} (RBM /v1/phones/..., SMS /sms/v1/messages, stats /sim/stats)", sim.base_url());
+            tokio::signal::ctrl_c().await?;
         }
         Command::Send { tenant, file } => {
             let body = if file.as_os_str() == "-" {
@@ -278,6 +359,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             bench::run_ingress(&cfg, messages.max(1), concurrency.max(1)).await?;
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Delivery {
+                    messages,
+                    concurrency,
+                },
+        } => {
+            bench::run_delivery(&cfg, messages.max(1), concurrency.max(1)).await?;
         }
         Command::Demo {
             messages,

@@ -65,10 +65,108 @@ pub async fn gateway(
     if tenants.is_empty() {
         tracing::warn!("no [[tenants]] configured: every request will be refused as unauthorized");
     }
-    let gateway = Gateway::new(executor, blobs, tenants, cfg.gateway.max_blob_bytes);
+    let gateway = Gateway::new(executor, blobs, tenants, cfg.gateway.max_blob_bytes)
+        .with_receipts(receipt_config(cfg));
     let addr: SocketAddr = cfg.gateway.http_listen.parse()?;
     let running = RunningGateway::start(client, gateway, addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     Ok(running)
+}
+
+/// The event store and command executor every role uses.
+pub fn executor(
+    cfg: &Config,
+    client: async_nats::Client,
+    cache: usize,
+) -> CommandExecutor<Message> {
+    let store = JetStreamEventStore::<Message>::new(
+        client,
+        StoreConfig {
+            timeout: cfg.request_timeout(),
+            ..StoreConfig::default()
+        },
+    );
+    CommandExecutor::new(store, cfg.retry_policy()).with_cache(cache)
+}
+
+/// Receipt webhooks the gateway accepts, from `[carriers.rbm] client_token`.
+pub fn receipt_config(cfg: &Config) -> sealpost_gateway::ReceiptConfig {
+    sealpost_gateway::ReceiptConfig {
+        rbm_client_token: Some(cfg.carriers.rbm.client_token.clone()).filter(|t| !t.is_empty()),
+    }
+}
+
+/// The configured carriers with their throttles.
+pub fn carriers(cfg: &Config) -> anyhow::Result<sealpost_delivery::Carriers> {
+    use sealpost_carriers::{RbmCarrier, RbmConfig, SmsCarrier, SmsConfig};
+    use sealpost_delivery::{CarrierSlot, GateConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let rbm = &cfg.carriers.rbm;
+    anyhow::ensure!(
+        !rbm.base_url.is_empty(),
+        "the delivery roles need an RBM endpoint: set [carriers.rbm] base_url (or SEALPOST_CARRIERS_RBM_BASE_URL); `sealpost carrier-sim` serves one for development"
+    );
+    let opaque = CarrierSlot::new(
+        Arc::new(RbmCarrier::new(RbmConfig {
+            base_url: rbm.base_url.clone(),
+            agent_id: rbm.agent_id.clone(),
+            bearer_token: rbm.bearer_token.clone(),
+            timeout: Duration::from_millis(rbm.timeout_ms),
+        })?),
+        GateConfig {
+            concurrency: rbm.concurrency,
+            rate_per_sec: rbm.rate_per_sec,
+            burst: rbm.burst,
+        },
+    );
+    let sms = &cfg.carriers.sms;
+    let notice = if sms.base_url.is_empty() {
+        None
+    } else {
+        Some(CarrierSlot::new(
+            Arc::new(SmsCarrier::new(SmsConfig {
+                base_url: sms.base_url.clone(),
+                api_key: sms.api_key.clone(),
+                sender: sms.sender.clone(),
+                timeout: Duration::from_millis(sms.timeout_ms),
+            })?),
+            GateConfig {
+                concurrency: sms.concurrency,
+                rate_per_sec: sms.rate_per_sec,
+                burst: sms.burst,
+            },
+        ))
+    };
+    Ok(sealpost_delivery::Carriers { opaque, notice })
+}
+
+/// The delivery roles' shared context.
+pub async fn delivery(
+    cfg: &Config,
+    client: async_nats::Client,
+    blobs: BlobStore,
+) -> anyhow::Result<sealpost_delivery::Delivery> {
+    sealpost_eventstore::provision::check_ready(
+        &async_nats::jetstream::new(client.clone()),
+        &sealpost_eventstore::provision::embedded_definitions(),
+    )
+    .await
+    .context("the streams are not ready; run `sealpost provision` first")?;
+    let carriers = carriers(cfg)?;
+    let d = &cfg.delivery;
+    Ok(sealpost_delivery::Delivery::new(
+        client.clone(),
+        executor(cfg, client, 100_000),
+        blobs,
+        carriers,
+        sealpost_delivery::DeliveryConfig {
+            concurrency: d.concurrency,
+            max_pause_wait: std::time::Duration::from_millis(d.max_pause_wait_ms),
+            payload_url_ttl: std::time::Duration::from_secs(d.payload_url_ttl_secs),
+            ..Default::default()
+        },
+    ))
 }

@@ -1,0 +1,377 @@
+//! Google RCS Business Messaging (REST v1).
+//!
+//! - send: `POST {base}/v1/phones/{E.164}/agentMessages?messageId=<id>&agentId=<agent>`. The
+//!   `messageId` is our message id, the same on every retry: RBM answers 409 `ALREADY_EXISTS` to a
+//!   reused id, which counts as acked.
+//! - capability: `GET {base}/v1/phones/{E.164}/capabilities?requestId=<uuid>&agentId=<agent>`.
+//! - revoke: `DELETE {base}/v1/phones/{E.164}/agentMessages/{id}?agentId=<agent>`; 404 means it was
+//!   delivered already (or never existed).
+
+use std::fmt;
+use std::time::Duration;
+
+use sealpost_domain::CarrierOutcome;
+use time::format_description::well_known::Rfc3339;
+use time::UtcOffset;
+
+use crate::http::{base_url, path_segment, transport_code};
+use crate::wire::{AgentMessage, ContentInfo, ContentMessage, ErrorBody, SealpostPayload};
+use crate::{
+    classify, http_client, mask_recipient, Capability, Carrier, CarrierError, Content, Delivers,
+    RevokeResult, Submission,
+};
+
+/// Error bodies larger than this are not read (a code is all we want from them).
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct RbmConfig {
+    /// e.g. `https://rcsbusinessmessaging.googleapis.com`, or the simulator's base URL.
+    pub base_url: String,
+    pub agent_id: String,
+    /// OAuth access token of the agent's service account. Secret: hidden from `Debug`.
+    pub bearer_token: String,
+    /// Bounds each whole request; a send that times out is `Transient { "timeout" }` and is
+    /// resubmitted under the same message id.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RbmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RbmConfig")
+            .field("base_url", &self.base_url)
+            .field("agent_id", &self.agent_id)
+            .field("bearer_token", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The RBM adapter. Cheap to clone (the HTTP client is shared).
+#[derive(Clone)]
+pub struct RbmCarrier {
+    base: String,
+    agent_id: String,
+    auth: String,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for RbmCarrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RbmCarrier")
+            .field("base", &self.base)
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RbmCarrier {
+    pub fn new(cfg: RbmConfig) -> Result<Self, CarrierError> {
+        let base = base_url(&cfg.base_url, "RBM")?;
+        if cfg.agent_id.trim().is_empty() {
+            return Err(CarrierError::Config("RBM agent_id is empty".into()));
+        }
+        if cfg.bearer_token.trim().is_empty() {
+            return Err(CarrierError::Config(
+                "RBM bearer_token is empty; set the agent's access token".into(),
+            ));
+        }
+        if cfg.timeout.is_zero() {
+            return Err(CarrierError::Config(
+                "RBM timeout must be above zero".into(),
+            ));
+        }
+        Ok(RbmCarrier {
+            base,
+            agent_id: cfg.agent_id,
+            auth: format!("Bearer {}", cfg.bearer_token.trim()),
+            client: http_client(cfg.timeout)?,
+        })
+    }
+
+    fn phone_url(&self, recipient: &str, rest: &str) -> String {
+        format!("{}/v1/phones/{}{rest}", self.base, path_segment(recipient))
+    }
+
+    fn body(s: &Submission) -> AgentMessage {
+        let (content_message, sealpost_payload) = match &s.content {
+            Content::Opaque { url, sha256, size } => (
+                ContentMessage {
+                    text: None,
+                    content_info: Some(ContentInfo {
+                        file_url: url.clone(),
+                        force_refresh: false,
+                    }),
+                },
+                Some(SealpostPayload {
+                    sha256: sha256.clone(),
+                    size: *size,
+                }),
+            ),
+            Content::Notice { text } => (
+                ContentMessage {
+                    text: Some(text.clone()),
+                    content_info: None,
+                },
+                None,
+            ),
+        };
+        AgentMessage {
+            content_message,
+            expire_time: s
+                .expire_time
+                .and_then(|t| t.to_offset(UtcOffset::UTC).format(&Rfc3339).ok()),
+            sealpost_payload,
+        }
+    }
+}
+
+/// The status word of an RBM error body, if the body is one.
+async fn error_status(resp: reqwest::Response) -> Option<String> {
+    let mut resp = resp;
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > MAX_ERROR_BODY {
+            return None;
+        }
+    }
+    serde_json::from_slice::<ErrorBody>(&buf)
+        .ok()
+        .map(|b| b.error.status)
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[async_trait::async_trait]
+impl Carrier for RbmCarrier {
+    fn name(&self) -> &str {
+        "rbm"
+    }
+
+    fn delivers(&self) -> Delivers {
+        Delivers::Opaque
+    }
+
+    async fn submit(&self, s: &Submission) -> CarrierOutcome {
+        let url = self.phone_url(&s.recipient, "/agentMessages");
+        let sent = self
+            .client
+            .post(url)
+            .query(&[("messageId", &s.message_id), ("agentId", &self.agent_id)])
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .json(&Self::body(s))
+            .send()
+            .await;
+        let outcome = match sent {
+            Err(e) => CarrierOutcome::Transient {
+                code: transport_code(&e).to_owned(),
+                retry_after: None,
+            },
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = retry_after(&resp);
+                let code = if resp.status().is_success() {
+                    None
+                } else {
+                    error_status(resp).await
+                };
+                match classify(status, retry_after.as_deref(), code.as_deref()) {
+                    CarrierOutcome::Acked { .. } => CarrierOutcome::Acked {
+                        carrier_message_id: s.message_id.clone(),
+                    },
+                    other => other,
+                }
+            }
+        };
+        tracing::debug!(
+            carrier = "rbm",
+            message_id = %s.message_id,
+            recipient = %mask_recipient(&s.recipient),
+            ?outcome,
+            "submitted"
+        );
+        outcome
+    }
+
+    async fn capability(&self, recipient: &str) -> Capability {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let sent = self
+            .client
+            .get(self.phone_url(recipient, "/capabilities"))
+            .query(&[("requestId", &request_id), ("agentId", &self.agent_id)])
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .send()
+            .await;
+        match sent {
+            Err(e) => Capability::Unknown {
+                code: transport_code(&e).to_owned(),
+            },
+            Ok(resp) if resp.status().is_success() => Capability::Capable,
+            Ok(resp) if resp.status().as_u16() == 404 => Capability::NotCapable,
+            Ok(resp) => Capability::Unknown {
+                code: format!("http_{}", resp.status().as_u16()),
+            },
+        }
+    }
+
+    async fn revoke(&self, message_id: &str, recipient: &str) -> RevokeResult {
+        let url = self.phone_url(
+            recipient,
+            &format!("/agentMessages/{}", path_segment(message_id)),
+        );
+        let sent = self
+            .client
+            .delete(url)
+            .query(&[("agentId", &self.agent_id)])
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .send()
+            .await;
+        let result = match sent {
+            Err(e) => RevokeResult::Failed {
+                code: transport_code(&e).to_owned(),
+            },
+            Ok(resp) if resp.status().is_success() => RevokeResult::Revoked,
+            Ok(resp) if resp.status().as_u16() == 404 => RevokeResult::NotRevocable,
+            Ok(resp) => RevokeResult::Failed {
+                code: format!("http_{}", resp.status().as_u16()),
+            },
+        };
+        tracing::debug!(carrier = "rbm", message_id, ?result, "revoke");
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn carrier_at(base_url: String) -> RbmCarrier {
+        RbmCarrier::new(RbmConfig {
+            base_url,
+            agent_id: "agent".into(),
+            bearer_token: "tok-secret".into(),
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap()
+    }
+
+    fn carrier() -> RbmCarrier {
+        carrier_at("http://127.0.0.1:9/".into())
+    }
+
+    #[test]
+    fn opaque_body_carries_url_digest_and_expiry() {
+        let s = Submission {
+            message_id: "m1".into(),
+            recipient: "+447700900123".into(),
+            content: Content::Opaque {
+                url: "https://blob/x".into(),
+                sha256: "ab".repeat(32),
+                size: Some(42),
+            },
+            expire_time: Some(time::macros::datetime!(2030-01-02 03:04:05 +01:00)),
+        };
+        let v = serde_json::to_value(RbmCarrier::body(&s)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "contentMessage": {"contentInfo": {"fileUrl": "https://blob/x", "forceRefresh": false}},
+                "expireTime": "2030-01-02T02:04:05Z",
+                "sealpostPayload": {"sha256": "ab".repeat(32), "size": 42},
+            })
+        );
+    }
+
+    #[test]
+    fn notice_body_is_text_only() {
+        let s = Submission {
+            message_id: "m1".into(),
+            recipient: "+447700900123".into(),
+            content: Content::Notice {
+                text: "You have a message".into(),
+            },
+            expire_time: None,
+        };
+        let v = serde_json::to_value(RbmCarrier::body(&s)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"contentMessage": {"text": "You have a message"}})
+        );
+    }
+
+    #[test]
+    fn urls_encode_the_number() {
+        assert_eq!(
+            carrier().phone_url("+447700900123", "/capabilities"),
+            "http://127.0.0.1:9/v1/phones/%2B447700900123/capabilities"
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let d = format!("{:?}", carrier());
+        assert!(!d.contains("tok-secret"), "{d}");
+        let cfg = RbmConfig {
+            base_url: "http://x".into(),
+            agent_id: "a".into(),
+            bearer_token: "tok-secret".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{cfg:?}").contains("tok-secret"));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let ok = RbmConfig {
+            base_url: "http://x".into(),
+            agent_id: "a".into(),
+            bearer_token: "t".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(RbmCarrier::new(RbmConfig {
+            bearer_token: " ".into(),
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(RbmCarrier::new(RbmConfig {
+            base_url: "ftp://x".into(),
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(RbmCarrier::new(RbmConfig {
+            timeout: Duration::ZERO,
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(RbmCarrier::new(ok).is_ok());
+    }
+
+    #[tokio::test]
+    async fn connect_error_is_transient() {
+        // A port that was just free: nothing listens, the connect is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = carrier_at(format!("http://127.0.0.1:{port}"))
+            .submit(&Submission {
+                message_id: "m".into(),
+                recipient: "+447700900123".into(),
+                content: Content::Notice { text: "x".into() },
+                expire_time: None,
+            })
+            .await;
+        assert!(
+            matches!(&out, CarrierOutcome::Transient { code, .. } if code == "connect"),
+            "{out:?}"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Expiry without a sweeper: the first delivery attempt stores a JetStream scheduled message
+//! (`Nats-Schedule: @at <expires_at>`) on `sealpost.sched.<tenant>.<message_id>.expire`; the
+//! server publishes it to `sealpost.due.<tenant>.<message_id>.expire` at that instant, and the
+//! `expiry` consumer ends the message there. A schedule's subject is its identity, so storing it
+//! again (a redelivered first attempt) replaces it rather than adding a second timer.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use sealpost_carriers::RevokeResult;
+use sealpost_domain::events::RevokeOutcome;
+use sealpost_domain::{aggregate_id, MessageCommand, MessageId, Status, TenantId};
+use sealpost_eventstore::ExecuteError;
+use time::OffsetDateTime;
+
+use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::{until, Delivery};
+
+pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
+    let js = d.inner.js.clone();
+    let durable = d.inner.cfg.expiry_consumer.clone();
+    spawn_consumer(js, "SEALPOST_SCHEDULES", durable, 64, move |job| {
+        let d = d.clone();
+        async move { d.expire(job).await }
+    })
+}
+
+/// The subject of a message's expiry timer.
+pub fn schedule_subject(tenant: &TenantId, message_id: &MessageId) -> String {
+    format!("sealpost.sched.{tenant}.{message_id}.expire")
+}
+
+/// Where the timer fires.
+pub fn due_subject(tenant: &TenantId, message_id: &MessageId) -> String {
+    format!("sealpost.due.{tenant}.{message_id}.expire")
+}
+
+/// `@at` with whole seconds, rounded up so the timer never fires before `at`.
+pub fn at_spec(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let whole = at.replace_nanosecond(0).unwrap_or(at);
+    let at = if whole < at {
+        whole + time::Duration::SECOND
+    } else {
+        whole
+    };
+    format!(
+        "@at {:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+impl Delivery {
+    /// Stores the message's expiry timer. Idempotent.
+    pub(crate) async fn schedule_expiry(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), String> {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Schedule", at_spec(expires_at).as_str());
+        h.insert(
+            "Nats-Schedule-Target",
+            due_subject(tenant, message_id).as_str(),
+        );
+        h.insert("Nats-Msg-Id", format!("{message_id}:expire").as_str());
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(schedule_subject(tenant, message_id), h, bytes::Bytes::new())
+            .await
+            .map_err(|e| format!("storing the expiry timer: {e}"))?;
+        ack.await
+            .map_err(|e| format!("storing the expiry timer: {e}"))?;
+        Ok(())
+    }
+
+    async fn expire(&self, job: Job) -> JobEnd {
+        let parsed = subject_tokens(&job.subject)
+            .and_then(|(t, m, _)| Some((TenantId::new(t).ok()?, MessageId::new(m).ok()?)));
+        let Some((tenant, message_id)) = parsed else {
+            tracing::warn!(subject = %job.subject, "expiry timer on an unexpected subject; dropping it");
+            return JobEnd::Term;
+        };
+        let retry = growing_delay(
+            Duration::from_millis(500),
+            job.delivered,
+            Duration::from_secs(30),
+        );
+        let state = match self.load(&tenant, &message_id).await {
+            Ok(l) => l.aggregate,
+            Err(e) => {
+                tracing::warn!(%message_id, error = %e, "cannot load an expiring message; retrying");
+                return JobEnd::Nak(retry);
+            }
+        };
+        let Some(accepted) = state.accepted.as_ref() else {
+            tracing::warn!(%message_id, "expiry timer for an unknown message; dropping it");
+            return JobEnd::Term;
+        };
+        let now = OffsetDateTime::now_utc();
+        if now < accepted.expires_at {
+            return JobEnd::Nak(until(accepted.expires_at, now));
+        }
+        let slot = &self.inner.carriers.opaque;
+        let recipient = accepted.recipient.expose();
+        let revoke = match state.status {
+            Status::CarrierAcked => match slot.carrier.revoke(message_id.as_str(), recipient).await
+            {
+                RevokeResult::Revoked => RevokeOutcome::Revoked,
+                // Delivered meanwhile (its receipt is on the way) or unknown to the carrier.
+                RevokeResult::NotRevocable => RevokeOutcome::RevokeFailed,
+                RevokeResult::Failed { code } if job.delivered < 5 => {
+                    tracing::warn!(%message_id, code, "revoke failed; retrying");
+                    return JobEnd::Nak(retry);
+                }
+                RevokeResult::Failed { .. } => RevokeOutcome::RevokeFailed,
+            },
+            // An earlier attempt may have reached the carrier although its answer was lost.
+            Status::Queued | Status::RetryScheduled if state.next_attempt > 1 => {
+                match slot.carrier.revoke(message_id.as_str(), recipient).await {
+                    RevokeResult::Revoked => RevokeOutcome::Revoked,
+                    RevokeResult::NotRevocable => RevokeOutcome::NotSubmitted,
+                    RevokeResult::Failed { .. } => RevokeOutcome::RevokeFailed,
+                }
+            }
+            Status::Queued | Status::RetryScheduled => RevokeOutcome::NotSubmitted,
+            // Delivered, displayed or already ended: nothing to expire.
+            _ => return JobEnd::Ack,
+        };
+        let cmd = MessageCommand::Expire { revoke, at: now };
+        let agg = aggregate_id(&tenant, &message_id);
+        match self
+            .inner
+            .executor
+            .execute(&agg, cmd, &Default::default())
+            .await
+        {
+            Ok(done) => {
+                if !done.events.is_empty() {
+                    tracing::info!(%message_id, revoke = ?revoke, "message expired");
+                }
+                JobEnd::Ack
+            }
+            Err(ExecuteError::Rejected(e)) => {
+                tracing::debug!(%message_id, error = %e, "expiry not recorded");
+                JobEnd::Ack
+            }
+            Err(e) => {
+                tracing::warn!(%message_id, error = %e, "cannot record the expiry; retrying");
+                JobEnd::Nak(retry)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn at_specs_round_up_to_whole_utc_seconds() {
+        assert_eq!(
+            at_spec(datetime!(2026-11-24 22:00:00.000 UTC)),
+            "@at 2026-11-24T22:00:00Z"
+        );
+        assert_eq!(
+            at_spec(datetime!(2026-11-24 22:00:00.001 UTC)),
+            "@at 2026-11-24T22:00:01Z"
+        );
+        assert_eq!(
+            at_spec(datetime!(2026-11-24 23:30:00 +01:00)),
+            "@at 2026-11-24T22:30:00Z"
+        );
+    }
+}

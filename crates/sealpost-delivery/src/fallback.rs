@@ -1,0 +1,150 @@
+//! Fallback notices. A `fallback_triggered` event is the job: the consumer first revokes the RCS
+//! message where a copy may have reached the carrier, then sends the tenant's neutral notice (no
+//! message content) over the notice carrier (SMS), or publishes it for the tenant's app. The SMS
+//! submission carries the message id as its client reference, so a redelivered job is answered
+//! "already accepted" instead of texting the recipient twice.
+
+use std::time::Duration;
+
+use sealpost_carriers::{Content, Submission};
+use sealpost_domain::events::{EndReason, FallbackChannel, FallbackTriggered};
+use sealpost_domain::{CarrierOutcome, MessageEvent, MessageId, TenantId};
+use time::OffsetDateTime;
+
+use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::worker::outcome_label;
+use crate::Delivery;
+
+pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
+    let js = d.inner.js.clone();
+    let durable = d.inner.cfg.fallback_consumer.clone();
+    spawn_consumer(js, "SEALPOST_EVENTS", durable, 64, move |job| {
+        let d = d.clone();
+        async move { d.fallback(job).await }
+    })
+}
+
+/// The core NATS subject an in-app notice is published on.
+pub fn in_app_subject(tenant: &TenantId, message_id: &MessageId) -> String {
+    format!("sealpost.notice.{tenant}.{message_id}")
+}
+
+impl Delivery {
+    async fn fallback(&self, job: Job) -> JobEnd {
+        let parsed = subject_tokens(&job.subject)
+            .and_then(|(t, m, _)| Some((TenantId::new(t).ok()?, MessageId::new(m).ok()?)));
+        let Some((tenant, message_id)) = parsed else {
+            tracing::warn!(subject = %job.subject, "fallback job on an unexpected subject; dropping it");
+            return JobEnd::Term;
+        };
+        let version = job.header("Sealpost-Event-Version").unwrap_or("1");
+        let fb: FallbackTriggered = match MessageEvent::from_body(
+            "fallback_triggered",
+            version,
+            &job.payload,
+        ) {
+            Ok(MessageEvent::FallbackTriggered(f)) => f,
+            _ => {
+                tracing::warn!(%message_id, "fallback job is not a fallback_triggered event; dropping it");
+                return JobEnd::Term;
+            }
+        };
+        let retry = growing_delay(
+            Duration::from_secs(1),
+            job.delivered,
+            Duration::from_secs(300),
+        );
+        let state = match self.load(&tenant, &message_id).await {
+            Ok(l) => l.aggregate,
+            Err(e) => {
+                tracing::warn!(%message_id, error = %e, "cannot load the message for its fallback; retrying");
+                return JobEnd::Nak(retry);
+            }
+        };
+        let Some(accepted) = state.accepted.as_ref() else {
+            return JobEnd::Term;
+        };
+        let recipient = accepted.recipient.expose();
+        // Revoke first: the notice must never race a late RCS delivery. Not needed only when
+        // the single attempt was refused outright (nothing reached the carrier).
+        let refused_outright =
+            matches!(fb.reason, EndReason::NotCapable | EndReason::PermanentError)
+                && state.next_attempt <= 2;
+        if !refused_outright {
+            let r = self
+                .inner
+                .carriers
+                .opaque
+                .carrier
+                .revoke(message_id.as_str(), recipient)
+                .await;
+            tracing::info!(%message_id, revoke = ?r, "revoked before fallback");
+        }
+        match fb.channel {
+            FallbackChannel::InApp => {
+                let body = serde_json::json!({
+                    "message_id": message_id.as_str(),
+                    "notice_template": fb.notice_template,
+                    "at": OffsetDateTime::now_utc().unix_timestamp(),
+                });
+                let client = self.inner.js.client();
+                match client
+                    .publish(
+                        in_app_subject(&tenant, &message_id),
+                        body.to_string().into(),
+                    )
+                    .await
+                {
+                    Ok(()) => JobEnd::Ack,
+                    Err(_) => JobEnd::Nak(retry),
+                }
+            }
+            FallbackChannel::Sms => {
+                let Some(slot) = &self.inner.carriers.notice else {
+                    tracing::error!(%message_id, "fallback asks for an SMS notice but no SMS carrier is configured ([carriers.sms]); retrying in a minute");
+                    return JobEnd::Nak(Duration::from_secs(60));
+                };
+                let permit = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
+                    Ok(p) => p,
+                    Err(p) => return JobEnd::Nak(p.remaining),
+                };
+                let outcome = slot
+                    .carrier
+                    .submit(&Submission {
+                        message_id: message_id.as_str().to_owned(),
+                        recipient: recipient.to_owned(),
+                        content: Content::Notice {
+                            text: self
+                                .inner
+                                .cfg
+                                .notice_texts
+                                .get(&fb.notice_template)
+                                .map_or(crate::DEFAULT_NOTICE, String::as_str)
+                                .to_owned(),
+                        },
+                        expire_time: None,
+                    })
+                    .await;
+                drop(permit);
+                match outcome {
+                    CarrierOutcome::Acked { .. } => {
+                        tracing::info!(%message_id, "fallback notice sent");
+                        JobEnd::Ack
+                    }
+                    CarrierOutcome::Throttled { retry_after, .. } => {
+                        let d = retry_after.unwrap_or(Duration::from_secs(1));
+                        slot.gate.pause(d);
+                        JobEnd::Nak(d.max(retry))
+                    }
+                    CarrierOutcome::Transient { retry_after, .. } => {
+                        JobEnd::Nak(retry_after.unwrap_or(retry).max(retry))
+                    }
+                    other => {
+                        tracing::error!(%message_id, outcome = outcome_label(&other), "the notice carrier refused the fallback notice");
+                        JobEnd::Term
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The consumer loop every delivery role shares: pull from a durable consumer, run a handler per
+//! message with bounded concurrency, then ack, NAK with a delay, or terminate it as the handler
+//! says. A broken connection or a deleted consumer is logged and the loop starts over; nothing is
+//! acked unless its handler finished.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+/// One message as a handler sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub subject: String,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+    pub stream_seq: u64,
+    /// 1 on first delivery.
+    pub delivered: i64,
+}
+
+impl Job {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+}
+
+/// What to do with a message once its handler finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobEnd {
+    Ack,
+    /// Redeliver after this delay.
+    Nak(Duration),
+    /// Never redeliver (the message can never be handled; the reason is logged).
+    Term,
+}
+
+/// Consumer tasks of this process; dropping it stops them (unacked work is redelivered).
+#[derive(Debug, Default)]
+pub struct RunningConsumers {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl RunningConsumers {
+    pub(crate) fn push(&mut self, h: JoinHandle<()>) {
+        self.handles.push(h);
+    }
+
+    pub fn extend(&mut self, other: RunningConsumers) {
+        let mut other = other;
+        self.handles.append(&mut other.handles);
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+}
+
+impl Drop for RunningConsumers {
+    fn drop(&mut self) {
+        for h in &self.handles {
+            h.abort();
+        }
+    }
+}
+
+/// Runs `handler` over the durable consumer `stream/durable` until the task is aborted.
+pub(crate) fn spawn_consumer<F, Fut>(
+    js: jetstream::Context,
+    stream: &'static str,
+    durable: String,
+    concurrency: usize,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = JobEnd> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match consume(&js, stream, &durable, concurrency, handler.clone()).await {
+                Ok(()) => {
+                    tracing::warn!(stream, consumer = %durable, "consumer stream ended; restarting")
+                }
+                Err(e) => {
+                    tracing::warn!(stream, consumer = %durable, error = %e, "consumer failed; retrying (is the stream provisioned? run `sealpost provision`)")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}
+
+async fn consume<F, Fut>(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    concurrency: usize,
+    handler: Arc<F>,
+) -> Result<(), String>
+where
+    F: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = JobEnd> + Send + 'static,
+{
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| format!("stream {stream}: {e}"))?
+        .get_consumer(durable)
+        .await
+        .map_err(|e| format!("consumer {stream}/{durable}: {e}"))?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency.clamp(1, 1000))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| format!("pulling from {stream}/{durable}: {e}"))?;
+    messages
+        .for_each_concurrent(concurrency.max(1), |m| {
+            let handler = handler.clone();
+            async move {
+                let msg = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pull consumer hiccup");
+                        return;
+                    }
+                };
+                let Ok(info) = msg.info() else {
+                    tracing::warn!(subject = %msg.subject, "a consumer message without JetStream metadata; ignoring it");
+                    return;
+                };
+                let job = Job {
+                    subject: msg.subject.to_string(),
+                    headers: msg.headers.clone(),
+                    payload: msg.payload.clone(),
+                    stream_seq: info.stream_sequence,
+                    delivered: info.delivered,
+                };
+                let end = handler(job).await;
+                let acked = match end {
+                    JobEnd::Ack => msg.ack().await,
+                    JobEnd::Nak(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
+                    JobEnd::Term => msg.ack_with(AckKind::Term).await,
+                };
+                if let Err(e) = acked {
+                    // The job is redelivered after ack_wait and found done; nothing is lost.
+                    tracing::debug!(error = %e, "ack not sent");
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Splits `sealpost.evt.<tenant>.<message_id>.<type>` (or `sealpost.due.…`) into its tokens.
+pub(crate) fn subject_tokens(subject: &str) -> Option<(&str, &str, &str)> {
+    let mut it = subject.split('.');
+    let (_, _, tenant, message, kind) =
+        (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some((tenant, message, kind))
+}
+
+/// A NAK delay that grows with redeliveries: `base·2^(n-1)`, capped.
+pub(crate) fn growing_delay(base: Duration, delivered: i64, cap: Duration) -> Duration {
+    let n = u32::try_from(delivered.clamp(1, 20) - 1).unwrap_or(0);
+    base.saturating_mul(1u32 << n.min(16)).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_split_into_tenant_message_and_type() {
+        assert_eq!(
+            subject_tokens("sealpost.evt.acme.m1.accepted"),
+            Some(("acme", "m1", "accepted"))
+        );
+        assert_eq!(subject_tokens("sealpost.evt.acme.m1"), None);
+        assert_eq!(subject_tokens("sealpost.evt.acme.m1.accepted.x"), None);
+    }
+
+    #[test]
+    fn delays_grow_and_are_capped() {
+        let b = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        assert_eq!(growing_delay(b, 1, cap), b);
+        assert_eq!(growing_delay(b, 3, cap), Duration::from_millis(400));
+        assert_eq!(growing_delay(b, 50, cap), cap);
+    }
+}

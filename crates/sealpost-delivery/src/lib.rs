@@ -1,0 +1,209 @@
+//! # sealpost-delivery
+//!
+//! Everything that happens to a message after the gateway accepted it, driven by durable
+//! JetStream consumers so that a `kill -9` loses no work and repeats no carrier submission.
+//!
+//! **Owns:**
+//! - [`worker`]: the delivery workers on the durable `delivery` consumer (jobs are the
+//!   `accepted` and `queued` events). A worker submits attempt `next_attempt` with the carrier
+//!   message id equal to the message id, records the carrier's answer through the aggregate, and
+//!   NAKs the job with the retry delay the domain policy chose, never earlier than Retry-After.
+//! - [`gate`]: per-carrier concurrency limit, token bucket and carrier-wide pause after a 429.
+//! - [`expiry`]: at the first attempt a `Nats-Schedule: @at <expires_at>` message is stored in
+//!   `SEALPOST_SCHEDULES`; when the server fires it, the `expiry` consumer revokes at the
+//!   carrier where the message may be and records `expired` with the revoke's outcome.
+//! - [`receipts`]: the `receipts` consumer applies the raw receipts the gateway stored in
+//!   `SEALPOST_RECEIPTS`; a receipt that arrives before the carrier ack was recorded is retried
+//!   (NAK with delay), never dropped; duplicates make no events (the aggregate dedupes by id).
+//! - [`fallback`]: the `fallback` consumer (jobs are `fallback_triggered` events) revokes the
+//!   RCS message where it may have landed, then sends the neutral notice (SMS, idempotent by
+//!   client reference) or publishes the in-app notice.
+//!
+//! **Must not:** decide anything the domain decides (retry timing, legal transitions, expiry),
+//! read or log ciphertext, payload URLs or full phone numbers, or hold state a crash could lose:
+//! every decision is re-derived from the event stream when a job is redelivered.
+//!
+//! **Why this is crash-safe.** A job is acked only after the carrier's answer is committed as an
+//! event. A worker killed between the carrier's accept and that commit leaves the job unacked;
+//! JetStream redelivers it after `ack_wait`, the resubmission carries the same carrier message id,
+//! and the carrier answers "already exists" (RBM 409), which the domain records as the ack. A
+//! worker that finds the message settled acks the job without calling the carrier.
+
+pub mod expiry;
+pub mod fallback;
+pub mod gate;
+mod jobs;
+pub mod receipts;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sealpost_blobstore::BlobStore;
+use sealpost_carriers::Carrier;
+use sealpost_domain::{Message, MessageId, TenantId};
+use sealpost_eventstore::store::{HDR_CORRELATION_ID, META_CORRELATION_ID};
+use sealpost_eventstore::{CommandExecutor, Loaded, StoreError};
+
+pub use gate::{CarrierGate, GateConfig};
+pub use jobs::RunningConsumers;
+
+/// A carrier with its throttle.
+#[derive(Debug, Clone)]
+pub struct CarrierSlot {
+    pub carrier: Arc<dyn Carrier>,
+    pub gate: Arc<CarrierGate>,
+}
+
+impl CarrierSlot {
+    pub fn new(carrier: Arc<dyn Carrier>, gate: GateConfig) -> Self {
+        let gate = Arc::new(CarrierGate::new(carrier.name(), gate));
+        Self { carrier, gate }
+    }
+}
+
+/// The carriers this process talks to: the one that carries sealed payloads (RBM) and the one
+/// that sends neutral fallback notices (SMS), if configured.
+#[derive(Debug, Clone)]
+pub struct Carriers {
+    pub opaque: CarrierSlot,
+    pub notice: Option<CarrierSlot>,
+}
+
+/// The neutral notice sent when a template has no configured text.
+pub const DEFAULT_NOTICE: &str = "You have a new secure message. Open the app to read it.";
+
+/// Settings shared by the delivery roles.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Jobs a worker process handles at once (across carriers; each carrier has its own limit).
+    pub concurrency: usize,
+    /// How long a job waits for a paused carrier before it is NAKed until the pause ends.
+    pub max_pause_wait: Duration,
+    /// Lifetime of the presigned GET URL handed to the carrier (capped at 7 days by S3).
+    pub payload_url_ttl: Duration,
+    /// First redelivery delay of a receipt that arrived before its message's carrier ack.
+    pub receipt_retry: Duration,
+    /// Fallback notice texts by template id (the send command names a template, never text).
+    /// A template not listed here is sent as [`DEFAULT_NOTICE`]. Texts must stay neutral: no
+    /// message content, ever.
+    pub notice_texts: HashMap<String, String>,
+    /// Durable consumer names (from `nats/consumers/`).
+    pub delivery_consumer: String,
+    pub receipts_consumer: String,
+    pub expiry_consumer: String,
+    pub fallback_consumer: String,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 512,
+            max_pause_wait: Duration::from_secs(2),
+            payload_url_ttl: Duration::from_secs(24 * 3600),
+            receipt_retry: Duration::from_millis(250),
+            notice_texts: HashMap::from([(
+                "secure_message_waiting".to_owned(),
+                DEFAULT_NOTICE.to_owned(),
+            )]),
+            delivery_consumer: "delivery".into(),
+            receipts_consumer: "receipts".into(),
+            expiry_consumer: "expiry".into(),
+            fallback_consumer: "fallback".into(),
+        }
+    }
+}
+
+/// The delivery roles of one process. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    js: jetstream::Context,
+    executor: CommandExecutor<Message>,
+    blobs: BlobStore,
+    carriers: Carriers,
+    cfg: DeliveryConfig,
+    /// message id → tenant, for receipts (carriers name messages by id only).
+    tenants: std::sync::Mutex<HashMap<String, TenantId>>,
+}
+
+impl Delivery {
+    /// `executor` should have a state cache ([`CommandExecutor::with_cache`]): a worker decides
+    /// on the `accepted` event it received as its job and skips the load.
+    pub fn new(
+        client: async_nats::Client,
+        executor: CommandExecutor<Message>,
+        blobs: BlobStore,
+        carriers: Carriers,
+        cfg: DeliveryConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                js: jetstream::new(client),
+                executor,
+                blobs,
+                carriers,
+                cfg,
+                tenants: Default::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.inner.cfg
+    }
+
+    /// Starts the given roles: any of `delivery`, `receipts`, `expiry`, `fallback`.
+    pub fn start(&self, roles: &[&str]) -> RunningConsumers {
+        let mut running = RunningConsumers::default();
+        for role in roles {
+            match *role {
+                "delivery" => running.push(worker::spawn(self.clone())),
+                "receipts" => running.push(receipts::spawn(self.clone())),
+                "expiry" => running.push(expiry::spawn(self.clone())),
+                "fallback" => running.push(fallback::spawn(self.clone())),
+                other => tracing::warn!(role = other, "not a delivery role; ignored"),
+            }
+        }
+        running
+    }
+
+    /// Every delivery role.
+    pub const ROLES: [&'static str; 4] = ["delivery", "receipts", "expiry", "fallback"];
+
+    /// Loads a message and primes the executor's cache with it.
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+    ) -> Result<Loaded<Message>, StoreError> {
+        let id = sealpost_domain::aggregate_id(tenant, message);
+        let loaded = self.inner.executor.store().load(&id).await?;
+        self.inner.executor.prime(
+            &id,
+            loaded.aggregate.clone(),
+            loaded.version,
+            loaded.last_stream_seq,
+        );
+        Ok(loaded)
+    }
+}
+
+/// Event metadata carrying the job's correlation id into the events it causes.
+fn correlation(headers: Option<&async_nats::HeaderMap>) -> HashMap<String, String> {
+    headers
+        .and_then(|h| h.get(HDR_CORRELATION_ID))
+        .map(|v| HashMap::from([(META_CORRELATION_ID.to_owned(), v.as_str().to_owned())]))
+        .unwrap_or_default()
+}
+
+/// `a - b` as a std duration, zero when `b` is later.
+fn until(a: time::OffsetDateTime, b: time::OffsetDateTime) -> Duration {
+    Duration::try_from(a - b).unwrap_or(Duration::ZERO)
+}

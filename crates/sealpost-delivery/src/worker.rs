@@ -1,0 +1,249 @@
+//! The delivery worker: one job per `accepted` (first attempt) or `queued` (redrive) event.
+//!
+//! Per job: rebuild the message (from the job itself on first delivery of an `accepted` event,
+//! otherwise by a load), skip it if it is settled, NAK it until `not_before` if it is not due,
+//! store the expiry timer on the first attempt, pass the carrier's throttle, submit attempt
+//! `next_attempt` with a presigned GET URL of the ciphertext, and record the answer. The job is
+//! acked only after the answer is an event; a retry NAKs it with the delay the domain chose.
+
+use std::time::Duration;
+
+use sealpost_carriers::{Content, Submission};
+use sealpost_domain::{
+    aggregate_id, CarrierOutcome, Message, MessageCommand, MessageError, MessageId, Status,
+    TenantId,
+};
+use sealpost_eventstore::{ExecuteError, RawEvent};
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::{correlation, until, Delivery};
+
+pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
+    let js = d.inner.js.clone();
+    let durable = d.inner.cfg.delivery_consumer.clone();
+    let concurrency = d.inner.cfg.concurrency;
+    spawn_consumer(js, "SEALPOST_EVENTS", durable, concurrency, move |job| {
+        let d = d.clone();
+        async move {
+            let span = tracing::info_span!(
+                "deliver",
+                message_id = tracing::field::Empty,
+                correlation_id = tracing::field::Empty,
+                attempt = tracing::field::Empty
+            );
+            d.deliver(job).instrument(span).await
+        }
+    })
+}
+
+/// Retry delay after a store hiccup.
+const STORE_RETRY: Duration = Duration::from_millis(200);
+
+impl Delivery {
+    pub(crate) async fn deliver(&self, job: Job) -> JobEnd {
+        let Some((tenant, message_id, kind)) = subject_tokens(&job.subject) else {
+            tracing::warn!(subject = %job.subject, "delivery job on an unexpected subject; dropping it");
+            return JobEnd::Term;
+        };
+        let (Ok(tenant), Ok(message_id)) = (TenantId::new(tenant), MessageId::new(message_id))
+        else {
+            tracing::warn!(subject = %job.subject, "delivery job with an invalid tenant or message id; dropping it");
+            return JobEnd::Term;
+        };
+        let span = tracing::Span::current();
+        span.record("message_id", message_id.as_str());
+        if let Some(c) = job.header(sealpost_eventstore::store::HDR_CORRELATION_ID) {
+            span.record("correlation_id", c);
+        }
+        self.remember_tenant(&message_id, &tenant);
+        let agg = aggregate_id(&tenant, &message_id);
+        let state = match self.job_state(&agg, &job, kind, &tenant, &message_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the message; retrying the job");
+                return JobEnd::Nak(growing_delay(
+                    STORE_RETRY,
+                    job.delivered,
+                    Duration::from_secs(5),
+                ));
+            }
+        };
+        let Some(accepted) = state.accepted.as_ref() else {
+            tracing::warn!("delivery job for a message without an accepted event; dropping it");
+            return JobEnd::Term;
+        };
+        if !state.status.awaiting_submission() {
+            return JobEnd::Ack;
+        }
+        let now = OffsetDateTime::now_utc();
+        if let Some(nb) = state.not_before.filter(|nb| *nb > now) {
+            return JobEnd::Nak(until(nb, now));
+        }
+        let attempt = state.next_attempt;
+        span.record("attempt", attempt);
+        if attempt == 1 {
+            if let Err(e) = self
+                .schedule_expiry(&tenant, &message_id, accepted.expires_at)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot store the expiry timer; retrying the job");
+                return JobEnd::Nak(growing_delay(
+                    STORE_RETRY,
+                    job.delivered,
+                    Duration::from_secs(5),
+                ));
+            }
+        }
+        if now >= accepted.expires_at {
+            // The expiry timer fires (or has fired) and ends the message; submitting now would
+            // only have to be revoked.
+            return JobEnd::Ack;
+        }
+        let slot = &self.inner.carriers.opaque;
+        let permit = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
+            Ok(p) => p,
+            Err(paused) => return JobEnd::Nak(paused.remaining),
+        };
+        let outcome = match self.opaque_content(&tenant, accepted, now).await {
+            Ok(content) => {
+                let submission = Submission {
+                    message_id: message_id.as_str().to_owned(),
+                    recipient: accepted.recipient.expose().to_owned(),
+                    content,
+                    expire_time: Some(accepted.expires_at),
+                };
+                slot.carrier.submit(&submission).await
+            }
+            Err(end) => return end,
+        };
+        drop(permit);
+        if let CarrierOutcome::Throttled { retry_after, .. } = &outcome {
+            slot.gate
+                .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+        }
+        tracing::debug!(outcome = outcome_label(&outcome), "carrier answered");
+        let cmd = MessageCommand::RecordCarrierResult {
+            attempt,
+            carrier: slot.carrier.name().to_owned(),
+            outcome: outcome.clone(),
+            at: OffsetDateTime::now_utc(),
+        };
+        match self
+            .inner
+            .executor
+            .execute(&agg, cmd, &correlation(job.headers.as_ref()))
+            .await
+        {
+            Ok(done) => match done.aggregate.status {
+                Status::RetryScheduled | Status::Queued => {
+                    let nb = done.aggregate.not_before.unwrap_or(now);
+                    JobEnd::Nak(until(nb, OffsetDateTime::now_utc()))
+                }
+                _ => JobEnd::Ack,
+            },
+            Err(ExecuteError::Rejected(MessageError::AlreadyFinal(status))) => {
+                if matches!(outcome, CarrierOutcome::Acked { .. }) {
+                    // Expired or cancelled while this submission was in flight: take it back.
+                    let r = slot
+                        .carrier
+                        .revoke(message_id.as_str(), accepted.recipient.expose())
+                        .await;
+                    tracing::info!(%status, revoke = ?r, "message ended during its submission; revoked at the carrier");
+                }
+                JobEnd::Ack
+            }
+            // Already submitted or ended by someone else: this job has nothing left to do.
+            Err(ExecuteError::Rejected(e)) => {
+                tracing::debug!(error = %e, "carrier result not recorded");
+                JobEnd::Ack
+            }
+            Err(e) => {
+                // Not recorded: the redelivered job resubmits under the same carrier message id,
+                // which the carrier answers as already accepted.
+                tracing::warn!(error = %e, "cannot record the carrier's answer; retrying the job");
+                JobEnd::Nak(growing_delay(
+                    STORE_RETRY,
+                    job.delivered,
+                    Duration::from_secs(5),
+                ))
+            }
+        }
+    }
+
+    /// The message as of this job. The first delivery of an `accepted` event is the message's
+    /// whole history, so it is decoded from the job instead of loaded; the executor checks that
+    /// assumption on the next append.
+    async fn job_state(
+        &self,
+        agg: &str,
+        job: &Job,
+        kind: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
+    ) -> Result<Message, sealpost_eventstore::StoreError> {
+        if kind == "accepted" && job.delivered == 1 {
+            let raw = RawEvent {
+                subject: job.subject.clone(),
+                stream_seq: job.stream_seq,
+                headers: job.headers.clone().unwrap_or_default(),
+                body: job.payload.clone(),
+            };
+            let event = self.inner.executor.store().decode_event(&raw, 1)?;
+            let mut m = Message::default();
+            cqrs_es_apply(&mut m, event);
+            self.inner.executor.prime(agg, m.clone(), 1, job.stream_seq);
+            return Ok(m);
+        }
+        Ok(self.load(tenant, message_id).await?.aggregate)
+    }
+
+    async fn opaque_content(
+        &self,
+        tenant: &TenantId,
+        accepted: &sealpost_domain::events::Accepted,
+        now: OffsetDateTime,
+    ) -> Result<Content, JobEnd> {
+        let r = match self.inner.blobs.parse_ref(tenant, &accepted.payload_ref) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "stored payload reference is invalid; the job waits for an operator");
+                return Err(JobEnd::Nak(Duration::from_secs(60)));
+            }
+        };
+        let ttl = self
+            .inner
+            .cfg
+            .payload_url_ttl
+            .min(until(accepted.expires_at, now))
+            .max(Duration::from_secs(1));
+        match self.inner.blobs.presign_get(&r, ttl).await {
+            Ok(url) => Ok(Content::Opaque {
+                url,
+                sha256: accepted.payload_sha256.as_str().to_owned(),
+                size: accepted.payload_size,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot presign the payload URL; retrying the job");
+                Err(JobEnd::Nak(Duration::from_secs(1)))
+            }
+        }
+    }
+}
+
+fn cqrs_es_apply(m: &mut Message, e: sealpost_domain::MessageEvent) {
+    use cqrs_es::Aggregate as _;
+    m.apply(e);
+}
+
+/// A log-safe label of a carrier answer (codes never carry numbers or URLs).
+pub(crate) fn outcome_label(o: &CarrierOutcome) -> String {
+    match o {
+        CarrierOutcome::Acked { .. } => "acked".into(),
+        CarrierOutcome::Transient { code, .. } => format!("transient:{code}"),
+        CarrierOutcome::Throttled { code, .. } => format!("throttled:{code}"),
+        CarrierOutcome::Permanent { code } => format!("permanent:{code}"),
+        CarrierOutcome::NotRcsCapable => "not_rcs_capable".into(),
+    }
+}

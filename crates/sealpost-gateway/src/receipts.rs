@@ -1,0 +1,126 @@
+//! `POST /v1/receipts/{carrier}`: carrier webhooks. The signature is checked first (RBM:
+//! `X-Goog-Signature` = base64 HMAC-SHA512 of the body with the client token); a forged or
+//! unsigned body is refused with 401 and stored nowhere. A genuine receipt is written raw to
+//! `SEALPOST_RECEIPTS` (deduplicated by the carrier's event id) and only then answered 200, so a
+//! receipt the carrier was told we have is never lost. The delivery role's `receipts` consumer
+//! applies it. RBM's endpoint-verification handshake is answered here too.
+
+use async_nats::HeaderMap;
+use sealpost_carriers::webhook::{self, Webhook};
+use sealpost_carriers::WebhookError;
+
+use crate::error::ApiError;
+
+/// Largest webhook body accepted.
+pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;
+
+/// Receipt settings; a carrier without a client token has no receipts endpoint.
+#[derive(Clone, Default)]
+pub struct ReceiptConfig {
+    /// The RBM client token (the webhook signing key). Secret.
+    pub rbm_client_token: Option<String>,
+}
+
+impl std::fmt::Debug for ReceiptConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptConfig")
+            .field(
+                "rbm_client_token",
+                &self.rbm_client_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// What the HTTP layer answers with 200.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReceiptReply {
+    /// Stored; the body is `{}`.
+    Stored,
+    /// RBM's endpoint verification: answer `{"secret": ...}`.
+    Verification { secret: String },
+}
+
+/// The stream subject raw receipts of `carrier` are stored on.
+pub fn receipt_subject(carrier: &str) -> String {
+    format!("sealpost.rcpt.{carrier}")
+}
+
+/// Verifies and stores one webhook.
+pub async fn ingest(
+    js: &async_nats::jetstream::Context,
+    cfg: &ReceiptConfig,
+    carrier: &str,
+    signature: Option<&str>,
+    body: bytes::Bytes,
+) -> Result<ReceiptReply, ApiError> {
+    if carrier != "rbm" {
+        return Err(ApiError::new(
+            crate::ErrorCode::NotFound,
+            "no receipts endpoint for this carrier; the known carrier is 'rbm'",
+        ));
+    }
+    let Some(token) = cfg.rbm_client_token.as_deref() else {
+        return Err(ApiError::new(
+            crate::ErrorCode::NotFound,
+            "RBM receipts are not configured on this gateway; set [carriers.rbm] client_token",
+        ));
+    };
+    let parsed = webhook::parse(&body).map_err(|e| match e {
+        WebhookError::Malformed(_) => {
+            ApiError::invalid("the webhook body is not an RBM event or verification request")
+        }
+        _ => ApiError::invalid("the webhook body cannot be read"),
+    })?;
+    let event = match parsed {
+        Webhook::Verification {
+            client_token,
+            secret,
+        } => {
+            // The handshake is unsigned; it proves itself by naming our client token.
+            return if constant_time_eq(client_token.as_bytes(), token.as_bytes()) {
+                Ok(ReceiptReply::Verification { secret })
+            } else {
+                Err(ApiError::new(
+                    crate::ErrorCode::Unauthorized,
+                    "the verification request names another client token",
+                ))
+            };
+        }
+        Webhook::Event(e) => e,
+    };
+    webhook::verify(&body, signature, token).map_err(|e| {
+        tracing::warn!(error = %e, "refused a receipt webhook");
+        ApiError::new(
+            crate::ErrorCode::Unauthorized,
+            match e {
+                WebhookError::Unsigned => "the webhook has no X-Goog-Signature header",
+                _ => "the webhook's X-Goog-Signature does not match its body",
+            },
+        )
+    })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("{carrier}:{}", event.event_id).as_str(),
+    );
+    let stored = async {
+        js.publish_with_headers(receipt_subject(carrier), headers, body)
+            .await?
+            .await
+    }
+    .await;
+    match stored {
+        Ok(_) => Ok(ReceiptReply::Stored),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot store a receipt");
+            Err(ApiError::unavailable(
+                "the receipt could not be stored; resend it",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

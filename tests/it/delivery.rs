@@ -1,0 +1,777 @@
+//! Delivery end to end: a real nats-server, the embedded S3 endpoint, the carrier simulator over
+//! HTTP, the gateway (sends and signed receipt webhooks) and the delivery roles (workers,
+//! receipts, expiry timers, fallback). Each test drives messages through the public contract and
+//! checks both the event history and what the carrier saw.
+
+// Test fixtures: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sealpost_blobstore::{BlobStore, EmbeddedS3, StoredBlob};
+use sealpost_carrier_sim::{CarrierSim, RunningSim, Scripted, SimConfig};
+use sealpost_carriers::{RbmCarrier, RbmConfig, SmsCarrier, SmsConfig};
+use sealpost_delivery::{
+    CarrierSlot, Carriers, Delivery, DeliveryConfig, GateConfig, RunningConsumers,
+};
+use sealpost_domain::policy::RetryPolicy;
+use sealpost_domain::{Message, Status, TenantId};
+use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
+use sealpost_eventstore::{CommandExecutor, RawEvent};
+use sealpost_gateway::{Gateway, ReceiptConfig, RunningGateway, Tenants};
+use sealpost_testkit::NatsServer;
+use serde_json::{json, Value};
+
+use crate::gateway::{tenant_config, ACME};
+use crate::support::store_on;
+
+/// Retries in tests: fast, so transient faults resolve within a second or two.
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        base: Duration::from_millis(100),
+        max: Duration::from_millis(1000),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Provisions every stream and consumer, with `ack_wait` shortened so that work a killed
+/// process held is redelivered quickly.
+async fn provision_with_ack_wait(client: &async_nats::Client, ack_wait: Duration) {
+    let mut defs = embedded_definitions();
+    for (_, _, json) in &mut defs.consumers {
+        let mut v: Value = serde_json::from_str(json).unwrap();
+        v["ack_wait"] = json!(ack_wait.as_nanos() as u64);
+        *json = v.to_string();
+    }
+    provision(
+        &async_nats::jetstream::new(client.clone()),
+        &defs,
+        &StreamOverrides::default(),
+    )
+    .await
+    .expect("provision");
+}
+
+struct Pipeline {
+    server: NatsServer,
+    client: async_nats::Client,
+    s3: EmbeddedS3,
+    _s3_dir: tempfile::TempDir,
+    blobs: BlobStore,
+    blob: StoredBlob,
+    sim: RunningSim,
+    gateway: RunningGateway,
+    delivery: Option<Delivery>,
+    roles: Option<RunningConsumers>,
+}
+
+struct Options {
+    rbm: GateConfig,
+    receipts_from_sim: bool,
+    start_delivery: bool,
+    sim: SimConfig,
+    rbm_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rbm: GateConfig::default(),
+            receipts_from_sim: true,
+            start_delivery: true,
+            sim: SimConfig {
+                receipt_delay: Duration::from_millis(20),
+                ..SimConfig::default()
+            },
+            rbm_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Pipeline {
+    async fn start(o: Options) -> Pipeline {
+        let server = NatsServer::start().await.expect("nats-server starts");
+        let client = server.connect().await.expect("connect");
+        provision_with_ack_wait(&client, Duration::from_secs(3)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+            .await
+            .unwrap();
+        let blobs = BlobStore::new(&s3.config("sealpost")).unwrap();
+        blobs.ensure_bucket().await.unwrap();
+        let blob = blobs
+            .put_stream(
+                &TenantId::new(ACME).unwrap(),
+                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                    b"sealed MLS ciphertext",
+                ))]),
+                1024,
+            )
+            .await
+            .unwrap();
+        let sim_cfg = o.sim.clone();
+        let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), sim_cfg.clone())
+            .await
+            .expect("simulator starts");
+        let gw = Gateway::new(
+            CommandExecutor::new(store_on(&client), fast_retries()),
+            blobs.clone(),
+            Tenants::new(&[tenant_config(ACME)]).unwrap(),
+            1 << 20,
+        )
+        .with_receipts(ReceiptConfig {
+            rbm_client_token: Some(sim_cfg.client_token.clone()),
+        });
+        let gateway = RunningGateway::start(
+            server.connect().await.unwrap(),
+            gw,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        if o.receipts_from_sim {
+            sim.set_webhook_url(Some(format!(
+                "http://{}/v1/receipts/rbm",
+                gateway.http_addr
+            )));
+        }
+        let mut p = Pipeline {
+            server,
+            client,
+            s3,
+            _s3_dir: dir,
+            blobs,
+            blob,
+            sim,
+            gateway,
+            delivery: None,
+            roles: None,
+        };
+        let carriers = p.carriers(&sim_cfg, o.rbm, o.rbm_timeout);
+        let delivery = Delivery::new(
+            p.server.connect().await.unwrap(),
+            CommandExecutor::new(store_on(&p.client), fast_retries()).with_cache(10_000),
+            p.blobs.clone(),
+            carriers,
+            DeliveryConfig {
+                receipt_retry: Duration::from_millis(100),
+                ..DeliveryConfig::default()
+            },
+        );
+        if o.start_delivery {
+            p.roles = Some(delivery.start(&Delivery::ROLES));
+        }
+        p.delivery = Some(delivery);
+        p
+    }
+
+    fn carriers(&self, sim: &SimConfig, rbm: GateConfig, timeout: Duration) -> Carriers {
+        Carriers {
+            opaque: CarrierSlot::new(
+                Arc::new(
+                    RbmCarrier::new(RbmConfig {
+                        base_url: self.sim.base_url(),
+                        agent_id: sim.agent_id.clone(),
+                        bearer_token: sim.bearer_token.clone(),
+                        timeout,
+                    })
+                    .unwrap(),
+                ),
+                rbm,
+            ),
+            notice: Some(CarrierSlot::new(
+                Arc::new(
+                    SmsCarrier::new(SmsConfig {
+                        base_url: self.sim.base_url(),
+                        api_key: sim.sms_api_key.clone(),
+                        sender: "Sealpost".into(),
+                        timeout: Duration::from_secs(5),
+                    })
+                    .unwrap(),
+                ),
+                GateConfig::default(),
+            )),
+        }
+    }
+
+    fn start_delivery(&mut self) {
+        self.roles = Some(self.delivery.as_ref().unwrap().start(&Delivery::ROLES));
+    }
+
+    fn body(&self, key: &str, recipient: &str, ttl: u64) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "idempotency_key": key,
+            "recipient": recipient,
+            "encrypted_payload_reference": self.blob.reference,
+            "payload_sha256": self.blob.sha256.as_str(),
+            "encryption_metadata": {"mls_version": "1", "cipher": "XChaCha20-Poly1305", "key_id": "user-public-key-v2"},
+            "metadata": {"tenant_id": ACME, "message_type": "transactional", "correlation_id": format!("corr-{key}")},
+            "ttl_seconds": ttl,
+            "fallback": {"channel": "sms", "notice_template": "secure_message_waiting"}
+        }))
+        .unwrap()
+    }
+
+    /// Sends over NATS; returns the message id.
+    async fn send(&self, key: &str, recipient: &str, ttl: u64) -> String {
+        let reply = self
+            .client
+            .request(
+                format!("sealpost.cmd.{ACME}.send"),
+                self.body(key, recipient, ttl).into(),
+            )
+            .await
+            .expect("the gateway answers");
+        let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(v["status"], "accepted", "{v}");
+        v["message_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn history(&self, message_id: &str) -> Vec<RawEvent> {
+        store_on(&self.client)
+            .load_raw(&format!("{ACME}.{message_id}"))
+            .await
+            .unwrap()
+    }
+
+    async fn types(&self, message_id: &str) -> Vec<String> {
+        self.history(message_id)
+            .await
+            .iter()
+            .map(|r| r.event_type().to_owned())
+            .collect()
+    }
+
+    async fn state(&self, message_id: &str) -> Message {
+        store_on(&self.client)
+            .load(&format!("{ACME}.{message_id}"))
+            .await
+            .unwrap()
+            .aggregate
+    }
+
+    /// Waits until the message's status satisfies `done`; panics with its history otherwise.
+    async fn wait_for(
+        &self,
+        message_id: &str,
+        within: Duration,
+        done: impl Fn(Status) -> bool,
+    ) -> Status {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.state(message_id).await.status;
+            if done(s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "message {message_id} is {s} after {within:?}; history: {:?}; carrier saw {:?}",
+                    self.types(message_id).await,
+                    self.sim.requests_for(message_id)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn event_body(&self, message_id: &str, event_type: &str) -> Value {
+        let h = self.history(message_id).await;
+        let r = h
+            .iter()
+            .find(|r| r.event_type() == event_type)
+            .unwrap_or_else(|| panic!("no {event_type} event"));
+        serde_json::from_slice(&r.body).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_message_goes_from_accepted_to_displayed_with_one_submission_and_its_correlation_id() {
+    let p = Pipeline::start(Options::default()).await;
+    let id = p.send("happy-1", "+15550001001", 3600).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    assert_eq!(
+        p.types(&id).await,
+        ["accepted", "carrier_acked", "delivered", "displayed"]
+    );
+    assert_eq!(p.sim.accepted_counts().get(&id), Some(&1));
+    let acked = p.history(&id).await.into_iter().nth(1).unwrap();
+    assert_eq!(
+        acked.header("Sealpost-Correlation-Id"),
+        Some("corr-happy-1")
+    );
+    // The expiry timer is stored on the schedules stream, keyed by the message.
+    let js = async_nats::jetstream::new(p.client.clone());
+    let timer = js
+        .get_stream("SEALPOST_SCHEDULES")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&format!("sealpost.sched.{ACME}.{id}.expire"))
+        .await
+        .expect("an expiry timer");
+    let spec = timer.headers.get("Nats-Schedule").unwrap().to_string();
+    assert!(spec.starts_with("@at "), "{spec}");
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_with_backoff_until_the_carrier_accepts() {
+    let p = Pipeline::start(Options::default()).await;
+    let to = "+15550001002";
+    p.sim.script(
+        to,
+        vec![
+            Scripted::Status {
+                code: 500,
+                retry_after_secs: None,
+            },
+            Scripted::Status {
+                code: 503,
+                retry_after_secs: None,
+            },
+        ],
+    );
+    let id = p.send("transient-1", to, 3600).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    assert_eq!(
+        p.types(&id).await,
+        [
+            "accepted",
+            "attempt_failed",
+            "retry_scheduled",
+            "attempt_failed",
+            "retry_scheduled",
+            "carrier_acked",
+            "delivered",
+            "displayed"
+        ]
+    );
+    let failed = p.event_body(&id, "attempt_failed").await;
+    assert_eq!(failed["class"], "transient");
+    let requests = p.sim.requests_for(&id);
+    assert_eq!(
+        requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 503, 200]
+    );
+    // The policy's backoff (base 100 ms, jittered by 0.5..1.5) separates the attempts.
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(50));
+    assert_eq!(p.sim.accepted_counts().get(&id), Some(&1));
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_whole_carrier_until_retry_after() {
+    let p = Pipeline::start(Options {
+        rbm: GateConfig {
+            concurrency: 1,
+            ..GateConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let throttled_to = "+15550001003";
+    p.sim.script(
+        throttled_to,
+        vec![Scripted::Status {
+            code: 429,
+            retry_after_secs: Some(1),
+        }],
+    );
+    let a = p.send("throttle-a", throttled_to, 3600).await;
+    sealpost_testkit::eventually(Duration::from_secs(10), "the throttled request", || async {
+        (!p.sim.requests_for(&a).is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    let throttled_at = p.sim.requests_for(&a)[0].at;
+    // Another message for another recipient, sent while the carrier is paused.
+    let b = p.send("throttle-b", "+15550001004", 3600).await;
+    p.wait_for(&a, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    p.wait_for(&b, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    assert_eq!(
+        p.sim.throttle_violations(),
+        0,
+        "a request arrived inside Retry-After"
+    );
+    let a_retry = p.sim.requests_for(&a)[1].at;
+    let b_first = p.sim.requests_for(&b)[0].at;
+    assert!(a_retry - throttled_at >= Duration::from_secs(1));
+    assert!(
+        b_first - throttled_at >= Duration::from_secs(1),
+        "the pause held back the other message too"
+    );
+    let failed = p.event_body(&a, "attempt_failed").await;
+    assert_eq!(failed["class"], "throttled");
+    assert_eq!(failed["retry_after_ms"], 1000);
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_the_message_without_retrying() {
+    let p = Pipeline::start(Options::default()).await;
+    let to = "+15550001005";
+    p.sim.script(
+        to,
+        vec![Scripted::Status {
+            code: 400,
+            retry_after_secs: None,
+        }],
+    );
+    let id = p.send("permanent-1", to, 3600).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Failed)
+        .await;
+    assert_eq!(p.types(&id).await, ["accepted", "attempt_failed", "failed"]);
+    assert_eq!(
+        p.event_body(&id, "attempt_failed").await["class"],
+        "permanent"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        p.sim.requests_for(&id).len(),
+        1,
+        "no retry after a permanent error"
+    );
+    assert!(
+        p.sim.notices().is_empty(),
+        "a permanent error is not a fallback"
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_without_rcs_gets_one_neutral_sms_notice() {
+    let p = Pipeline::start(Options::default()).await;
+    let to = "+15550001006";
+    p.sim.script(to, vec![Scripted::NotCapable]);
+    let id = p.send("fallback-1", to, 3600).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| {
+        s == Status::FallbackTriggered
+    })
+    .await;
+    assert_eq!(
+        p.types(&id).await,
+        ["accepted", "attempt_failed", "fallback_triggered"]
+    );
+    assert_eq!(
+        p.event_body(&id, "attempt_failed").await["class"],
+        "not_capable"
+    );
+    sealpost_testkit::eventually(Duration::from_secs(10), "the SMS notice", || async {
+        p.sim
+            .notices()
+            .iter()
+            .any(|n| n.message_id == id)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let notices: Vec<_> = p
+        .sim
+        .notices()
+        .into_iter()
+        .filter(|n| n.message_id == id)
+        .collect();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].text, sealpost_delivery::DEFAULT_NOTICE);
+}
+
+#[tokio::test]
+async fn at_its_ttl_an_undelivered_message_expires_and_is_revoked_at_the_carrier() {
+    let p = Pipeline::start(Options::default()).await;
+    let to = "+15550001007";
+    p.sim.script(to, vec![Scripted::AcceptOffline]);
+    let id = p.send("ttl-1", to, 2).await;
+    p.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
+        .await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Expired)
+        .await;
+    assert_eq!(p.types(&id).await, ["accepted", "carrier_acked", "expired"]);
+    assert_eq!(p.event_body(&id, "expired").await["revoke"], "revoked");
+    assert!(
+        p.sim.revoked(&id),
+        "the carrier no longer holds the message"
+    );
+    // The server fired the timer: it published onto the due subject.
+    let js = async_nats::jetstream::new(p.client.clone());
+    js.get_stream("SEALPOST_SCHEDULES")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&format!("sealpost.due.{ACME}.{id}.expire"))
+        .await
+        .expect("the expiry timer fired");
+}
+
+#[tokio::test]
+async fn forged_and_unsigned_receipts_are_refused_and_stored_nowhere() {
+    let p = Pipeline::start(Options::default()).await;
+    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr);
+    let body =
+        sealpost_carriers::webhook::event_envelope(&sealpost_carriers::webhook::RbmEventWire {
+            agent_id: Some("agent".into()),
+            sender_phone_number: Some("+15550001008".into()),
+            event_type: Some("DELIVERED".into()),
+            event_id: Some("forged-1".into()),
+            message_id: Some("m-forged".into()),
+            send_time: None,
+        });
+    let http = reqwest::Client::new();
+    let unsigned = http.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let forged = http
+        .post(&url)
+        .header(
+            "X-Goog-Signature",
+            sealpost_carriers::webhook::sign(&body, "not-the-token"),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let js = async_nats::jetstream::new(p.client.clone());
+    let stored = js
+        .get_stream("SEALPOST_RECEIPTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(stored, 0);
+    // RBM's endpoint verification is answered with the secret.
+    let token = SimConfig::default().client_token;
+    let v: Value = http
+        .post(&url)
+        .body(sealpost_carriers::webhook::verification_body(
+            &token, "s3cr3t",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["secret"], "s3cr3t");
+}
+
+#[tokio::test]
+async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() {
+    let mut p = Pipeline::start(Options {
+        receipts_from_sim: false,
+        start_delivery: false,
+        ..Options::default()
+    })
+    .await;
+    let id = p.send("early-1", "+15550001009", 3600).await;
+    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr);
+    let token = SimConfig::default().client_token;
+    let http = reqwest::Client::new();
+    for (event_id, kind) in [("early-read", "READ"), ("early-delivered", "DELIVERED")] {
+        let body =
+            sealpost_carriers::webhook::event_envelope(&sealpost_carriers::webhook::RbmEventWire {
+                agent_id: None,
+                sender_phone_number: None,
+                event_type: Some(kind.into()),
+                event_id: Some(event_id.into()),
+                message_id: Some(id.clone()),
+                send_time: None,
+            });
+        let res = http
+            .post(&url)
+            .header(
+                "X-Goog-Signature",
+                sealpost_carriers::webhook::sign(&body, &token),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status().as_u16(),
+            200,
+            "a genuine receipt is stored and answered 200"
+        );
+    }
+    // Receipts role only: they cannot apply yet.
+    let receipts_only = p.delivery.as_ref().unwrap().start(&["receipts"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p.types(&id).await, ["accepted"]);
+    drop(receipts_only);
+    // Now the worker records the ack and the stored receipts apply.
+    p.start_delivery();
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    assert_eq!(
+        p.types(&id).await,
+        ["accepted", "carrier_acked", "delivered", "displayed"]
+    );
+}
+
+/// A `sealpost serve --roles delivery,receipts,expiry,fallback` child process.
+struct Workers {
+    child: Option<tokio::process::Child>,
+    config: std::path::PathBuf,
+    nats_url: String,
+    spawned: usize,
+}
+
+impl Workers {
+    fn spawn(&mut self) {
+        let child = tokio::process::Command::new(crate::gateway::sealpost_binary())
+            .args(["serve", "--roles", "delivery,receipts,expiry,fallback"])
+            .env("SEALPOST_CONFIG", &self.config)
+            .env("SEALPOST_NATS_URL", &self.nats_url)
+            .env("SEALPOST_LOG_FILTER", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sealpost serve starts");
+        self.child = Some(child);
+        self.spawned += 1;
+    }
+
+    /// `kill -9`: SIGKILL, no shutdown path runs.
+    async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().expect("SIGKILL");
+            c.wait().await.expect("reaped");
+        }
+    }
+}
+
+#[tokio::test]
+async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_once_each() {
+    let p = Pipeline::start(Options {
+        start_delivery: false,
+        sim: SimConfig {
+            // Each submission is in flight for a while, so kills land between the carrier's
+            // accept and the recorded ack.
+            latency: Duration::from_millis(30),
+            receipt_delay: Duration::from_millis(20),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let sim = SimConfig::default();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"ak\"\nsecret_access_key = \"sk\"\n\
+             [retry]\nbase_ms = 100\nmax_ms = 1000\n\
+             [delivery]\nconcurrency = 256\n\
+             [carriers.rbm]\nbase_url = \"{url}\"\nagent_id = \"{agent}\"\nbearer_token = \"{bearer}\"\nclient_token = \"{client}\"\n\
+             [carriers.sms]\nbase_url = \"{url}\"\napi_key = \"{sms}\"\n",
+            s3 = p.s3.endpoint(),
+            url = p.sim.base_url(),
+            agent = sim.agent_id,
+            bearer = sim.bearer_token,
+            client = sim.client_token,
+            sms = sim.sms_api_key,
+        ),
+    )
+    .unwrap();
+    let mut workers = Workers {
+        child: None,
+        config,
+        nats_url: p.server.url(),
+        spawned: 0,
+    };
+    workers.spawn();
+
+    const N: usize = 2000;
+    let client = p.client.clone();
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| p.body(&format!("crash-{i}"), &format!("+1555{:07}", i), 3600))
+        .collect();
+    let sends = tokio::spawn(async move {
+        futures::stream::iter(bodies)
+            .map(|body| {
+                let client = client.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let reply = client
+                        .request(format!("sealpost.cmd.{ACME}.send"), body.into())
+                        .await
+                        .expect("the in-process gateway answers");
+                    let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+                    v["message_id"].as_str().expect("accepted").to_owned()
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+    });
+
+    // Kill the worker every 700 ms while the sends stream in, and a few times after.
+    let mut kills = 0;
+    while kills < 10 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        workers.kill9().await;
+        kills += 1;
+        workers.spawn();
+    }
+    let ids = sends.await.unwrap();
+    assert_eq!(ids.len(), N);
+
+    let store = store_on(&p.client);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut pending: Vec<String> = ids.clone();
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} messages not displayed in time, e.g. {:?}",
+            pending.len(),
+            &pending[..pending.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut still = vec![];
+        for id in pending {
+            let s = store
+                .load(&format!("{ACME}.{id}"))
+                .await
+                .unwrap()
+                .aggregate
+                .status;
+            if s != Status::Displayed {
+                still.push(id);
+            }
+        }
+        pending = still;
+    }
+    workers.kill9().await;
+
+    let counts = p.sim.accepted_counts();
+    let stats = p.sim.stats();
+    let mut twice = 0;
+    for id in &ids {
+        let n = counts.get(id).copied().unwrap_or(0);
+        assert!(n >= 1, "message {id} never reached the carrier");
+        if n > 1 {
+            twice += 1;
+        }
+        let types = p.types(id).await;
+        for t in ["carrier_acked", "delivered", "displayed"] {
+            assert_eq!(
+                types.iter().filter(|x| *x == t).count(),
+                1,
+                "message {id}: {types:?}"
+            );
+        }
+    }
+    eprintln!(
+        "{} worker processes, {kills} kills; carrier: {} accepted, {} resubmissions answered 409",
+        workers.spawned, stats.accepted, stats.duplicates_409
+    );
+    assert_eq!(twice, 0, "messages accepted more than once by the carrier");
+    assert_eq!(stats.accepted, N as u64);
+    assert!(
+        stats.duplicates_409 > 0,
+        "no kill landed mid-submission; the test did not exercise redelivery"
+    );
+}
