@@ -775,3 +775,99 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
         "no kill landed mid-submission; the test did not exercise redelivery"
     );
 }
+
+#[tokio::test]
+async fn killing_the_nats_server_mid_flight_loses_no_message_and_submits_none_twice() {
+    let mut p = Pipeline::start(Options {
+        sim: SimConfig {
+            latency: Duration::from_millis(20),
+            receipt_delay: Duration::from_millis(20),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    const N: usize = 600;
+    let client = p.client.clone();
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| p.body(&format!("srv-{i}"), &format!("+1666{:07}", i), 3600))
+        .collect();
+    let sends = tokio::spawn(async move {
+        futures::stream::iter(bodies)
+            .map(|body| {
+                let client = client.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // While the server is down a send fails; the client resends under its key.
+                    loop {
+                        let req = client
+                            .request(format!("sealpost.cmd.{ACME}.send"), body.clone().into());
+                        if let Ok(Ok(reply)) =
+                            tokio::time::timeout(Duration::from_secs(2), req).await
+                        {
+                            let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+                            if let Some(id) = v["message_id"].as_str() {
+                                return id.to_owned();
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+    });
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        p.server
+            .restart()
+            .await
+            .expect("the server restarts on its store");
+    }
+    let ids = tokio::time::timeout(Duration::from_secs(120), sends)
+        .await
+        .expect("every send is answered")
+        .unwrap();
+    let store = store_on(&p.client);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut pending = ids.clone();
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} messages not displayed in time",
+            pending.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut still = vec![];
+        for id in pending {
+            match store.load(&format!("{ACME}.{id}")).await {
+                Ok(l) if l.aggregate.status == Status::Displayed => {}
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+    }
+    let stats = p.sim.stats();
+    assert_eq!(
+        stats.accepted, N as u64,
+        "each message accepted once by the carrier"
+    );
+    for id in &ids {
+        let types = p.types(id).await;
+        assert_eq!(
+            types.iter().filter(|t| *t == "carrier_acked").count(),
+            1,
+            "{id}: {types:?}"
+        );
+        assert_eq!(
+            types.iter().filter(|t| *t == "accepted").count(),
+            1,
+            "{id}: {types:?}"
+        );
+    }
+    eprintln!(
+        "server restarted twice; carrier: {} accepted, {} answered 409",
+        stats.accepted, stats.duplicates_409
+    );
+}
