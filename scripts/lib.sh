@@ -456,3 +456,85 @@ ensure_postgres() {
   _psql_ok "$DATABASE_URL" || die "the private PostgreSQL cluster does not answer at $DATABASE_URL"
   step "PostgreSQL: private cluster at $DATABASE_URL"
 }
+
+# ---------------------------------------------------------------------------------------------
+# promtool (checks and unit-tests the alerting rules in crates/sealpost/prometheus)
+
+# _prometheus_pids: PIDs of running /usr/bin/prometheus servers, one a line.
+_prometheus_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/exe" 2>/dev/null) == /usr/bin/prometheus ]] && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+# _apt_install_quiet_service SERVICE PACKAGE...: apt-get install, without letting the packages'
+# maintainer scripts start SERVICE, and leaving it disabled (neither running nor started at boot).
+# The install runs under a policy-rc.d that forbids starting services (Debian's documented switch,
+# honoured by invoke-rc.d and deb-systemd-invoke) unless the machine already has one.
+_apt_install_quiet_service() {
+  local service=$1 sudo=() policy=/usr/sbin/policy-rc.d ours= before pid rc=0
+  shift
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install $*"
+    sudo=(sudo -n)
+  fi
+  before=$(_prometheus_pids)
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# scripts/lib.sh: no service starts during this install.\nexit 101\n' |
+      "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod 755 "$policy"
+    ours=1
+    add_cleanup "[[ ! -e '$policy' ]] || ! grep -q 'scripts/lib.sh' '$policy' || ${sudo[*]:+${sudo[*]} }rm -f '$policy'"
+  fi
+  _apt_install "$@" || rc=$?
+  if [[ -n $ours ]]; then
+    "${sudo[@]}" rm -f "$policy"
+  fi
+  ((rc == 0)) || die "apt-get install $* failed (exit $rc)"
+
+  # Belt and braces: the package enables its unit; disable it, and stop a server that started anyway.
+  if command -v systemctl >/dev/null 2>&1; then
+    if [[ -d /run/systemd/system ]]; then
+      "${sudo[@]}" systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+    else # no systemd running (a container): only drop the unit's links
+      "${sudo[@]}" systemctl disable "$service.service" >/dev/null 2>&1 || true
+    fi
+  fi
+  if [[ -x /etc/init.d/$service ]] && command -v update-rc.d >/dev/null 2>&1; then
+    "${sudo[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
+  fi
+  for pid in $(_prometheus_pids); do
+    if ! grep -qx "$pid" <<<"$before"; then
+      step "stopping the $service server (pid $pid) the package started"
+      "${sudo[@]}" kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
+# ensure_promtool: exports SEALPOST_PROMTOOL. A SEALPOST_PROMTOOL set by the caller, else the
+# promtool on PATH, else /usr/bin/promtool from Debian's prometheus package, installed here
+# (--no-install-recommends) with its service kept stopped and disabled: only promtool is wanted,
+# not a Prometheus server on :9090.
+ensure_promtool() {
+  local bin
+  if [[ -n ${SEALPOST_PROMTOOL:-} ]]; then
+    [[ -x $SEALPOST_PROMTOOL ]] || die "SEALPOST_PROMTOOL=$SEALPOST_PROMTOOL is not an executable file"
+    export SEALPOST_PROMTOOL
+    return 0
+  fi
+  if ! bin=$(command -v promtool 2>/dev/null); then
+    _tools_lock
+    if ! bin=$(command -v promtool 2>/dev/null); then
+      step "installing promtool (Debian package prometheus, its service left stopped)"
+      _apt_install_quiet_service prometheus --no-install-recommends prometheus
+      bin=$(command -v promtool 2>/dev/null) || {
+        _tools_unlock
+        die "promtool not found even after installing the prometheus package"
+      }
+    fi
+    _tools_unlock
+  fi
+  export SEALPOST_PROMTOOL=$bin
+}

@@ -143,6 +143,7 @@ impl Delivery {
             .await
         {
             Ok(done) => {
+                crate::report(&done.aggregate, &done.events);
                 if !done.events.is_empty() {
                     tracing::info!(%message_id, revoke = ?revoke, "message expired");
                 }

@@ -207,3 +207,56 @@ fn correlation(headers: Option<&async_nats::HeaderMap>) -> HashMap<String, Strin
 fn until(a: time::OffsetDateTime, b: time::OffsetDateTime) -> Duration {
     Duration::try_from(a - b).unwrap_or(Duration::ZERO)
 }
+
+/// Reports committed events to the process metrics: outcomes per tenant, message type and
+/// carrier; retried attempts per class and code; acceptance-to-delivery latency.
+pub(crate) fn report(message: &Message, events: &[sealpost_domain::MessageEvent]) {
+    use sealpost_domain::events::{ErrorClass, MessageType};
+    use sealpost_domain::MessageEvent as E;
+    let Some(accepted) = message.accepted.as_ref() else {
+        return;
+    };
+    let m = sealpost_telemetry::metrics();
+    let tenant = accepted.tenant_id.as_str();
+    let message_type = match accepted.message_type {
+        MessageType::Transactional => "transactional",
+        MessageType::Promotional => "promotional",
+    };
+    let carrier = message.carrier.as_deref().unwrap_or("rbm");
+    let retried = events.iter().any(|e| matches!(e, E::RetryScheduled(_)));
+    for e in events {
+        let outcome = match e {
+            E::CarrierAcked(_) => "acked",
+            E::Delivered(d) => {
+                let secs = (d.at - accepted.accepted_at).as_seconds_f64().max(0.0);
+                m.latency
+                    .get_or_create(&sealpost_telemetry::LatencyLabels {
+                        tenant: tenant.to_owned(),
+                        message_type,
+                    })
+                    .observe(secs);
+                "delivered"
+            }
+            E::Displayed(_) => "displayed",
+            E::Failed(_) => "failed",
+            E::FallbackTriggered(_) => "fallback",
+            E::Expired(_) => "expired",
+            E::AttemptFailed(f) if retried => {
+                let class = match f.class {
+                    ErrorClass::Throttled => "throttled",
+                    _ => "transient",
+                };
+                m.retries
+                    .get_or_create(&sealpost_telemetry::RetryLabels {
+                        carrier: f.carrier.clone(),
+                        class,
+                        code: f.code.clone(),
+                    })
+                    .inc();
+                continue;
+            }
+            _ => continue,
+        };
+        m.outcome(tenant, message_type, carrier, outcome);
+    }
+}

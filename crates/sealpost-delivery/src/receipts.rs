@@ -98,7 +98,10 @@ impl Delivery {
             .execute(&agg, cmd, &Default::default())
             .await
         {
-            Ok(_) => JobEnd::Ack,
+            Ok(done) => {
+                crate::report(&done.aggregate, &done.events);
+                JobEnd::Ack
+            }
             Err(ExecuteError::Rejected(MessageError::NotYetAcked)) => {
                 tracing::debug!(%message_id, "receipt before the carrier ack; retrying it later");
                 JobEnd::Nak(retry)

@@ -136,13 +136,16 @@ impl Delivery {
             .execute(&agg, cmd, &correlation(job.headers.as_ref()))
             .await
         {
-            Ok(done) => match done.aggregate.status {
-                Status::RetryScheduled | Status::Queued => {
-                    let nb = done.aggregate.not_before.unwrap_or(now);
-                    JobEnd::Nak(until(nb, OffsetDateTime::now_utc()))
+            Ok(done) => {
+                crate::report(&done.aggregate, &done.events);
+                match done.aggregate.status {
+                    Status::RetryScheduled | Status::Queued => {
+                        let nb = done.aggregate.not_before.unwrap_or(now);
+                        JobEnd::Nak(until(nb, OffsetDateTime::now_utc()))
+                    }
+                    _ => JobEnd::Ack,
                 }
-                _ => JobEnd::Ack,
-            },
+            }
             Err(ExecuteError::Rejected(MessageError::AlreadyFinal(status))) => {
                 if matches!(outcome, CarrierOutcome::Acked { .. }) {
                     // Expired or cancelled while this submission was in flight: take it back.

@@ -69,6 +69,27 @@ struct Inner {
     receipts: crate::receipts::ReceiptConfig,
 }
 
+/// Counts an answered send in `sealpost_ingress_requests_total`.
+pub(crate) fn count_send(
+    tenant: &Tenant,
+    transport: &'static str,
+    result: &Result<SendReply, ApiError>,
+) {
+    let outcome = match result {
+        Ok(r) if r.status == SendStatus::Accepted => "accepted".to_owned(),
+        Ok(_) => "duplicate".to_owned(),
+        Err(e) => e.code.as_str().to_owned(),
+    };
+    sealpost_telemetry::metrics()
+        .ingress
+        .get_or_create(&sealpost_telemetry::IngressLabels {
+            tenant: tenant.id.as_str().to_owned(),
+            transport,
+            outcome,
+        })
+        .inc();
+}
+
 fn store_error(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "event store unavailable");
     ApiError::unavailable(

@@ -31,6 +31,7 @@ pub fn router(gateway: Gateway, nats: async_nats::Client) -> Router {
         .route("/v1/blobs/presign", post(presign))
         .route("/v1/receipts/{carrier}", post(receipt))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(ready))
         .with_state(AppState { gateway, nats })
 }
@@ -93,7 +94,9 @@ async fn send(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Resp
             .authenticate(header_str(&headers, "authorization")?)?;
         let key = header_str(&headers, "idempotency-key")?;
         let body = read_body(body, MAX_COMMAND_BYTES).await?;
-        s.gateway.send(tenant, &body, key).await
+        let r = s.gateway.send(tenant, &body, key).await;
+        crate::gateway::count_send(tenant, "http", &r);
+        r
     }
     .await;
     match result {
@@ -183,6 +186,15 @@ async fn receipt(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /metrics`: the process's Prometheus metrics. No tenant data beyond tenant ids.
+pub async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, sealpost_telemetry::CONTENT_TYPE)],
+        sealpost_telemetry::encode(),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

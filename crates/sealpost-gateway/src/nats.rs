@@ -104,7 +104,11 @@ async fn handle(
     let tenant_id = message.subject.split('.').nth(2).unwrap_or_default();
     let tenant = gateway.tenant(tenant_id)?;
     match op {
-        Op::Send => json(&gateway.send(tenant, &message.payload, None).await?),
+        Op::Send => {
+            let r = gateway.send(tenant, &message.payload, None).await;
+            crate::gateway::count_send(tenant, "nats", &r);
+            json(&r?)
+        }
         Op::Cancel => json(&gateway.cancel(tenant, &message.payload).await?),
         Op::Status => {
             let id = parse_message_id_body(&message.payload)?;
