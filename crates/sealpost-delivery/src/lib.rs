@@ -131,6 +131,8 @@ struct Inner {
     cfg: DeliveryConfig,
     /// message id → tenant, for receipts (carriers name messages by id only).
     tenants: std::sync::Mutex<HashMap<String, TenantId>>,
+    /// Per-message FIFO turns of the receipts consumer.
+    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Delivery {
@@ -151,6 +153,7 @@ impl Delivery {
                 carriers,
                 cfg,
                 tenants: Default::default(),
+                turns: Default::default(),
             }),
         }
     }

@@ -10,6 +10,7 @@
 //! The carrier names messages by message id only; the tenant is found from the message's
 //! `accepted` event (`sealpost.evt.*.<message_id>.accepted`) and cached.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_carriers::webhook::{self, RbmEventKind, Webhook};
@@ -91,6 +92,11 @@ impl Delivery {
                 return JobEnd::Nak(retry);
             }
         };
+        // One receipt per message at a time, in arrival order: DELIVERED then READ each write
+        // one event. Decided concurrently, READ would see the message still acked and write the
+        // implied `delivered` with `displayed` as an atomic batch (which the server commits one
+        // at a time), and one of the two would conflict and reload.
+        let _turn = self.message_turn(&message_id).await;
         let agg = aggregate_id(&tenant, &message_id);
         match self
             .inner
@@ -144,12 +150,53 @@ impl Delivery {
         Ok(tenant)
     }
 
+    /// Waits for this message's turn (FIFO per message); the turn ends when the guard drops.
+    async fn message_turn(&self, message_id: &MessageId) -> MessageTurn {
+        let lock = {
+            let mut turns = match self.inner.turns.lock() {
+                Ok(t) => t,
+                Err(p) => p.into_inner(),
+            };
+            turns
+                .entry(message_id.as_str().to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        MessageTurn {
+            d: self.clone(),
+            key: message_id.as_str().to_owned(),
+            lock,
+            _guard: Some(guard),
+        }
+    }
+
     pub(crate) fn remember_tenant(&self, message_id: &MessageId, tenant: &TenantId) {
         if let Ok(mut c) = self.inner.tenants.lock() {
             if c.len() >= TENANT_CACHE {
                 c.clear();
             }
             c.insert(message_id.as_str().to_owned(), tenant.clone());
+        }
+    }
+}
+
+/// A message's turn at the receipts consumer; dropping it lets the next receipt in.
+struct MessageTurn {
+    d: Delivery,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for MessageTurn {
+    fn drop(&mut self) {
+        self._guard.take();
+        if let Ok(mut turns) = self.d.inner.turns.lock() {
+            // Only this turn and the map hold the lock: nobody waits; forget it.
+            if Arc::strong_count(&self.lock) == 2 {
+                turns.remove(&self.key);
+            }
         }
     }
 }

@@ -38,6 +38,9 @@ pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// How long after `expires_at` the carrier's own TTL (RBM `expireTime`) takes a message back.
+pub const CARRIER_TTL_GRACE: time::Duration = time::Duration::seconds(30);
+
 /// Retry delay after a store hiccup.
 const STORE_RETRY: Duration = Duration::from_millis(200);
 
@@ -102,22 +105,25 @@ impl Delivery {
             return JobEnd::Ack;
         }
         let slot = &self.inner.carriers.opaque;
+        // Everything but the request itself happens before the gate, so that a job let through
+        // submits at once and a 429's pause holds back as few in-flight jobs as possible.
+        let content = match self.opaque_content(&tenant, accepted, now).await {
+            Ok(c) => c,
+            Err(end) => return end,
+        };
+        let submission = Submission {
+            message_id: message_id.as_str().to_owned(),
+            recipient: accepted.recipient.expose().to_owned(),
+            content,
+            // Sealpost's own timer ends the message and revokes it at `expires_at`; the
+            // carrier's TTL is a backstop a little later, for a revoke that cannot get through.
+            expire_time: Some(accepted.expires_at + CARRIER_TTL_GRACE),
+        };
         let permit = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
             Ok(p) => p,
             Err(paused) => return JobEnd::Nak(paused.remaining),
         };
-        let outcome = match self.opaque_content(&tenant, accepted, now).await {
-            Ok(content) => {
-                let submission = Submission {
-                    message_id: message_id.as_str().to_owned(),
-                    recipient: accepted.recipient.expose().to_owned(),
-                    content,
-                    expire_time: Some(accepted.expires_at),
-                };
-                slot.carrier.submit(&submission).await
-            }
-            Err(end) => return end,
-        };
+        let outcome = slot.carrier.submit(&submission).await;
         drop(permit);
         if let CarrierOutcome::Throttled { retry_after, .. } = &outcome {
             slot.gate
