@@ -68,6 +68,8 @@ struct Pipeline {
 }
 
 struct Options {
+    /// Answer status queries from the `messages` view of this database.
+    status_view: Option<sqlx::PgPool>,
     rbm: GateConfig,
     receipts_from_sim: bool,
     start_delivery: bool,
@@ -78,6 +80,7 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            status_view: None,
             rbm: GateConfig::default(),
             receipts_from_sim: true,
             start_delivery: true,
@@ -124,6 +127,10 @@ impl Pipeline {
         .with_receipts(ReceiptConfig {
             rbm_client_token: Some(sim_cfg.client_token.clone()),
         });
+        let gw = match o.status_view.clone() {
+            Some(pool) => gw.with_status_source(Arc::new(ViewStatus { pool })),
+            None => gw,
+        };
         let gateway = RunningGateway::start(
             server.connect().await.unwrap(),
             gw,
@@ -870,4 +877,86 @@ async fn killing_the_nats_server_mid_flight_loses_no_message_and_submits_none_tw
         "server restarted twice; carrier: {} accepted, {} answered 409",
         stats.accepted, stats.duplicates_409
     );
+}
+
+/// The binary's status source, rebuilt here: the `messages` view.
+#[derive(Debug)]
+struct ViewStatus {
+    pool: sqlx::PgPool,
+}
+
+#[async_trait::async_trait]
+impl sealpost_gateway::StatusSource for ViewStatus {
+    async fn status(&self, tenant: &str, id: &str) -> Result<Option<Value>, String> {
+        let row = sealpost_projections::message_row(&self.pool, tenant, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.map(|r| serde_json::to_value(r).unwrap()))
+    }
+}
+
+#[tokio::test]
+async fn status_answers_from_the_messages_view_and_from_events_until_the_view_has_the_message() {
+    let db = sealpost_testkit::PgDatabase::create().await.unwrap();
+    let pool = sealpost_projections::connect(&db.url, 4).await.unwrap();
+    let p = Pipeline::start(Options {
+        status_view: Some(pool.clone()),
+        ..Options::default()
+    })
+    .await;
+    let status = |id: String| {
+        let url = format!("http://{}/v1/messages/{id}", p.gateway.http_addr);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(format!("{ACME}-key"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let id = p.send("view-1", "+15550001010", 3600).await;
+    // No projector yet: the answer comes from the events, in the view's field names.
+    let early = status(id.clone()).await;
+    assert_eq!(early["message_id"], id.as_str());
+    assert_eq!(early["recipient_masked"], "+*********10");
+    assert!(
+        early.get("recipient_sha256").is_none(),
+        "not from the view yet: {early}"
+    );
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    let _projector = sealpost_projections::Projector::start(
+        async_nats::jetstream::new(p.client.clone()),
+        pool.clone(),
+        sealpost_projections::ProjectorConfig::default(),
+        &sealpost_projections::ProjectionName::ALL,
+    )
+    .await
+    .unwrap();
+    let row = sealpost_testkit::eventually(Duration::from_secs(20), "the view row", || async {
+        let v = status(id.clone()).await;
+        (v["status"] == "displayed" && v.get("recipient_sha256").is_some()).then_some(v)
+    })
+    .await
+    .unwrap();
+    assert_eq!(row["tenant"], ACME);
+    assert_eq!(row["recipient_masked"], "+*********10");
+    assert_eq!(row["correlation_id"], "corr-view-1");
+    assert!(row["displayed_at"].is_string(), "{row}");
+    assert!(
+        !row.to_string().contains("5550001010"),
+        "the number never appears: {row}"
+    );
+    // A key of no configured tenant cannot read it.
+    let other = reqwest::Client::new()
+        .get(format!("http://{}/v1/messages/{id}", p.gateway.http_addr))
+        .bearer_auth("beta-co-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.status().is_client_error());
 }

@@ -198,7 +198,10 @@ async fn a_send_over_nats_and_one_over_http_are_accepted_and_their_status_answer
     assert_eq!(err, None, "{row}");
     assert_eq!(row["status"], "queued");
     assert_eq!(row["payload_sha256"], blob.sha256.as_str());
-    assert_eq!(row["recipient"], "+*********67", "the number is masked");
+    assert_eq!(
+        row["recipient_masked"], "+*********67",
+        "the number is masked"
+    );
 
     let res = ing
         .http

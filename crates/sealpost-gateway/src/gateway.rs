@@ -67,6 +67,7 @@ struct Inner {
     known: Mutex<HashMap<String, KnownBlob>>,
     max_blob_bytes: u64,
     receipts: crate::receipts::ReceiptConfig,
+    status_source: Option<Arc<dyn crate::view::StatusSource>>,
 }
 
 /// Counts an answered send in `sealpost_ingress_requests_total`.
@@ -112,7 +113,25 @@ impl Gateway {
                 known: Mutex::new(HashMap::new()),
                 max_blob_bytes,
                 receipts: Default::default(),
+                status_source: None,
             }),
+        }
+    }
+
+    /// Answers status queries from a view (see [`crate::view`]). Call it on a new gateway,
+    /// before it is cloned into a server.
+    pub fn with_status_source(self, source: Arc<dyn crate::view::StatusSource>) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Self {
+                inner: Arc::new(Inner {
+                    status_source: Some(source),
+                    ..inner
+                }),
+            },
+            Err(shared) => {
+                tracing::error!("status source set on a gateway already in use; ignored");
+                Self { inner: shared }
+            }
         }
     }
 
@@ -393,7 +412,16 @@ impl Gateway {
         &self,
         tenant: &Tenant,
         message_id: &MessageId,
-    ) -> Result<MessageView, ApiError> {
+    ) -> Result<serde_json::Value, ApiError> {
+        if let Some(source) = &self.inner.status_source {
+            match source.status(tenant.id.as_str(), message_id.as_str()).await {
+                Ok(Some(row)) => return Ok(row),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the messages view is unreachable; answering status from the events");
+                }
+            }
+        }
         let id = aggregate_id(&tenant.id, message_id);
         let loaded = self
             .inner
@@ -402,7 +430,9 @@ impl Gateway {
             .load(&id)
             .await
             .map_err(store_error)?;
-        MessageView::from_aggregate(&loaded.aggregate).ok_or_else(not_found)
+        let view = MessageView::from_aggregate(&loaded.aggregate).ok_or_else(not_found)?;
+        serde_json::to_value(view)
+            .map_err(|_| ApiError::unavailable("could not encode the status; retry"))
     }
 }
 

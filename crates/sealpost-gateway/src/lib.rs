@@ -30,4 +30,4 @@ pub use gateway::{CancelReply, Gateway, SendReply, SendStatus};
 pub use receipts::ReceiptConfig;
 pub use server::RunningGateway;
 pub use tenants::{hash_api_key, inbox_prefix, nats_config, TenantConfig, Tenants};
-pub use view::MessageView;
+pub use view::{MessageView, StatusSource};

@@ -23,9 +23,20 @@ impl RunningGateway {
         gateway: Gateway,
         http_listen: SocketAddr,
     ) -> std::io::Result<Self> {
+        Self::start_with(client, gateway, http_listen, axum::Router::new()).await
+    }
+
+    /// [`RunningGateway::start`], with `extra` routes (e.g. the dashboard) merged into the HTTP
+    /// router. `extra` must not define a route the gateway has (axum panics on an overlap).
+    pub async fn start_with(
+        client: async_nats::Client,
+        gateway: Gateway,
+        http_listen: SocketAddr,
+        extra: axum::Router,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(http_listen).await?;
         let http_addr = listener.local_addr()?;
-        let router = crate::http::router(gateway.clone(), client.clone());
+        let router = crate::http::router(gateway.clone(), client.clone()).merge(extra);
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "HTTP server stopped");

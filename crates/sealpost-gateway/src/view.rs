@@ -1,5 +1,7 @@
-//! The status row a tenant sees for one message. Built from the aggregate until the `messages`
-//! projection lands; the recipient is masked.
+//! The status row a tenant sees for one message. With a [`StatusSource`] (the `messages` view in
+//! Postgres, wired by the binary) the row comes from the view; a message the view has not caught
+//! up with yet, or any message while the view is unreachable, is answered from its events in the
+//! same field names ([`MessageView`]). The recipient is always masked.
 
 use sealpost_domain::Message;
 use serde::Serialize;
@@ -8,10 +10,10 @@ use time::OffsetDateTime;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MessageView {
     pub message_id: String,
-    pub tenant_id: String,
+    pub tenant: String,
     pub status: &'static str,
     pub message_type: sealpost_domain::events::MessageType,
-    pub recipient: String,
+    pub recipient_masked: String,
     pub payload_ref: String,
     pub payload_sha256: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,10 +37,10 @@ impl MessageView {
         let a = m.accepted.as_ref()?;
         Some(Self {
             message_id: a.message_id.as_str().to_owned(),
-            tenant_id: a.tenant_id.as_str().to_owned(),
+            tenant: a.tenant_id.as_str().to_owned(),
             status: m.status.as_str(),
             message_type: a.message_type,
-            recipient: a.recipient.masked(),
+            recipient_masked: a.recipient.masked(),
             payload_ref: a.payload_ref.clone(),
             payload_sha256: a.payload_sha256.as_str().to_owned(),
             payload_size: a.payload_size,
@@ -51,4 +53,15 @@ impl MessageView {
             purged: m.purged,
         })
     }
+}
+
+/// Where status rows come from when not from the events: the `messages` view.
+#[async_trait::async_trait]
+pub trait StatusSource: Send + Sync + std::fmt::Debug {
+    /// The message's row as JSON; `Ok(None)` when the view has not seen the message (yet).
+    async fn status(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<Option<serde_json::Value>, String>;
 }

@@ -21,6 +21,7 @@ pub struct Config {
     pub delivery: DeliverySection,
     pub carriers: CarriersSection,
     pub log: LogConfig,
+    pub postgres: PostgresSection,
     #[serde(default)]
     pub tenants: Vec<sealpost_gateway::TenantConfig>,
 }
@@ -117,6 +118,41 @@ pub struct SmsSection {
     pub concurrency: usize,
     pub rate_per_sec: u32,
     pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    pub url: String,
+    pub max_connections: u32,
+    pub batch_size: usize,
+    pub batch_wait_ms: u64,
+    pub retention_days: u64,
+}
+
+impl PostgresSection {
+    /// `url`, else `DATABASE_URL`.
+    pub fn resolved_url(&self) -> anyhow::Result<String> {
+        if !self.url.is_empty() {
+            return Ok(self.url.clone());
+        }
+        match std::env::var("DATABASE_URL") {
+            Ok(u) if !u.is_empty() => Ok(u),
+            _ => bail!(
+                "no PostgreSQL configured: set DATABASE_URL or [postgres] url \
+                 (SEALPOST_POSTGRES_URL); scripts/demo and scripts/test find or start one"
+            ),
+        }
+    }
+
+    /// The projector's settings.
+    pub fn projector(&self) -> sealpost_projections::ProjectorConfig {
+        sealpost_projections::ProjectorConfig {
+            batch_size: self.batch_size,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,7 +276,7 @@ impl Config {
                 self.carriers.sms.concurrency,
             ),
         ] {
-            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("carriers.{name}.base_url must start with http:// or https://");
             }
             if timeout == 0 || conc == 0 {
@@ -248,6 +284,15 @@ impl Config {
                     "carriers.{name}.timeout_ms and carriers.{name}.concurrency must be at least 1"
                 );
             }
+        }
+        let pg = &self.postgres;
+        if !pg.url.is_empty()
+            && !(pg.url.starts_with("postgres://") || pg.url.starts_with("postgresql://"))
+        {
+            bail!("postgres.url must start with postgres:// or postgresql:// (or be empty to use DATABASE_URL)");
+        }
+        if pg.max_connections == 0 || pg.batch_size == 0 || pg.batch_size > 50_000 {
+            bail!("postgres.max_connections must be at least 1 and postgres.batch_size 1 to 50000");
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             bail!(
@@ -271,6 +316,14 @@ impl Config {
         mask(&mut c.carriers.rbm.bearer_token);
         mask(&mut c.carriers.rbm.client_token);
         mask(&mut c.carriers.sms.api_key);
+        // A password inside the URL: postgres://user:<set>@host/db
+        if let Some((head, rest)) = c.postgres.url.split_once("://") {
+            if let Some((auth, host)) = rest.split_once('@') {
+                if let Some((user, _)) = auth.split_once(':') {
+                    c.postgres.url = format!("{head}://{user}:<set>@{host}");
+                }
+            }
+        }
         c
     }
 

@@ -1,0 +1,275 @@
+//! Never leaked: a full run of a real `sealpost serve` process (gateway and every delivery role)
+//! with faults, JSON logs at debug level for Sealpost's own crates, then a scan of everything it
+//! logged and of its `/metrics` for ciphertext, full phone numbers and secrets.
+
+// Test fixtures: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sealpost_carrier_sim::{CarrierSim, FaultMix, SimConfig};
+use sealpost_testkit::NatsServer;
+use serde_json::{json, Value};
+
+use crate::support::store_on;
+
+const TENANT: &str = "leak-co";
+const API_KEY: &str = "sk_live_LEAKCANARY_api_key_7f3a";
+const S3_SECRET: &str = "s3-secret-LEAKCANARY-91b2";
+const CIPHERTEXT: &[u8] = b"MLS-CIPHERTEXT-LEAKCANARY-0123456789abcdef";
+
+#[tokio::test]
+async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
+    let server = NatsServer::start().await.unwrap();
+    let client = server.connect().await.unwrap();
+    sealpost_eventstore::provision::provision(
+        &async_nats::jetstream::new(client.clone()),
+        &sealpost_eventstore::provision::embedded_definitions(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let sim_cfg = SimConfig {
+        bearer_token: "rbm-bearer-LEAKCANARY-55".into(),
+        client_token: "rbm-client-LEAKCANARY-66".into(),
+        sms_api_key: "sms-key-LEAKCANARY-77".into(),
+        receipt_delay: Duration::from_millis(10),
+        faults: FaultMix {
+            server_error: 0.2,
+            throttle: 0.05,
+            retry_after_secs: 1,
+            not_capable: 0.1,
+            permanent: 0.05,
+            ..FaultMix::default()
+        },
+        ..SimConfig::default()
+    };
+    let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), sim_cfg.clone())
+        .await
+        .unwrap();
+    let port = sealpost_testkit::free_port().unwrap();
+    sim.set_webhook_url(Some(format!("http://127.0.0.1:{port}/v1/receipts/rbm")));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[gateway]
+http_listen = "127.0.0.1:{port}"
+[s3]
+embedded_dir = "{s3dir}"
+access_key_id = "leak-ak"
+secret_access_key = "{S3_SECRET}"
+[retry]
+base_ms = 100
+max_ms = 500
+[carriers.rbm]
+base_url = "{sim}"
+agent_id = "{agent}"
+bearer_token = "{bearer}"
+client_token = "{client_token}"
+[carriers.sms]
+base_url = "{sim}"
+api_key = "{sms}"
+[log]
+format = "json"
+filter = "info,sealpost=debug,sealpost_gateway=debug,sealpost_delivery=debug,sealpost_eventstore=debug,sealpost_carriers=debug,sealpost_blobstore=debug"
+[[tenants]]
+id = "{TENANT}"
+api_key_sha256 = ["{hash}"]
+rate_per_sec = 10000.0
+burst = 10000
+"#,
+            s3dir = dir.path().join("s3").display(),
+            sim = sim.base_url(),
+            agent = sim_cfg.agent_id,
+            bearer = sim_cfg.bearer_token,
+            client_token = sim_cfg.client_token,
+            sms = sim_cfg.sms_api_key,
+            hash = sealpost_gateway::hash_api_key(API_KEY),
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("sealpost.log");
+    let mut child = tokio::process::Command::new(crate::gateway::sealpost_binary())
+        .args([
+            "serve",
+            "--roles",
+            "gateway,delivery,receipts,expiry,fallback",
+        ])
+        .env("SEALPOST_CONFIG", &config)
+        .env("SEALPOST_NATS_URL", server.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    sealpost_testkit::eventually(Duration::from_secs(30), "the gateway", || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    let blob: Value = http
+        .post(format!("{base}/v1/blobs"))
+        .bearer_auth(API_KEY)
+        .body(CIPHERTEXT.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let phones: Vec<String> = (0..40)
+        .map(|i| format!("+4477009{:05}", 31_337 + i))
+        .collect();
+    let mut ids = vec![];
+    for (i, phone) in phones.iter().enumerate() {
+        let body = json!({
+            "idempotency_key": format!("leak-{i}"),
+            "recipient": phone,
+            "encrypted_payload_reference": blob["reference"],
+            "payload_sha256": blob["sha256"],
+            "encryption_metadata": {"mls_version": "1", "cipher": "XChaCha20-Poly1305", "key_id": "user-public-key-v2"},
+            "metadata": {"tenant_id": TENANT, "message_type": "transactional", "correlation_id": format!("corr-{i}")},
+            "ttl_seconds": 3600,
+            "fallback": {"channel": "sms", "notice_template": "secure_message_waiting"}
+        });
+        let v: Value = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(v["message_id"].as_str().expect("accepted").to_owned());
+    }
+    // Refused sends must not echo what they were given either.
+    for bad in ["+44770093133", "447700931337", "+4477009313370000000"] {
+        let res = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"idempotency_key": "bad", "recipient": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400);
+        let text = res.text().await.unwrap();
+        assert!(!text.contains(bad), "the error echoed the number: {text}");
+    }
+    let wrong_key = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth("sk_live_WRONG_LEAKCANARY")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.status().as_u16(), 401);
+
+    // Wait until every message has settled (through retries, throttling and fallbacks).
+    let store = store_on(&client);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut open = 0;
+        for id in &ids {
+            let m = store
+                .load(&format!("{TENANT}.{id}"))
+                .await
+                .unwrap()
+                .aggregate;
+            if !m.status.is_settled() {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} messages still open");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Queue depth is polled every 5 s; let one poll land.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+
+    // The run really logged and really exported something to scan.
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(
+        lines.len() > 20,
+        "too little logged to prove anything:\n{logs}"
+    );
+    for l in &lines {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}"));
+    }
+    assert!(
+        logs.contains(&ids[0]),
+        "message ids are logged (they are not secret)"
+    );
+    assert!(
+        metrics.contains("sealpost_ingress_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sealpost_delivery_outcomes_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sealpost_queue_depth"), "{metrics}");
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut canaries: Vec<(String, String)> = vec![
+        (
+            "ciphertext".into(),
+            String::from_utf8_lossy(CIPHERTEXT).into_owned(),
+        ),
+        ("ciphertext (base64)".into(), b64.encode(CIPHERTEXT)),
+        ("ciphertext (hex)".into(), hex::encode(CIPHERTEXT)),
+        ("API key".into(), API_KEY.into()),
+        ("wrong API key".into(), "sk_live_WRONG_LEAKCANARY".into()),
+        ("S3 secret".into(), S3_SECRET.into()),
+        ("RBM bearer token".into(), sim_cfg.bearer_token.clone()),
+        ("RBM client token".into(), sim_cfg.client_token.clone()),
+        ("SMS API key".into(), sim_cfg.sms_api_key.clone()),
+        ("presigned URL signature".into(), "X-Amz-Signature".into()),
+        ("presigned URL credential".into(), "X-Amz-Credential".into()),
+        ("generic canary".into(), "LEAKCANARY".into()),
+    ];
+    for p in &phones {
+        canaries.push(("phone number".into(), p.clone()));
+        canaries.push(("phone number without +".into(), p[1..].to_owned()));
+        canaries.push(("phone number, url-encoded".into(), p.replace('+', "%2B")));
+    }
+    for (what, needle) in &canaries {
+        assert!(!logs.contains(needle.as_str()), "the log leaks the {what}");
+        assert!(
+            !metrics.contains(needle.as_str()),
+            "/metrics leaks the {what}"
+        );
+    }
+    eprintln!(
+        "scanned {} log lines and {} bytes of /metrics for {} canaries: none found",
+        lines.len(),
+        metrics.len(),
+        canaries.len()
+    );
+}
