@@ -283,6 +283,30 @@ impl Pipeline {
         }
     }
 
+    /// Waits until every message is displayed (loads tolerate a server that is restarting).
+    async fn wait_all_displayed(&self, ids: &[String], within: Duration) {
+        let store = store_on(&self.client);
+        let deadline = Instant::now() + within;
+        let mut pending = ids.to_vec();
+        while !pending.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{} messages not displayed in time, e.g. {:?}",
+                pending.len(),
+                &pending[..pending.len().min(3)]
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut still = vec![];
+            for id in pending {
+                match store.load(&format!("{ACME}.{id}")).await {
+                    Ok(l) if l.aggregate.status == Status::Displayed => {}
+                    _ => still.push(id),
+                }
+            }
+            pending = still;
+        }
+    }
+
     async fn event_body(&self, message_id: &str, event_type: &str) -> Value {
         let h = self.history(message_id).await;
         let r = h
@@ -616,39 +640,6 @@ async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() 
     );
 }
 
-/// A `sealpost serve --roles delivery,receipts,expiry,fallback` child process.
-struct Workers {
-    child: Option<tokio::process::Child>,
-    config: std::path::PathBuf,
-    nats_url: String,
-    spawned: usize,
-}
-
-impl Workers {
-    fn spawn(&mut self) {
-        let child = tokio::process::Command::new(crate::gateway::sealpost_binary())
-            .args(["serve", "--roles", "delivery,receipts,expiry,fallback"])
-            .env("SEALPOST_CONFIG", &self.config)
-            .env("SEALPOST_NATS_URL", &self.nats_url)
-            .env("SEALPOST_LOG_FILTER", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sealpost serve starts");
-        self.child = Some(child);
-        self.spawned += 1;
-    }
-
-    /// `kill -9`: SIGKILL, no shutdown path runs.
-    async fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill().expect("SIGKILL");
-            c.wait().await.expect("reaped");
-        }
-    }
-}
-
 #[tokio::test]
 async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_once_each() {
     let p = Pipeline::start(Options {
@@ -683,12 +674,11 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
         ),
     )
     .unwrap();
-    let mut workers = Workers {
-        child: None,
+    let mut workers = crate::support::ServeProcess::new(
+        "delivery,receipts,expiry,fallback",
         config,
-        nats_url: p.server.url(),
-        spawned: 0,
-    };
+        p.server.url(),
+    );
     workers.spawn();
 
     const N: usize = 2000;
@@ -726,31 +716,7 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     let ids = sends.await.unwrap();
     assert_eq!(ids.len(), N);
 
-    let store = store_on(&p.client);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut pending: Vec<String> = ids.clone();
-    while !pending.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} messages not displayed in time, e.g. {:?}",
-            pending.len(),
-            &pending[..pending.len().min(3)]
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut still = vec![];
-        for id in pending {
-            let s = store
-                .load(&format!("{ACME}.{id}"))
-                .await
-                .unwrap()
-                .aggregate
-                .status;
-            if s != Status::Displayed {
-                still.push(id);
-            }
-        }
-        pending = still;
-    }
+    p.wait_all_displayed(&ids, Duration::from_secs(240)).await;
     workers.kill9().await;
 
     let counts = p.sim.accepted_counts();
@@ -836,25 +802,7 @@ async fn killing_the_nats_server_mid_flight_loses_no_message_and_submits_none_tw
         .await
         .expect("every send is answered")
         .unwrap();
-    let store = store_on(&p.client);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut pending = ids.clone();
-    while !pending.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} messages not displayed in time",
-            pending.len()
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut still = vec![];
-        for id in pending {
-            match store.load(&format!("{ACME}.{id}")).await {
-                Ok(l) if l.aggregate.status == Status::Displayed => {}
-                _ => still.push(id),
-            }
-        }
-        pending = still;
-    }
+    p.wait_all_displayed(&ids, Duration::from_secs(180)).await;
     let stats = p.sim.stats();
     assert_eq!(
         stats.accepted, N as u64,

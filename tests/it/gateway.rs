@@ -16,6 +16,8 @@ use sealpost_gateway::{hash_api_key, Gateway, RunningGateway, TenantConfig, Tena
 use serde_json::{json, Value};
 
 use crate::support::{store_on, Env};
+// Older call sites name the binary through this module.
+pub use crate::support::sealpost_binary;
 
 pub const ACME: &str = "acme-corp";
 pub const BETA: &str = "beta-co";
@@ -603,54 +605,6 @@ async fn blobs_upload_over_http_and_presigned_urls_land_in_the_tenant_prefix() {
     let _ = Message::default();
 }
 
-/// The `sealpost` binary built next to this test binary (`cargo test --workspace` builds it).
-pub fn sealpost_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let bin = dir.join("sealpost");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p sealpost` (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
-
-struct GatewayProcess {
-    child: Option<tokio::process::Child>,
-    config: std::path::PathBuf,
-    nats_url: String,
-    spawned: usize,
-}
-
-impl GatewayProcess {
-    async fn spawn(&mut self) {
-        let child = tokio::process::Command::new(sealpost_binary())
-            .args(["serve", "--roles", "gateway"])
-            .env("SEALPOST_CONFIG", &self.config)
-            .env("SEALPOST_NATS_URL", &self.nats_url)
-            .env("SEALPOST_LOG_FILTER", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sealpost serve starts");
-        self.child = Some(child);
-        self.spawned += 1;
-    }
-
-    /// `kill -9`: SIGKILL, no shutdown path runs.
-    async fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill().expect("SIGKILL");
-            c.wait().await.expect("reaped");
-        }
-    }
-}
-
 #[tokio::test]
 async fn killing_the_gateway_mid_stream_loses_no_answered_send_and_accepts_each_once() {
     let env = Env::start().await;
@@ -677,13 +631,8 @@ async fn killing_the_gateway_mid_stream_loses_no_answered_send_and_accepts_each_
         ),
     )
     .unwrap();
-    let mut gw = GatewayProcess {
-        child: None,
-        config,
-        nats_url: env.server.url(),
-        spawned: 0,
-    };
-    gw.spawn().await;
+    let mut gw = crate::support::ServeProcess::new("gateway", config, env.server.url());
+    gw.spawn();
 
     const N: usize = 1500;
     let client = env.client.clone();
@@ -725,7 +674,7 @@ async fn killing_the_gateway_mid_stream_loses_no_answered_send_and_accepts_each_
         tokio::time::sleep(Duration::from_millis(300)).await;
         gw.kill9().await;
         kills += 1;
-        gw.spawn().await;
+        gw.spawn();
     }
     assert!(kills >= 3, "the stream outlived at least three kills");
     let answers = tokio::time::timeout(Duration::from_secs(120), sends)

@@ -93,7 +93,7 @@ burst = 10000
     )
     .unwrap();
     let log_path = dir.path().join("sealpost.log");
-    let mut child = tokio::process::Command::new(crate::gateway::sealpost_binary())
+    let mut child = tokio::process::Command::new(crate::support::sealpost_binary())
         .args([
             "serve",
             "--roles",

@@ -96,3 +96,65 @@ pub fn accept_cmd(key: &str) -> (String, MessageCommand) {
 pub fn meta(correlation: &str) -> HashMap<String, String> {
     HashMap::from([("correlation_id".to_owned(), correlation.to_owned())])
 }
+
+/// The `sealpost` binary built next to this test binary (`cargo test --workspace` builds it).
+pub fn sealpost_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("sealpost");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p sealpost` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A real `sealpost serve --roles <roles>` child process that a test can `kill -9` and start
+/// again, with its config file and NATS URL.
+pub struct ServeProcess {
+    child: Option<tokio::process::Child>,
+    roles: String,
+    config: std::path::PathBuf,
+    nats_url: String,
+    /// How many processes were started in all.
+    pub spawned: usize,
+}
+
+impl ServeProcess {
+    pub fn new(roles: &str, config: std::path::PathBuf, nats_url: String) -> Self {
+        Self {
+            child: None,
+            roles: roles.to_owned(),
+            config,
+            nats_url,
+            spawned: 0,
+        }
+    }
+
+    pub fn spawn(&mut self) {
+        let child = tokio::process::Command::new(sealpost_binary())
+            .args(["serve", "--roles", &self.roles])
+            .env("SEALPOST_CONFIG", &self.config)
+            .env("SEALPOST_NATS_URL", &self.nats_url)
+            .env("SEALPOST_LOG_FILTER", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sealpost serve starts");
+        self.child = Some(child);
+        self.spawned += 1;
+    }
+
+    /// `kill -9`: SIGKILL, no shutdown path runs.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().expect("SIGKILL");
+            c.wait().await.expect("reaped");
+        }
+    }
+}
