@@ -538,3 +538,33 @@ ensure_promtool() {
   fi
   export SEALPOST_PROMTOOL=$bin
 }
+
+# ---------------------------------------------------------------------------------------------
+# Chromium (headless; the dashboard test renders the page and reads the DOM it built)
+
+# ensure_chromium: exports SEALPOST_CHROMIUM. A SEALPOST_CHROMIUM set by the caller, else
+# /usr/bin/chromium, installed from Debian's chromium package when missing.
+ensure_chromium() {
+  local bin=/usr/bin/chromium
+  if [[ -n ${SEALPOST_CHROMIUM:-} ]]; then
+    [[ -x $SEALPOST_CHROMIUM ]] || die "SEALPOST_CHROMIUM=$SEALPOST_CHROMIUM is not an executable file"
+    export SEALPOST_CHROMIUM
+    return 0
+  fi
+  if [[ ! -x $bin ]]; then
+    _tools_lock
+    if [[ ! -x $bin ]]; then
+      step "installing chromium (Debian package, for the headless dashboard test)"
+      _apt_install --no-install-recommends chromium || {
+        _tools_unlock
+        die "apt-get install chromium failed"
+      }
+      [[ -x $bin ]] || {
+        _tools_unlock
+        die "$bin not found even after installing the chromium package"
+      }
+    fi
+    _tools_unlock
+  fi
+  export SEALPOST_CHROMIUM=$bin
+}

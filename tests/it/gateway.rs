@@ -873,7 +873,7 @@ async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
         .await
         .expect("beta's status");
     assert_eq!(
-        serde_json::from_slice::<Value>(&r.payload).unwrap()["tenant_id"],
+        serde_json::from_slice::<Value>(&r.payload).unwrap()["tenant"],
         BETA
     );
     assert!(

@@ -1,9 +1,13 @@
 //! End-to-end tests against real servers: one test binary, each test with its own nats-server.
 
+mod audit;
 mod blobstore;
 mod carriers;
+mod dashboard;
 mod delivery;
 mod eventstore;
 mod gateway;
+mod leaks;
+mod projections;
 mod schemas;
 mod support;

@@ -65,6 +65,7 @@ pub mod commands;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod order;
 pub mod policy;
 pub mod upcast;
 

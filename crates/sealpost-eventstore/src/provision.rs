@@ -48,6 +48,21 @@ pub fn embedded_definitions() -> Definitions {
                 include_str!("../../../nats/consumers/SEALPOST_EVENTS/fallback.json").into(),
             ),
             (
+                "SEALPOST_EVENTS".into(),
+                "proj_compliance.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_EVENTS/proj_compliance.json").into(),
+            ),
+            (
+                "SEALPOST_EVENTS".into(),
+                "proj_messages.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_EVENTS/proj_messages.json").into(),
+            ),
+            (
+                "SEALPOST_EVENTS".into(),
+                "proj_metrics.json".into(),
+                include_str!("../../../nats/consumers/SEALPOST_EVENTS/proj_metrics.json").into(),
+            ),
+            (
                 "SEALPOST_RECEIPTS".into(),
                 "receipts.json".into(),
                 include_str!("../../../nats/consumers/SEALPOST_RECEIPTS/receipts.json").into(),

@@ -7,7 +7,8 @@
 //! port with a temporary store, killing it on drop; `kill -9` and restart on the same port and
 //! store for crash tests; a private moto S3 server ([`MotoServer`], from `SEALPOST_MOTO_SERVER` or
 //! `.tools/bin/moto_server`, installed by `scripts/lib.sh`'s `ensure_moto`) for Object Lock
-//! tests; an in-process embedded S3 over a temp folder ([`embedded_s3`]); and [`eventually`], for
+//! tests; an in-process embedded S3 over a temp folder ([`embedded_s3`]); a private Postgres
+//! database per test cloned from a migrated template ([`PgDatabase`]); and [`eventually`], for
 //! polling eventual state with a deadline.
 //!
 //! **Must not:** share servers, streams, buckets or databases between tests, talk to the system
@@ -21,6 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+
+mod postgres;
+pub use postgres::{postgres_admin_url, PgDatabase};
 
 /// Where the nats-server binary is: `SEALPOST_NATS_SERVER`, else the project-local install.
 pub fn nats_server_binary() -> anyhow::Result<PathBuf> {

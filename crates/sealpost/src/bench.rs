@@ -567,9 +567,14 @@ pub async fn run_delivery(cfg: &Config, messages: usize, concurrency: usize) -> 
     let raw = raw?;
 
     // 2. The pipeline.
+    // SEALPOST_BENCH_RECEIPT_DELAY_MS: the simulator's receipt delay (default 0), for profiling.
+    let receipt_delay = std::env::var("SEALPOST_BENCH_RECEIPT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis);
     let sim = sealpost_carrier_sim::SimConfig {
         latency: Duration::ZERO,
-        receipt_delay: Duration::ZERO,
+        receipt_delay,
         faults: sealpost_carrier_sim::FaultMix::default(),
         webhook_concurrency: concurrency.max(64),
         ..Default::default()
@@ -597,8 +602,10 @@ pub async fn run_delivery(cfg: &Config, messages: usize, concurrency: usize) -> 
     let displayed = s.by_state.get("displayed").copied().unwrap_or(0);
     println!(
         "sealpost bench delivery: {messages} messages, concurrency {concurrency}, nats-server {version}, \
-         simulator at zero latency, no faults, receipts immediately; delivery.concurrency {}, rbm.concurrency {}",
-        cfg.delivery.concurrency, cfg.carriers.rbm.concurrency
+         simulator at zero latency, no faults, receipt delay {} ms; delivery.concurrency {}, rbm.concurrency {}",
+        receipt_delay.as_millis(),
+        cfg.delivery.concurrency,
+        cfg.carriers.rbm.concurrency
     );
     println!(
         "{:<34} {:>9} {:>11} {:>9} {:>9} {:>9}",
@@ -647,6 +654,27 @@ pub async fn run_delivery(cfg: &Config, messages: usize, concurrency: usize) -> 
         s.events_total() as f64 / messages as f64,
         s.events
     );
+    println!("stages as the observer saw them (since the first send):");
+    for line in s.stage_lines() {
+        println!("  {line}");
+    }
+    println!(
+        "queues once a second: t s | delivery pending/unacked | sim accepted, webhooks 2xx | receipts stored, pending/unacked/redelivered"
+    );
+    for q in &s.samples {
+        println!(
+            "  {:>5.1} | {:>6} / {:>5} | {:>6}, {:>6} | {:>6}, {:>6} / {:>5} / {:>5}",
+            q.at.as_secs_f64(),
+            q.delivery_pending,
+            q.delivery_unacked,
+            q.sim_accepted,
+            q.sim_webhooks,
+            q.receipts_stored,
+            q.receipts_pending,
+            q.receipts_unacked,
+            q.receipts_redelivered
+        );
+    }
     println!(
         "simulator: {} sends, {} accepted, {} webhooks sent, {} webhook failures",
         stats.sends, stats.accepted, stats.webhooks_sent, stats.webhook_failures

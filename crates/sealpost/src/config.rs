@@ -286,9 +286,10 @@ impl Config {
             }
         }
         let pg = &self.postgres;
-        if !pg.url.is_empty()
-            && !(pg.url.starts_with("postgres://") || pg.url.starts_with("postgresql://"))
-        {
+        let pg_url_ok = pg.url.is_empty()
+            || pg.url.starts_with("postgres://")
+            || pg.url.starts_with("postgresql://");
+        if !pg_url_ok {
             bail!("postgres.url must start with postgres:// or postgresql:// (or be empty to use DATABASE_URL)");
         }
         if pg.max_connections == 0 || pg.batch_size == 0 || pg.batch_size > 50_000 {

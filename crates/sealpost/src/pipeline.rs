@@ -244,7 +244,7 @@ impl Pipeline {
             "metadata": {"tenant_id": self.tenant, "message_type": "transactional", "correlation_id": format!("corr-{key}")},
             "ttl_seconds": 3600,
         });
-        if self.fallback_every > 0 && i % self.fallback_every == 0 {
+        if self.fallback_every > 0 && i.is_multiple_of(self.fallback_every) {
             v["fallback"] =
                 serde_json::json!({"channel": "sms", "notice_template": "secure_message_waiting"});
         }
@@ -266,6 +266,13 @@ impl Pipeline {
         }
         let subject = format!("sealpost.cmd.{}.send", self.tenant);
         let started = Instant::now();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let sampler = tokio::spawn(sample_queues(
+            jetstream::new(self.clients[0].clone()),
+            format!("{}/sim/stats", self.sim.base_url()),
+            started,
+            samples.clone(),
+        ));
         let mut send_us = histogram();
         let mut sends = futures::stream::iter(0..n)
             .map(|i| {
@@ -279,11 +286,7 @@ impl Pipeline {
         while let Some(r) = sends.next().await {
             let (id, sent, replied) = r?;
             send_us.record(replied.duration_since(sent).as_micros().max(1) as u64)?;
-            let mut o = lock(&self.observed);
-            let t = o.tracks.entry(id).or_default();
-            t.sent = Some(sent);
-            t.accepted = Some(replied);
-            t.ours = true;
+            lock(&self.observed).mark_ours(id, sent, replied);
             accepted += 1;
         }
         let sends_done = started.elapsed();
@@ -304,8 +307,12 @@ impl Pipeline {
         if let Some(pb) = &progress {
             pb.finish_and_clear();
         }
+        sampler.abort();
+        let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
         let o = lock(&self.observed);
-        Ok(o.summary(n, accepted, started, sends_done, send_us, timed_out))
+        let mut summary = o.summary(n, accepted, started, sends_done, send_us, timed_out);
+        summary.samples = samples;
+        Ok(summary)
     }
 
     /// Ids of this run's messages that reached `carrier_acked`.
@@ -361,6 +368,74 @@ async fn send_one(
     }
 }
 
+/// Queue depths at one instant of a run, for finding the stage that lags.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub at: Duration,
+    /// Delivery jobs not yet delivered to a worker, and delivered but unacked.
+    pub delivery_pending: u64,
+    pub delivery_unacked: usize,
+    /// Receipts stored by the gateway; receipts not yet applied (pending) and in flight.
+    pub receipts_stored: u64,
+    pub receipts_pending: u64,
+    pub receipts_unacked: usize,
+    /// Receipts delivered more than once (NAKed, e.g. because they came before the carrier ack).
+    pub receipts_redelivered: usize,
+    /// The simulator: sends accepted, webhooks answered 2xx.
+    pub sim_accepted: u64,
+    pub sim_webhooks: u64,
+}
+
+/// Samples the queues into `out` every second until aborted.
+async fn sample_queues(
+    js: jetstream::Context,
+    sim_stats_url: String,
+    started: Instant,
+    out: Arc<Mutex<Vec<Sample>>>,
+) {
+    let http = reqwest::Client::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut s = Sample {
+            at: started.elapsed(),
+            ..Sample::default()
+        };
+        if let Ok(st) = js.get_stream("SEALPOST_EVENTS").await {
+            if let Ok(mut c) = st
+                .get_consumer::<jetstream::consumer::pull::Config>("delivery")
+                .await
+            {
+                if let Ok(i) = c.info().await {
+                    s.delivery_pending = i.num_pending;
+                    s.delivery_unacked = i.num_ack_pending;
+                }
+            }
+        }
+        if let Ok(mut st) = js.get_stream("SEALPOST_RECEIPTS").await {
+            if let Ok(i) = st.info().await {
+                s.receipts_stored = i.state.messages;
+            }
+            if let Ok(mut c) = st
+                .get_consumer::<jetstream::consumer::pull::Config>("receipts")
+                .await
+            {
+                if let Ok(i) = c.info().await {
+                    s.receipts_pending = i.num_pending;
+                    s.receipts_unacked = i.num_ack_pending;
+                    s.receipts_redelivered = i.num_redelivered;
+                }
+            }
+        }
+        if let Ok(r) = http.get(&sim_stats_url).send().await {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                s.sim_accepted = v["accepted"].as_u64().unwrap_or(0);
+                s.sim_webhooks = v["webhooks_sent"].as_u64().unwrap_or(0);
+            }
+        }
+        out.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
@@ -399,6 +474,10 @@ struct Observed {
     events: BTreeMap<String, u64>,
     failed_by: BTreeMap<(String, String), u64>,
     after_terminal: BTreeMap<String, u64>,
+    /// Messages sent by the driver that are terminal.
+    terminal_ours: usize,
+    /// Per event type: when the observer saw the first and the last one.
+    seen: BTreeMap<String, (Instant, Instant)>,
     progress: Option<ProgressBar>,
 }
 
@@ -412,6 +491,10 @@ impl Observed {
         let ty = tokens[tokens.len() - 1];
         let id = tokens[3..tokens.len() - 1].join(".");
         *self.events.entry(ty.to_owned()).or_default() += 1;
+        self.seen
+            .entry(ty.to_owned())
+            .and_modify(|(_, last)| *last = now)
+            .or_insert((now, now));
         if ty == "attempt_failed" {
             let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
             let class = v["class"].as_str().unwrap_or("?").to_owned();
@@ -430,6 +513,9 @@ impl Observed {
         }
         if t.terminal.is_none() && TERMINAL.contains(&ty) {
             t.terminal = Some((ty.to_owned(), now));
+            if t.ours {
+                self.terminal_ours += 1;
+            }
             if let Some(pb) = &self.progress {
                 pb.inc(1);
             }
@@ -437,10 +523,20 @@ impl Observed {
     }
 
     fn terminal_ours(&self) -> usize {
-        self.tracks
-            .values()
-            .filter(|t| t.ours && t.terminal.is_some())
-            .count()
+        self.terminal_ours
+    }
+
+    /// The driver learnt that `id` is one of its messages.
+    fn mark_ours(&mut self, id: String, sent: Instant, replied: Instant) {
+        let t = self.tracks.entry(id).or_default();
+        t.sent = Some(sent);
+        t.accepted = Some(replied);
+        if !t.ours {
+            t.ours = true;
+            if t.terminal.is_some() {
+                self.terminal_ours += 1;
+            }
+        }
     }
 
     fn summary(
@@ -463,6 +559,19 @@ impl Observed {
             events: self.events.clone(),
             failed_by: self.failed_by.clone(),
             after_terminal: self.after_terminal.clone(),
+            stages: self
+                .seen
+                .iter()
+                .map(|(ty, (first, last))| {
+                    (
+                        ty.clone(),
+                        (
+                            first.saturating_duration_since(started),
+                            last.saturating_duration_since(started),
+                        ),
+                    )
+                })
+                .collect(),
             ..Summary::default()
         };
         let mut last = started;
@@ -513,6 +622,8 @@ pub struct Summary {
     pub events: BTreeMap<String, u64>,
     /// Events per type seen after a message was already terminal.
     pub after_terminal: BTreeMap<String, u64>,
+    /// Per event type: first and last seen, since the first send.
+    pub stages: BTreeMap<String, (Duration, Duration)>,
     /// First send to the last terminal event.
     pub elapsed: Duration,
     /// First send to the last accepted reply.
@@ -520,6 +631,8 @@ pub struct Summary {
     pub send_latency_us: Histogram<u64>,
     pub to_terminal_us: Histogram<u64>,
     pub to_displayed_us: Histogram<u64>,
+    /// Queue depths, once a second.
+    pub samples: Vec<Sample>,
 }
 
 impl Default for Summary {
@@ -533,11 +646,13 @@ impl Default for Summary {
             failed_by: BTreeMap::new(),
             events: BTreeMap::new(),
             after_terminal: BTreeMap::new(),
+            stages: BTreeMap::new(),
             elapsed: Duration::ZERO,
             sends_elapsed: Duration::ZERO,
             send_latency_us: histogram(),
             to_terminal_us: histogram(),
             to_displayed_us: histogram(),
+            samples: Vec::new(),
         }
     }
 }
@@ -559,6 +674,24 @@ impl Summary {
             *m.entry(class.clone()).or_default() += n;
         }
         m
+    }
+
+    /// One line per event type: count, first and last seen (s since the first send), and the
+    /// rate between them; shows which stage lags behind the others.
+    pub fn stage_lines(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .map(|(ty, (first, last))| {
+                let n = self.events.get(ty).copied().unwrap_or(0);
+                let span = (*last - *first).as_secs_f64().max(1e-3);
+                format!(
+                    "{ty:<20} {n:>8} events, first at {:>7.2} s, last at {:>7.2} s, {:>8.0} /s",
+                    first.as_secs_f64(),
+                    last.as_secs_f64(),
+                    n as f64 / span
+                )
+            })
+            .collect()
     }
 
     pub fn events_total(&self) -> u64 {

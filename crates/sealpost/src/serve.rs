@@ -67,8 +67,17 @@ pub async fn gateway(
     }
     let gateway = Gateway::new(executor, blobs, tenants, cfg.gateway.max_blob_bytes)
         .with_receipts(receipt_config(cfg));
+    let gateway = match crate::status::source(cfg) {
+        Some(source) => gateway.with_status_source(source),
+        None => gateway,
+    };
     let addr: SocketAddr = cfg.gateway.http_listen.parse()?;
-    let running = RunningGateway::start(client, gateway, addr)
+    // The dashboard at `/` reads the Postgres views; without a database it answers 503.
+    let dashboard = crate::dashboard::Dashboard::lazy(
+        cfg.postgres.resolved_url().ok().as_deref(),
+        Some(async_nats::jetstream::new(client.clone())),
+    );
+    let running = RunningGateway::start_with(client, gateway, addr, dashboard.router())
         .await
         .with_context(|| format!("listening on {addr}"))?;
     Ok(running)
@@ -169,4 +178,32 @@ pub async fn delivery(
             ..Default::default()
         },
     ))
+}
+
+/// The consumers whose depth `sealpost_queue_depth` reports.
+pub const QUEUES: [(&str, &str); 4] = [
+    ("SEALPOST_EVENTS", "delivery"),
+    ("SEALPOST_EVENTS", "fallback"),
+    ("SEALPOST_RECEIPTS", "receipts"),
+    ("SEALPOST_SCHEDULES", "expiry"),
+];
+
+/// `/metrics` and `/healthz` on `[gateway] http_listen`, for processes without the gateway role.
+pub async fn metrics_only(cfg: &Config) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let addr: SocketAddr = cfg.gateway.http_listen.parse()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for /metrics on {addr}"))?;
+    println!("metrics on http://{}/metrics", listener.local_addr()?);
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(sealpost_gateway::http::metrics),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    }))
 }

@@ -1,0 +1,265 @@
+//! Reads for the status endpoint and dashboards. Simple queries over the views.
+
+use std::collections::BTreeMap;
+
+use cqrs_es::persist::ViewRepository;
+use postgres_es::PostgresViewRepository;
+use sealpost_domain::Message;
+use serde::Serialize;
+use sqlx::{PgPool, Row as _};
+use time::OffsetDateTime;
+
+use crate::compliance::{self, ComplianceView};
+use crate::messages::{MessageRow, COLUMNS};
+use crate::metrics::OVERFLOW_LE_MS;
+use crate::Result;
+
+/// The `messages` row of one message, if the projection has seen it.
+pub async fn message_row(
+    pool: &PgPool,
+    tenant: &str,
+    message_id: &str,
+) -> Result<Option<MessageRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM messages WHERE tenant = $1 AND message_id = $2");
+    Ok(sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(message_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// The compliance document of one message, read through postgres-es's `PostgresViewRepository`.
+pub async fn compliance_view(
+    pool: &PgPool,
+    tenant: &str,
+    message_id: &str,
+) -> Result<Option<ComplianceView>> {
+    let repo =
+        PostgresViewRepository::<ComplianceView, Message>::new(compliance::TABLE, pool.clone());
+    repo.load(&compliance::view_id(tenant, message_id))
+        .await
+        .map_err(|e| crate::Error::Other(format!("loading a compliance view: {e}")))
+}
+
+/// Latency percentiles from the histogram buckets: the upper bound (ms) of the bucket holding the
+/// percentile; `None` when nothing was measured, `u64::MAX`-free (the overflow bucket is reported
+/// as `None` in `p*_ms` and counted in `over_max`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: i64,
+    pub p50_ms: Option<i64>,
+    pub p90_ms: Option<i64>,
+    pub p99_ms: Option<i64>,
+    /// Measurements above the largest bucket bound.
+    pub over_max: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TenantSummary {
+    pub tenant: String,
+    pub total: i64,
+    pub by_status: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CarrierSummary {
+    pub carrier: String,
+    /// Events per type attributed to this carrier.
+    pub events: BTreeMap<String, i64>,
+    /// Failed attempts per `error_class:code`.
+    pub failures: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureRow {
+    pub tenant: String,
+    pub message_id: String,
+    pub status: String,
+    pub carrier: Option<String>,
+    pub last_error_class: Option<String>,
+    pub last_error_code: Option<String>,
+    pub end_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub at: Option<OffsetDateTime>,
+}
+
+/// An overview for a dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub total: i64,
+    pub by_status: BTreeMap<String, i64>,
+    /// delivered + displayed over settled (delivered, displayed, failed, fallback, expired;
+    /// cancelled excluded); `None` before anything settled.
+    pub success_rate: Option<f64>,
+    pub latency_delivered: Percentiles,
+    pub latency_displayed: Percentiles,
+    pub tenants: Vec<TenantSummary>,
+    pub carriers: Vec<CarrierSummary>,
+    /// The 20 most recent failed, fallen-back or expired messages.
+    pub recent_failures: Vec<FailureRow>,
+    /// Checkpoint (stream sequence) of each projection.
+    pub checkpoints: BTreeMap<String, i64>,
+}
+
+/// Per-state counts, success rate, latency percentiles, per-tenant and per-carrier tables and
+/// recent failures.
+pub async fn summary(pool: &PgPool) -> Result<Summary> {
+    let mut s = Summary::default();
+    let rows = sqlx::query(
+        "SELECT tenant, status, count(*) AS n FROM messages GROUP BY tenant, status \
+         ORDER BY tenant, status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut tenants: BTreeMap<String, TenantSummary> = BTreeMap::new();
+    for r in rows {
+        let (tenant, status, n): (String, String, i64) =
+            (r.try_get("tenant")?, r.try_get("status")?, r.try_get("n")?);
+        s.total += n;
+        *s.by_status.entry(status.clone()).or_default() += n;
+        let t = tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantSummary {
+                tenant,
+                ..Default::default()
+            });
+        t.total += n;
+        *t.by_status.entry(status).or_default() += n;
+    }
+    s.tenants = tenants.into_values().collect();
+    let count = |k: &str| s.by_status.get(k).copied().unwrap_or(0);
+    let ok = count("delivered") + count("displayed");
+    let settled = ok + count("failed") + count("fallback_triggered") + count("expired");
+    s.success_rate = (settled > 0).then(|| ok as f64 / settled as f64);
+
+    for (kind, slot) in [
+        ("delivered", &mut s.latency_delivered),
+        ("displayed", &mut s.latency_displayed),
+    ] {
+        let rows = sqlx::query(
+            "SELECT le_ms, sum(count)::int8 AS n FROM metrics_latency WHERE kind = $1 \
+             GROUP BY le_ms ORDER BY le_ms",
+        )
+        .bind(kind)
+        .fetch_all(pool)
+        .await?;
+        let buckets: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get("le_ms")?, r.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        *slot = percentiles(&buckets);
+    }
+
+    let rows = sqlx::query(
+        "SELECT carrier, event_type, sum(count)::int8 AS n FROM metrics_events \
+         GROUP BY carrier, event_type ORDER BY carrier, event_type",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut carriers: BTreeMap<String, CarrierSummary> = BTreeMap::new();
+    for r in rows {
+        let carrier: String = r.try_get("carrier")?;
+        let c = carriers
+            .entry(carrier.clone())
+            .or_insert_with(|| CarrierSummary {
+                carrier,
+                ..Default::default()
+            });
+        c.events.insert(r.try_get("event_type")?, r.try_get("n")?);
+    }
+    let rows = sqlx::query(
+        "SELECT carrier, error_class, code, sum(count)::int8 AS n FROM metrics_retries \
+         GROUP BY carrier, error_class, code ORDER BY carrier, error_class, code",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let carrier: String = r.try_get("carrier")?;
+        let class: String = r.try_get("error_class")?;
+        let code: String = r.try_get("code")?;
+        let c = carriers
+            .entry(carrier.clone())
+            .or_insert_with(|| CarrierSummary {
+                carrier,
+                ..Default::default()
+            });
+        c.failures
+            .insert(format!("{class}:{code}"), r.try_get("n")?);
+    }
+    s.carriers = carriers.into_values().collect();
+
+    let rows = sqlx::query(
+        "SELECT tenant, message_id, status, carrier, last_error_class, last_error_code, \
+         end_reason, last_event_at FROM messages \
+         WHERE status IN ('failed', 'fallback_triggered', 'expired') \
+         ORDER BY last_event_at DESC NULLS LAST LIMIT 20",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        s.recent_failures.push(FailureRow {
+            tenant: r.try_get("tenant")?,
+            message_id: r.try_get("message_id")?,
+            status: r.try_get("status")?,
+            carrier: r.try_get("carrier")?,
+            last_error_class: r.try_get("last_error_class")?,
+            last_error_code: r.try_get("last_error_code")?,
+            end_reason: r.try_get("end_reason")?,
+            at: r.try_get("last_event_at")?,
+        });
+    }
+    for r in sqlx::query("SELECT projection, last_seq FROM projection_checkpoints")
+        .fetch_all(pool)
+        .await?
+    {
+        s.checkpoints
+            .insert(r.try_get("projection")?, r.try_get("last_seq")?);
+    }
+    Ok(s)
+}
+
+/// Percentiles over `(le_ms, count)` buckets sorted by bound.
+pub fn percentiles(buckets: &[(i64, i64)]) -> Percentiles {
+    let total: i64 = buckets.iter().map(|(_, n)| n).sum();
+    let at = |p: f64| -> Option<i64> {
+        if total == 0 {
+            return None;
+        }
+        let rank = (p * total as f64).ceil().max(1.0) as i64;
+        let mut cum = 0;
+        for (le, n) in buckets {
+            cum += n;
+            if cum >= rank {
+                return (*le != OVERFLOW_LE_MS).then_some(*le);
+            }
+        }
+        None
+    };
+    Percentiles {
+        count: total,
+        p50_ms: at(0.50),
+        p90_ms: at(0.90),
+        p99_ms: at(0.99),
+        over_max: buckets
+            .iter()
+            .filter(|(le, _)| *le == OVERFLOW_LE_MS)
+            .map(|(_, n)| n)
+            .sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_bucket_bound() {
+        let p = percentiles(&[(100, 50), (250, 40), (1000, 9), (OVERFLOW_LE_MS, 1)]);
+        assert_eq!(p.count, 100);
+        assert_eq!(p.p50_ms, Some(100));
+        assert_eq!(p.p90_ms, Some(250));
+        assert_eq!(p.p99_ms, Some(1000));
+        assert_eq!(p.over_max, 1);
+        assert_eq!(percentiles(&[]).p50_ms, None);
+    }
+}

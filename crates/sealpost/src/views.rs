@@ -1,0 +1,111 @@
+//! Wiring for the Postgres projections: `migrate`, `replay --projection <name> --from-start`
+//! and the `projector` role of `serve`.
+
+use anyhow::Context as _;
+use sealpost_projections::{ProjectionName, Projector, RunningProjector};
+use sqlx::PgPool;
+
+use crate::config::Config;
+
+/// The configured pool.
+pub async fn pool(cfg: &Config) -> anyhow::Result<PgPool> {
+    let url = cfg.postgres.resolved_url()?;
+    sealpost_projections::connect(&url, cfg.postgres.max_connections)
+        .await
+        .context("cannot connect to PostgreSQL (DATABASE_URL / [postgres] url)")
+}
+
+pub fn names(names: &[ProjectionName]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `sealpost migrate`.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    let pool = pool(cfg).await?;
+    sealpost_projections::migrate(&pool).await?;
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await?;
+    for (v, d) in applied {
+        println!("migration {v:04} {d}: applied");
+    }
+    Ok(())
+}
+
+/// The `projector` role: every projection, until dropped.
+pub async fn projector(
+    cfg: &Config,
+    client: async_nats::Client,
+) -> anyhow::Result<RunningProjector> {
+    let js = async_nats::jetstream::new(client);
+    sealpost_eventstore::provision::check_ready(
+        &js,
+        &sealpost_eventstore::provision::embedded_definitions(),
+    )
+    .await
+    .context("the event stream is not ready; run `sealpost provision` first")?;
+    let pool = pool(cfg).await?;
+    Ok(Projector::start(js, pool, cfg.postgres.projector(), &ProjectionName::ALL).await?)
+}
+
+fn parse_names(name: &str) -> anyhow::Result<Vec<ProjectionName>> {
+    if name == "all" {
+        return Ok(ProjectionName::ALL.to_vec());
+    }
+    Ok(vec![name.parse()?])
+}
+
+/// `sealpost replay --projection <name> --from-start`: a rebuild with a progress bar on stderr.
+pub async fn rebuild(cfg: &Config, name: &str) -> anyhow::Result<()> {
+    let names = parse_names(name)?;
+    let client = crate::connect(cfg).await?;
+    let js = async_nats::jetstream::new(client);
+    let pool = pool(cfg).await?;
+    for name in names {
+        let report = rebuild_one(&js, &pool, cfg, name).await?;
+        println!(
+            "projection {}: rebuilt from sequence 1 to {}: {} events in {:.1} s ({:.0} events/s)",
+            report.projection,
+            report.last_seq,
+            report.events,
+            report.elapsed.as_secs_f64(),
+            report.events_per_sec()
+        );
+    }
+    Ok(())
+}
+
+/// One rebuild with an indicatif bar over stream sequences.
+pub async fn rebuild_one(
+    js: &async_nats::jetstream::Context,
+    pool: &PgPool,
+    cfg: &Config,
+    name: ProjectionName,
+) -> anyhow::Result<sealpost_projections::RebuildReport> {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} seq ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(name.as_str());
+    let mut on_progress = |p: &sealpost_projections::Progress| {
+        if let Some(t) = p.target_seq {
+            bar.set_length(t);
+        }
+        bar.set_position(p.applied_seq);
+    };
+    let report =
+        sealpost_projections::rebuild(js, pool, &cfg.postgres.projector(), name, &mut on_progress)
+            .await
+            .with_context(|| format!("rebuilding projection {name}"))?;
+    bar.finish_and_clear();
+    Ok(report)
+}

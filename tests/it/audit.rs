@@ -1,0 +1,378 @@
+//! `sealpost replay` without `--projection`: NDJSON of the stored events, `--verify` (sequences,
+//! schemas, lifecycle order) and tenant-scoped replay under the generated NATS permissions. Runs
+//! the real binary (build it with `cargo build -p sealpost`).
+
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use sealpost_domain::events::CarrierAcked;
+use sealpost_domain::{
+    aggregate_id, CarrierOutcome, MessageCommand, MessageEvent, MessageId, ReceiptKind, TenantId,
+};
+use sealpost_eventstore::CommandExecutor;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::gateway::{sealpost_binary, tenant_config};
+use crate::support::{accept, meta, store_on, Env};
+
+const ACME: &str = "acme-corp";
+const BETA: &str = "beta-co";
+
+struct Run {
+    ok: bool,
+    lines: Vec<Value>,
+    stderr: String,
+}
+
+/// Runs `sealpost replay <args>` against `url`, with `seed` as the NATS credentials.
+async fn replay(url: &str, seed: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(sealpost_binary());
+    cmd.arg("replay")
+        .args(args)
+        .env_remove("SEALPOST_CONFIG")
+        .env("SEALPOST_NATS_URL", url)
+        .env("SEALPOST_NATS_REQUEST_TIMEOUT_MS", "2000")
+        .env("SEALPOST_LOG_FILTER", "error")
+        .kill_on_drop(true);
+    match seed {
+        Some(s) => cmd.env("SEALPOST_NATS_NKEY_SEED", s),
+        None => cmd.env_remove("SEALPOST_NATS_NKEY_SEED"),
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("replay finishes")
+        .expect("replay runs");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    Run {
+        ok: out.status.success(),
+        lines: stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every stdout line is a JSON object"))
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Accepts `key` for `tenant`, then runs `steps`; returns the message id.
+async fn lifecycle(
+    ex: &CommandExecutor<sealpost_domain::Message>,
+    tenant: &str,
+    key: &str,
+    steps: Vec<MessageCommand>,
+) -> String {
+    let t = TenantId::new(tenant).expect("tenant id");
+    let mut a = accept(key);
+    a.tenant_id = t.clone();
+    let mid = MessageId::derive(&t, key);
+    let id = aggregate_id(&t, &mid);
+    ex.execute(&id, MessageCommand::Accept(Box::new(a)), &meta(key))
+        .await
+        .expect("accept");
+    for step in steps {
+        ex.execute(&id, step, &meta(key)).await.expect("step");
+    }
+    mid.to_string()
+}
+
+fn ack() -> MessageCommand {
+    MessageCommand::RecordCarrierResult {
+        attempt: 1,
+        carrier: "rbm".into(),
+        outcome: CarrierOutcome::Acked {
+            carrier_message_id: "cm-1".into(),
+        },
+        at: now(),
+    }
+}
+
+fn receipt(id: &str, kind: ReceiptKind) -> MessageCommand {
+    MessageCommand::RecordReceipt {
+        receipt_id: id.into(),
+        kind,
+        at: now(),
+    }
+}
+
+async fn stream_messages(client: &async_nats::Client) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut s = js.get_stream("SEALPOST_EVENTS").await.expect("stream");
+    s.info().await.expect("info").state.messages
+}
+
+/// A raw publish straight to the stream, as a buggy or hostile writer would.
+async fn raw_publish(
+    client: &async_nats::Client,
+    mid: &str,
+    event_type: &str,
+    seq: u64,
+    body: Vec<u8>,
+) {
+    let mut h = HeaderMap::new();
+    h.insert("Sealpost-Event-Version", "1");
+    h.insert("Sealpost-Sequence", seq.to_string().as_str());
+    h.insert("Sealpost-Correlation-Id", "corrupt");
+    async_nats::jetstream::new(client.clone())
+        .publish_with_headers(
+            format!("sealpost.evt.{ACME}.{mid}.{event_type}"),
+            h,
+            body.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
+fn acked_body() -> Vec<u8> {
+    MessageEvent::CarrierAcked(CarrierAcked {
+        attempt: 1,
+        carrier: "rbm".into(),
+        carrier_message_id: "cm-x".into(),
+        at: now(),
+    })
+    .to_body()
+    .expect("body")
+}
+
+#[tokio::test]
+async fn replay_verify_passes_a_clean_history_and_names_each_corruption() {
+    let env = Env::start().await;
+    let ex = env.executor();
+    let gap = lifecycle(&ex, ACME, "gap", vec![]).await;
+    let bad_body = lifecycle(&ex, ACME, "bad-body", vec![]).await;
+    let cancelled = lifecycle(
+        &ex,
+        ACME,
+        "cancel",
+        vec![MessageCommand::Cancel { at: now() }],
+    )
+    .await;
+    lifecycle(
+        &ex,
+        ACME,
+        "shown",
+        vec![
+            ack(),
+            receipt("d-1", ReceiptKind::Delivered),
+            receipt("r-1", ReceiptKind::Displayed),
+        ],
+    )
+    .await;
+    lifecycle(&ex, BETA, "other", vec![ack()]).await;
+    let total = stream_messages(&env.client).await;
+    assert_eq!(total, 10);
+
+    let url = env.server.url();
+    let clean = replay(&url, None, &["--format", "ndjson", "--verify"]).await;
+    assert!(clean.ok, "clean history verifies: {}", clean.stderr);
+    assert_eq!(clean.lines.len() as u64, total, "one NDJSON line per event");
+    assert!(clean.stderr.contains("OK"), "{}", clean.stderr);
+    let seqs: Vec<u64> = clean
+        .lines
+        .iter()
+        .map(|l| l["stream_seq"].as_u64().expect("stream_seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "stream order: {seqs:?}"
+    );
+    for l in &clean.lines {
+        for field in [
+            "subject",
+            "tenant",
+            "message_id",
+            "event_type",
+            "version",
+            "correlation_id",
+            "time",
+        ] {
+            assert!(l[field].is_string(), "{field} in {l}");
+        }
+        assert!(l["aggregate_seq"].as_u64().is_some_and(|s| s >= 1), "{l}");
+        assert!(l["event"].is_object(), "{l}");
+    }
+    assert_eq!(clean.lines[0]["event_type"], "accepted");
+    assert_eq!(clean.lines[0]["event"]["tenant_id"], ACME);
+
+    // Filters: one tenant, one message.
+    let beta = replay(&url, None, &["--tenant", BETA, "--verify"]).await;
+    assert!(beta.ok, "{}", beta.stderr);
+    assert_eq!(beta.lines.len(), 2);
+    assert!(beta.lines.iter().all(|l| l["tenant"] == BETA));
+    let one = replay(&url, None, &["--tenant", ACME, "--message", &cancelled]).await;
+    assert!(one.ok, "{}", one.stderr);
+    let types: Vec<&str> = one
+        .lines
+        .iter()
+        .map(|l| l["event_type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(types, ["accepted", "cancelled"]);
+
+    // --since after everything: nothing; --until before everything: nothing.
+    let later = (now() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let none = replay(&url, None, &["--since", &later, "--verify"]).await;
+    assert!(none.ok, "{}", none.stderr);
+    assert!(none.lines.is_empty());
+    let earlier = "2000-01-01T00:00:00Z";
+    let none = replay(&url, None, &["--until", earlier]).await;
+    assert!(none.ok, "{}", none.stderr);
+    assert!(none.lines.is_empty());
+
+    // Corrupt the history.
+    raw_publish(&env.client, &gap, "carrier_acked", 5, acked_body()).await;
+    raw_publish(
+        &env.client,
+        &bad_body,
+        "cancelled",
+        2,
+        br#"{"at":"not a time","extra":1}"#.to_vec(),
+    )
+    .await;
+    raw_publish(&env.client, &cancelled, "carrier_acked", 3, acked_body()).await;
+
+    let bad = replay(&url, None, &["--format", "ndjson", "--verify"]).await;
+    assert!(!bad.ok, "corrupted history must fail: {}", bad.stderr);
+    assert_eq!(bad.lines.len() as u64, total + 3);
+    let report = &bad.stderr;
+    assert!(report.contains("3 problems"), "{report}");
+    let line_of = |mid: &str| {
+        report
+            .lines()
+            .find(|l| l.contains(mid))
+            .unwrap_or_else(|| panic!("report names {mid}: {report}"))
+            .to_owned()
+    };
+    let l = line_of(&gap);
+    assert!(
+        l.contains("[sequence]") && l.contains("Sealpost-Sequence 5 leaves a gap (expected 2)"),
+        "{l}"
+    );
+    assert!(l.contains(&format!("stream seq {:>8}", total + 1)), "{l}");
+    let l = line_of(&bad_body);
+    assert!(
+        l.contains("[schema]") && l.contains("cancelled v1 body breaks its schema"),
+        "{l}"
+    );
+    let l = line_of(&cancelled);
+    assert!(
+        l.contains("[order]") && l.contains("carrier_acked after cancelled"),
+        "{l}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenants_user_replays_only_its_own_events() {
+    let service = nkeys::KeyPair::new_user();
+    let acme_kp = nkeys::KeyPair::new_user();
+    let beta_kp = nkeys::KeyPair::new_user();
+    let mut acme = tenant_config(ACME);
+    acme.nats_nkey = Some(acme_kp.public_key());
+    let mut beta = tenant_config(BETA);
+    beta.nats_nkey = Some(beta_kp.public_key());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        sealpost_gateway::nats_config(&[acme, beta], &service.public_key()),
+    )
+    .unwrap();
+    let server = sealpost_testkit::NatsServer::start_authenticated(
+        &["-c", conf.to_str().unwrap()],
+        Some(service.seed().unwrap()),
+    )
+    .await
+    .expect("server with tenant users");
+    let svc = server.connect().await.expect("service user connects");
+    sealpost_eventstore::provision::provision(
+        &async_nats::jetstream::new(svc.clone()),
+        &sealpost_eventstore::provision::embedded_definitions(),
+        &Default::default(),
+    )
+    .await
+    .expect("provision");
+    let ex = CommandExecutor::new(store_on(&svc), sealpost_domain::RetryPolicy::default());
+    lifecycle(&ex, ACME, "a1", vec![ack()]).await;
+    lifecycle(&ex, BETA, "b1", vec![ack()]).await;
+    lifecycle(&ex, ACME, "a2", vec![MessageCommand::Cancel { at: now() }]).await;
+    lifecycle(&ex, BETA, "b2", vec![]).await;
+
+    let url = server.url();
+    let acme_seed = acme_kp.seed().unwrap();
+    let own = replay(&url, Some(&acme_seed), &["--tenant", ACME, "--verify"]).await;
+    assert!(own.ok, "acme replays its own events: {}", own.stderr);
+    assert_eq!(own.lines.len(), 4);
+    assert!(
+        own.lines.iter().all(|l| l["tenant"] == ACME),
+        "zero of beta's"
+    );
+
+    let other = replay(&url, Some(&acme_seed), &["--tenant", BETA]).await;
+    assert!(!other.ok, "acme's user cannot replay beta");
+    assert!(other.lines.is_empty());
+    assert!(
+        other.stderr.contains("Permissions Violation"),
+        "{}",
+        other.stderr
+    );
+    let all = replay(&url, Some(&acme_seed), &[]).await;
+    assert!(!all.ok, "acme's user cannot replay every tenant");
+    assert!(all.lines.is_empty());
+
+    // The replay grant opens no stream info and no direct get (tests/it/gateway.rs asserts the
+    // same for its own user).
+    assert!(a_denied(&url, &acme_kp, "$JS.API.STREAM.INFO.SEALPOST_EVENTS").await);
+    assert!(a_denied(&url, &acme_kp, "$JS.API.DIRECT.GET.SEALPOST_EVENTS").await);
+    assert!(a_denied(&url, &acme_kp, "$JS.API.CONSUMER.CREATE.SEALPOST_EVENTS").await);
+    assert!(
+        a_denied(
+            &url,
+            &acme_kp,
+            &format!("$JS.API.CONSUMER.CREATE.SEALPOST_EVENTS.x.sealpost.evt.{BETA}.>")
+        )
+        .await
+    );
+
+    // Pulling from (or redefining) the service's durable consumers is denied.
+    let a = async_nats::ConnectOptions::with_nkey(acme_seed)
+        .custom_inbox_prefix(sealpost_gateway::inbox_prefix(ACME))
+        .request_timeout(Some(Duration::from_millis(700)))
+        .connect(&url)
+        .await
+        .expect("acme connects");
+    assert!(a
+        .request(
+            "$JS.API.CONSUMER.MSG.NEXT.SEALPOST_EVENTS.delivery",
+            "{\"batch\":1}".into()
+        )
+        .await
+        .is_err());
+    let hijack = serde_json::json!({
+        "stream_name": "SEALPOST_EVENTS",
+        "config": {"durable_name": "delivery", "filter_subject": format!("sealpost.evt.{ACME}.>"), "ack_policy": "explicit"}
+    });
+    assert!(a
+        .request(
+            format!("$JS.API.CONSUMER.CREATE.SEALPOST_EVENTS.delivery.sealpost.evt.{ACME}.>"),
+            serde_json::to_vec(&hijack).unwrap().into()
+        )
+        .await
+        .is_err());
+}
+
+/// True when a request from `kp`'s tenant user on `subject` gets no answer (refused).
+async fn a_denied(url: &str, kp: &nkeys::KeyPair, subject: &str) -> bool {
+    let c = async_nats::ConnectOptions::with_nkey(kp.seed().expect("seed"))
+        .custom_inbox_prefix(sealpost_gateway::inbox_prefix(ACME))
+        .request_timeout(Some(Duration::from_millis(700)))
+        .connect(url)
+        .await
+        .expect("connects");
+    c.request(subject.to_owned(), "{}".into()).await.is_err()
+}
