@@ -645,10 +645,15 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     let p = Pipeline::start(Options {
         start_delivery: false,
         sim: SimConfig {
-            // Each submission is in flight for a while, so kills land between the carrier's
-            // accept and the recorded ack.
             latency: Duration::from_millis(30),
             receipt_delay: Duration::from_millis(20),
+            // A fifth of the submissions are accepted and then answered only after a second, so
+            // every kill lands between some carrier accepts and their recorded acks.
+            faults: sealpost_carrier_sim::FaultMix {
+                timeout: 0.2,
+                hang_ms: 1000,
+                ..Default::default()
+            },
             ..SimConfig::default()
         },
         ..Options::default()
@@ -660,7 +665,7 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     std::fs::write(
         &config,
         format!(
-            "[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"ak\"\nsecret_access_key = \"sk\"\n\
+            "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"ak\"\nsecret_access_key = \"sk\"\n\
              [retry]\nbase_ms = 100\nmax_ms = 1000\n\
              [delivery]\nconcurrency = 256\n\
              [carriers.rbm]\nbase_url = \"{url}\"\nagent_id = \"{agent}\"\nbearer_token = \"{bearer}\"\nclient_token = \"{client}\"\n\
@@ -700,19 +705,32 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
                     v["message_id"].as_str().expect("accepted").to_owned()
                 }
             })
-            .buffer_unordered(16)
+            .buffer_unordered(4)
             .collect::<Vec<_>>()
             .await
     });
 
-    // Kill the worker every 700 ms while the sends stream in, and a few times after.
+    // Kill the worker whenever it is busy submitting (the carrier accepted more since the last
+    // kill), up to 10 times, while the sends stream in.
     let mut kills = 0;
+    let mut last = 0;
     while kills < 10 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        let busy =
+            sealpost_testkit::eventually(Duration::from_secs(30), "a busy worker", || async {
+                let accepted = p.sim.stats().accepted;
+                (accepted >= last + 20 || accepted as usize >= N).then_some(accepted)
+            })
+            .await
+            .unwrap();
+        if busy as usize >= N {
+            break;
+        }
+        last = busy;
         workers.kill9().await;
         kills += 1;
         workers.spawn();
     }
+    assert!(kills >= 3, "only {kills} kills landed before the run ended");
     let ids = sends.await.unwrap();
     assert_eq!(ids.len(), N);
 

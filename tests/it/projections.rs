@@ -450,6 +450,7 @@ impl ProjectorProcess {
             .env("SEALPOST_NATS_URL", &self.nats_url)
             .env("DATABASE_URL", &self.db_url)
             .env("SEALPOST_POSTGRES_URL", "")
+            .env("SEALPOST_GATEWAY_HTTP_LISTEN", "127.0.0.1:0")
             .env("SEALPOST_POSTGRES_BATCH_SIZE", "150")
             .env("SEALPOST_POSTGRES_BATCH_WAIT_MS", "5")
             .env("SEALPOST_LOG_FILTER", "warn")

@@ -337,8 +337,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
             );
             // Without the gateway, /metrics and /healthz still need a port.
+            // A port conflict here must not stop the workers: they matter more than their metrics.
             let _metrics_http = if gateway.is_none() {
-                Some(serve::metrics_only(&cfg).await?)
+                match serve::metrics_only(&cfg).await {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no /metrics listener; set [gateway] http_listen to a free address");
+                        None
+                    }
+                }
             } else {
                 None
             };

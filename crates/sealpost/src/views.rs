@@ -50,7 +50,67 @@ pub async fn projector(
     .await
     .context("the event stream is not ready; run `sealpost provision` first")?;
     let pool = pool(cfg).await?;
-    Ok(Projector::start(js, pool, cfg.postgres.projector(), &ProjectionName::ALL).await?)
+    let running = Projector::start(
+        js.clone(),
+        pool.clone(),
+        cfg.postgres.projector(),
+        &ProjectionName::ALL,
+    )
+    .await?;
+    // Stops with the process; the gauges are only read while it runs.
+    tokio::spawn(view_gauges(js, pool));
+    Ok(running)
+}
+
+/// Every 10 s: `sealpost_projection_lag{projection}` from each projection's consumer, and
+/// `sealpost_tenant_queue_depth{tenant}` (messages waiting for submission) from the view.
+async fn view_gauges(js: async_nats::jetstream::Context, pool: PgPool) {
+    use sealpost_telemetry::{metrics, ProjectionLabels, TenantLabels};
+    let mut seen: std::collections::HashSet<String> = Default::default();
+    loop {
+        for name in ProjectionName::ALL {
+            if let Ok(lag) = sealpost_projections::lag(&js, name).await {
+                metrics()
+                    .projection_lag
+                    .get_or_create(&ProjectionLabels {
+                        projection: name.as_str().to_owned(),
+                    })
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+        }
+        let waiting: Result<Vec<(String, i64)>, _> = sqlx::query_as(
+            "SELECT tenant, count(*) FROM messages \
+             WHERE status IN ('queued', 'retry_scheduled') GROUP BY tenant",
+        )
+        .fetch_all(&pool)
+        .await;
+        match waiting {
+            Ok(rows) => {
+                let now: std::collections::HashSet<String> =
+                    rows.iter().map(|(t, _)| t.clone()).collect();
+                // A tenant whose queue emptied reports 0, not its last value.
+                for gone in seen.difference(&now) {
+                    metrics()
+                        .tenant_queue_depth
+                        .get_or_create(&TenantLabels {
+                            tenant: gone.clone(),
+                        })
+                        .set(0);
+                }
+                for (tenant, n) in rows {
+                    metrics()
+                        .tenant_queue_depth
+                        .get_or_create(&TenantLabels { tenant })
+                        .set(n);
+                }
+                seen = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read queue depth per tenant from the view")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
 }
 
 fn parse_names(name: &str) -> anyhow::Result<Vec<ProjectionName>> {
