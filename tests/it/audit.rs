@@ -276,27 +276,8 @@ async fn a_tenants_user_replays_only_its_own_events() {
     acme.nats_nkey = Some(acme_kp.public_key());
     let mut beta = tenant_config(BETA);
     beta.nats_nkey = Some(beta_kp.public_key());
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("auth.conf");
-    std::fs::write(
-        &conf,
-        sealpost_gateway::nats_config(&[acme, beta], &service.public_key()),
-    )
-    .unwrap();
-    let server = sealpost_testkit::NatsServer::start_authenticated(
-        &["-c", conf.to_str().unwrap()],
-        Some(service.seed().unwrap()),
-    )
-    .await
-    .expect("server with tenant users");
-    let svc = server.connect().await.expect("service user connects");
-    sealpost_eventstore::provision::provision(
-        &async_nats::jetstream::new(svc.clone()),
-        &sealpost_eventstore::provision::embedded_definitions(),
-        &Default::default(),
-    )
-    .await
-    .expect("provision");
+    let (_dir, server, svc) =
+        crate::support::server_from_nats_config(&[acme, beta], &service).await;
     let ex = CommandExecutor::new(store_on(&svc), sealpost_domain::RetryPolicy::default());
     lifecycle(&ex, ACME, "a1", vec![ack()]).await;
     lifecycle(&ex, BETA, "b1", vec![ack()]).await;

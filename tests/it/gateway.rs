@@ -752,27 +752,7 @@ async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
     let tenants = vec![acme, beta];
 
     // The server config is exactly what `sealpost tenants nats-config` prints.
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("auth.conf");
-    std::fs::write(
-        &conf,
-        sealpost_gateway::nats_config(&tenants, &service.public_key()),
-    )
-    .unwrap();
-    let server = sealpost_testkit::NatsServer::start_authenticated(
-        &["-c", conf.to_str().unwrap()],
-        Some(service.seed().unwrap()),
-    )
-    .await
-    .expect("server with tenant users");
-    let svc = server.connect().await.expect("service user connects");
-    sealpost_eventstore::provision::provision(
-        &async_nats::jetstream::new(svc.clone()),
-        &sealpost_eventstore::provision::embedded_definitions(),
-        &Default::default(),
-    )
-    .await
-    .expect("provision as the service user");
+    let (dir, server, svc) = crate::support::server_from_nats_config(&tenants, &service).await;
     let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
         .await
         .unwrap();

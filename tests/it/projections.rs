@@ -437,50 +437,18 @@ async fn a_rebuild_equals_the_live_view_after_a_run_with_faults() {
     }
 }
 
-struct ProjectorProcess {
-    child: Option<tokio::process::Child>,
-    nats_url: String,
-    db_url: String,
-}
-
-impl ProjectorProcess {
-    fn spawn(&mut self) {
-        let child = tokio::process::Command::new(crate::gateway::sealpost_binary())
-            .args(["serve", "--roles", "projector"])
-            .env("SEALPOST_NATS_URL", &self.nats_url)
-            .env("DATABASE_URL", &self.db_url)
-            .env("SEALPOST_POSTGRES_URL", "")
-            .env("SEALPOST_GATEWAY_HTTP_LISTEN", "127.0.0.1:0")
-            .env("SEALPOST_POSTGRES_BATCH_SIZE", "150")
-            .env("SEALPOST_POSTGRES_BATCH_WAIT_MS", "5")
-            .env("SEALPOST_LOG_FILTER", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sealpost serve --roles projector starts");
-        self.child = Some(child);
-    }
-
-    async fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill().expect("SIGKILL");
-            c.wait().await.expect("reaped");
-        }
-    }
-}
-
 #[tokio::test]
 async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
     let env = Env::start().await;
     let (db, pool) = db().await;
     // The migrations run at projector start; make sure the tables exist for the polling below.
     sealpost_projections::migrate(&pool).await.unwrap();
-    let mut proc = ProjectorProcess {
-        child: None,
-        nats_url: env.server.url(),
-        db_url: db.url.clone(),
-    };
+    let mut proc = crate::support::ServeProcess::without_config("projector", env.server.url())
+        .env("DATABASE_URL", &db.url)
+        .env("SEALPOST_POSTGRES_URL", "")
+        .env("SEALPOST_POSTGRES_BATCH_SIZE", "150")
+        .env("SEALPOST_POSTGRES_BATCH_WAIT_MS", "5")
+        .env("SEALPOST_GATEWAY_HTTP_LISTEN", "127.0.0.1:0");
     proc.spawn();
     let ex = std::sync::Arc::new(env.executor());
     // Writers in the background: thousands of events.

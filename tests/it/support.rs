@@ -118,8 +118,9 @@ pub fn sealpost_binary() -> std::path::PathBuf {
 pub struct ServeProcess {
     child: Option<tokio::process::Child>,
     roles: String,
-    config: std::path::PathBuf,
+    config: Option<std::path::PathBuf>,
     nats_url: String,
+    envs: Vec<(String, String)>,
     /// How many processes were started in all.
     pub spawned: usize,
 }
@@ -127,20 +128,39 @@ pub struct ServeProcess {
 impl ServeProcess {
     pub fn new(roles: &str, config: std::path::PathBuf, nats_url: String) -> Self {
         Self {
+            config: Some(config),
+            ..Self::without_config(roles, nats_url)
+        }
+    }
+
+    /// Configured by environment variables only ([`ServeProcess::env`]).
+    pub fn without_config(roles: &str, nats_url: String) -> Self {
+        Self {
             child: None,
             roles: roles.to_owned(),
-            config,
+            config: None,
             nats_url,
+            envs: vec![],
             spawned: 0,
         }
     }
 
+    /// An environment variable for every process started from now on.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     pub fn spawn(&mut self) {
-        let child = tokio::process::Command::new(sealpost_binary())
+        let mut cmd = tokio::process::Command::new(sealpost_binary());
+        if let Some(config) = &self.config {
+            cmd.env("SEALPOST_CONFIG", config);
+        }
+        let child = cmd
             .args(["serve", "--roles", &self.roles])
-            .env("SEALPOST_CONFIG", &self.config)
             .env("SEALPOST_NATS_URL", &self.nats_url)
             .env("SEALPOST_LOG_FILTER", "error")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -157,4 +177,35 @@ impl ServeProcess {
             c.wait().await.expect("reaped");
         }
     }
+}
+
+/// A nats-server whose authorization block is exactly what `sealpost tenants nats-config`
+/// prints for `tenants` and the `service` user, with the streams provisioned as the service.
+/// Returns the temp dir (holding the config), the server and the service's connection.
+pub async fn server_from_nats_config(
+    tenants: &[sealpost_gateway::TenantConfig],
+    service: &nkeys::KeyPair,
+) -> (tempfile::TempDir, NatsServer, async_nats::Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        sealpost_gateway::nats_config(tenants, &service.public_key()),
+    )
+    .expect("write auth.conf");
+    let server = NatsServer::start_authenticated(
+        &["-c", conf.to_str().expect("utf-8 path")],
+        Some(service.seed().expect("service seed")),
+    )
+    .await
+    .expect("server with tenant users");
+    let svc = server.connect().await.expect("service user connects");
+    provision(
+        &async_nats::jetstream::new(svc.clone()),
+        &embedded_definitions(),
+        &StreamOverrides::default(),
+    )
+    .await
+    .expect("provision as the service user");
+    (dir, server, svc)
 }

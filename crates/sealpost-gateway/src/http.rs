@@ -19,6 +19,8 @@ use crate::send::{parse_message_id, MAX_COMMAND_BYTES};
 struct AppState {
     gateway: Gateway,
     nats: async_nats::Client,
+    /// For storing receipts; made once, not per webhook.
+    js: async_nats::jetstream::Context,
 }
 
 /// The router; serve it with `axum::serve`.
@@ -33,7 +35,11 @@ pub fn router(gateway: Gateway, nats: async_nats::Client) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/readyz", get(ready))
-        .with_state(AppState { gateway, nats })
+        .with_state(AppState {
+            gateway,
+            js: async_nats::jetstream::new(nats.clone()),
+            nats,
+        })
 }
 
 impl IntoResponse for ApiError {
@@ -175,8 +181,7 @@ async fn receipt(
     let result = async {
         let signature = header_str(&headers, "x-goog-signature")?;
         let body = read_body(body, crate::receipts::MAX_RECEIPT_BYTES).await?;
-        let js = async_nats::jetstream::new(s.nats.clone());
-        crate::receipts::ingest(&js, s.gateway.receipts(), &carrier, signature, body).await
+        crate::receipts::ingest(&s.js, s.gateway.receipts(), &carrier, signature, body).await
     }
     .await;
     match result {
