@@ -12,6 +12,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 /// One message as a handler sees it.
 #[derive(Debug, Clone)]
@@ -131,40 +132,79 @@ where
         .map_err(|e| format!("pulling from {stream}/{durable}: {e}"))?;
     messages
         .for_each_concurrent(concurrency.max(1), |m| {
-            let handler = handler.clone();
+            // The handler is called here, in delivery order, so that what it does before its
+            // first await (the receipts consumer takes its message's turn) follows the stream.
+            let started = match m {
+                Ok(msg) => start_job(&*handler, msg),
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull consumer hiccup");
+                    None
+                }
+            };
             async move {
-                let msg = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "pull consumer hiccup");
-                        return;
-                    }
-                };
-                let Ok(info) = msg.info() else {
-                    tracing::warn!(subject = %msg.subject, "a consumer message without JetStream metadata; ignoring it");
+                let Some((msg, job)) = started else {
                     return;
                 };
-                let job = Job {
-                    subject: msg.subject.to_string(),
-                    headers: msg.headers.clone(),
-                    payload: msg.payload.clone(),
-                    stream_seq: info.stream_sequence,
-                    delivered: info.delivered,
-                };
-                let end = handler(job).await;
-                let acked = match end {
-                    JobEnd::Ack => msg.ack().await,
-                    JobEnd::Nak(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
-                    JobEnd::Term => msg.ack_with(AckKind::Term).await,
-                };
-                if let Err(e) = acked {
-                    // The job is redelivered after ack_wait and found done; nothing is lost.
-                    tracing::debug!(error = %e, "ack not sent");
+                // Each job is a task of its own, so jobs run on every runtime thread; it is
+                // aborted with the consumer (an unfinished job is redelivered after ack_wait).
+                let task = AbortOnDrop(tokio::spawn(
+                    async move { answer(msg, job.await).await }.in_current_span(),
+                ));
+                if let Err(e) = task.join().await {
+                    tracing::warn!(error = %e, "a job's task ended without an answer; it is redelivered after ack_wait");
                 }
             }
         })
         .await;
     Ok(())
+}
+
+/// Turns a consumer message into a job and calls the handler on it.
+fn start_job<F, Fut>(handler: &F, msg: jetstream::Message) -> Option<(jetstream::Message, Fut)>
+where
+    F: Fn(Job) -> Fut,
+{
+    let Ok(info) = msg.info() else {
+        tracing::warn!(subject = %msg.subject, "a consumer message without JetStream metadata; ignoring it");
+        return None;
+    };
+    let job = Job {
+        subject: msg.subject.to_string(),
+        headers: msg.headers.clone(),
+        payload: msg.payload.clone(),
+        stream_seq: info.stream_sequence,
+        delivered: info.delivered,
+    };
+    let fut = handler(job);
+    Some((msg, fut))
+}
+
+/// Answers the server as the handler said.
+async fn answer(msg: jetstream::Message, end: JobEnd) {
+    let acked = match end {
+        JobEnd::Ack => msg.ack().await,
+        JobEnd::Nak(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
+        JobEnd::Term => msg.ack_with(AckKind::Term).await,
+    };
+    if let Err(e) = acked {
+        // The job is redelivered after ack_wait and found done; nothing is lost.
+        tracing::debug!(error = %e, "ack not sent");
+    }
+}
+
+/// A spawned task that is aborted when its owner is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Splits `sealpost.evt.<tenant>.<message_id>.<type>` (or `sealpost.due.…`) into its tokens.

@@ -13,8 +13,9 @@
 //!   `SEALPOST_SCHEDULES`; when the server fires it, the `expiry` consumer revokes at the
 //!   carrier where the message may be and records `expired` with the revoke's outcome.
 //! - [`receipts`]: the `receipts` consumer applies the raw receipts the gateway stored in
-//!   `SEALPOST_RECEIPTS`; a receipt that arrives before the carrier ack was recorded is retried
-//!   (NAK with delay), never dropped; duplicates make no events (the aggregate dedupes by id).
+//!   `SEALPOST_RECEIPTS`, one at a time per message in stream order (`turns`); a receipt that
+//!   arrives before the carrier ack was recorded waits briefly, then is retried (NAK with delay),
+//!   never dropped; duplicates make no events (the aggregate dedupes by id).
 //! - [`fallback`]: the `fallback` consumer (jobs are `fallback_triggered` events) revokes the
 //!   RCS message where it may have landed, then sends the neutral notice (SMS, idempotent by
 //!   client reference) or publishes the in-app notice.
@@ -34,6 +35,7 @@ pub mod fallback;
 pub mod gate;
 mod jobs;
 pub mod receipts;
+mod turns;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -132,7 +134,7 @@ struct Inner {
     /// message id → tenant, for receipts (carriers name messages by id only).
     tenants: std::sync::Mutex<HashMap<String, TenantId>>,
     /// Per-message FIFO turns of the receipts consumer.
-    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    turns: Arc<turns::Turns>,
 }
 
 impl Delivery {

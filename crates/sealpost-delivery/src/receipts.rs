@@ -4,13 +4,14 @@
 //! - DELIVERED / READ → `record_receipt` (the aggregate dedupes by the carrier's event id, so a
 //!   duplicate makes no event; READ before DELIVERED implies the delivery);
 //! - TTL_EXPIRATION_REVOKED / TTL_EXPIRATION_REVOKE_FAILED → `expire` with that revoke outcome;
-//! - a receipt for a message whose carrier ack is not recorded yet is NAKed with a growing delay
-//!   and retried, never dropped.
+//! - a receipt for a message whose carrier ack is not recorded yet waits for it a little (20, 50,
+//!   100 ms), then is NAKed with a growing delay and retried, never dropped;
+//! - a message's receipts are applied one at a time in stream order (a turn taken when the
+//!   consumer hands the receipt over), so DELIVERED and READ each write one event.
 //!
 //! The carrier names messages by message id only; the tenant is found from the message's
 //! `accepted` event (`sealpost.evt.*.<message_id>.accepted`) and cached.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_carriers::webhook::{self, RbmEventKind, Webhook};
@@ -22,24 +23,45 @@ use sealpost_eventstore::{ExecuteError, StoreError};
 use time::OffsetDateTime;
 
 use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::turns::Turn;
 use crate::Delivery;
 
 /// How many message → tenant lookups are remembered.
 const TENANT_CACHE: usize = 200_000;
+
+/// How long a receipt that arrived before its carrier ack waits, in its message's turn, before
+/// trying again; after the last wait it is NAKed with the growing `receipt_retry` delay.
+const IN_TURN_WAITS: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+];
 
 pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
     let durable = d.inner.cfg.receipts_consumer.clone();
     let concurrency = d.inner.cfg.concurrency;
     spawn_consumer(js, "SEALPOST_RECEIPTS", durable, concurrency, move |job| {
+        // Called in stream order: the receipt takes its place in its message's queue before
+        // anything else happens, so DELIVERED is applied before the READ stored after it.
         let d = d.clone();
-        async move { d.apply_receipt(job).await }
+        let parsed = webhook::parse(&job.payload);
+        let turn = match &parsed {
+            Ok(Webhook::Event(e)) => Some(d.inner.turns.take(&e.message_id)),
+            _ => None,
+        };
+        async move { d.apply_receipt(job, parsed, turn).await }
     })
 }
 
 impl Delivery {
-    async fn apply_receipt(&self, job: Job) -> JobEnd {
-        let event = match webhook::parse(&job.payload) {
+    async fn apply_receipt(
+        &self,
+        job: Job,
+        parsed: Result<Webhook, sealpost_carriers::WebhookError>,
+        mut turn: Option<Turn>,
+    ) -> JobEnd {
+        let event = match parsed {
             Ok(Webhook::Event(e)) => e,
             Ok(Webhook::Verification { .. }) => return JobEnd::Ack,
             Err(e) => {
@@ -92,18 +114,34 @@ impl Delivery {
                 return JobEnd::Nak(retry);
             }
         };
-        // One receipt per message at a time, in arrival order: DELIVERED then READ each write
+        // One receipt per message at a time, in stream order: DELIVERED then READ each write
         // one event. Decided concurrently, READ would see the message still acked and write the
         // implied `delivered` with `displayed` as an atomic batch (which the server commits one
-        // at a time), and one of the two would conflict and reload.
-        let _turn = self.message_turn(&message_id).await;
+        // at a time, at a far higher cost than two single writes), and one of the two would
+        // conflict and reload.
+        if let Some(t) = turn.as_mut() {
+            t.wait().await;
+        }
         let agg = aggregate_id(&tenant, &message_id);
-        match self
-            .inner
-            .executor
-            .execute(&agg, cmd, &Default::default())
-            .await
-        {
+        // A receipt can overtake the worker's record of the carrier's ack (the carrier answers
+        // the submission and sends DELIVERED at once). It waits for the ack here a few times,
+        // holding the turn, so that the READ behind it does not get in first; only then is it
+        // NAKed to come back later.
+        let mut waits = IN_TURN_WAITS.iter();
+        let executed = loop {
+            let r = self
+                .inner
+                .executor
+                .execute(&agg, cmd.clone(), &Default::default())
+                .await;
+            match (&r, waits.next()) {
+                (Err(ExecuteError::Rejected(MessageError::NotYetAcked)), Some(w)) => {
+                    tokio::time::sleep(*w).await;
+                }
+                _ => break r,
+            }
+        };
+        match executed {
             Ok(done) => {
                 crate::report(&done.aggregate, &done.events);
                 JobEnd::Ack
@@ -150,53 +188,12 @@ impl Delivery {
         Ok(tenant)
     }
 
-    /// Waits for this message's turn (FIFO per message); the turn ends when the guard drops.
-    async fn message_turn(&self, message_id: &MessageId) -> MessageTurn {
-        let lock = {
-            let mut turns = match self.inner.turns.lock() {
-                Ok(t) => t,
-                Err(p) => p.into_inner(),
-            };
-            turns
-                .entry(message_id.as_str().to_owned())
-                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-                .clone()
-        };
-        let guard = lock.clone().lock_owned().await;
-        MessageTurn {
-            d: self.clone(),
-            key: message_id.as_str().to_owned(),
-            lock,
-            _guard: Some(guard),
-        }
-    }
-
     pub(crate) fn remember_tenant(&self, message_id: &MessageId, tenant: &TenantId) {
         if let Ok(mut c) = self.inner.tenants.lock() {
             if c.len() >= TENANT_CACHE {
                 c.clear();
             }
             c.insert(message_id.as_str().to_owned(), tenant.clone());
-        }
-    }
-}
-
-/// A message's turn at the receipts consumer; dropping it lets the next receipt in.
-struct MessageTurn {
-    d: Delivery,
-    key: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for MessageTurn {
-    fn drop(&mut self) {
-        self._guard.take();
-        if let Ok(mut turns) = self.d.inner.turns.lock() {
-            // Only this turn and the map hold the lock: nobody waits; forget it.
-            if Arc::strong_count(&self.lock) == 2 {
-                turns.remove(&self.key);
-            }
         }
     }
 }
