@@ -39,12 +39,13 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         webhook_concurrency: 128,
         ..SimConfig::default()
     };
-    let p = Pipeline::start(
+    let mut p = Pipeline::start(
         &cfg,
         Options {
             sim,
             sms_fallback: true,
             fallback_every: 2,
+            hold_delivery: false,
             tenant_prefix: "demo",
         },
     )

@@ -44,6 +44,9 @@ pub struct Options {
     pub fallback_every: usize,
     /// The run's tenant id is `<tenant_prefix>-<run id>`.
     pub tenant_prefix: &'static str,
+    /// Start the delivery roles only once every message is accepted ([`Pipeline::drive`]), to
+    /// measure how fast they drain a backlog.
+    pub hold_delivery: bool,
 }
 
 /// A running in-process pipeline. Dropping it stops everything it started.
@@ -58,6 +61,7 @@ pub struct Pipeline {
     observed: Arc<Mutex<Observed>>,
     // Drop order: consumers first, then the observer, the gateway, the simulator, the blobs.
     consumers: Option<RunningConsumers>,
+    delivery: Delivery,
     observer: tokio::task::JoinHandle<()>,
     _gateway: RunningGateway,
     pub sim: RunningSim,
@@ -201,7 +205,7 @@ impl Pipeline {
 
         let delivery =
             crate::serve::delivery(&cfg, crate::connect(&cfg).await?, blobs.store.clone()).await?;
-        let consumers = delivery.start(&Delivery::ROLES);
+        let consumers = (!opts.hold_delivery).then(|| delivery.start(&Delivery::ROLES));
 
         let mut clients = vec![];
         for _ in 0..4 {
@@ -216,7 +220,8 @@ impl Pipeline {
             fallback_every: opts.fallback_every,
             clients,
             observed,
-            consumers: Some(consumers),
+            consumers,
+            delivery,
             observer,
             _gateway: gateway,
             sim,
@@ -253,9 +258,10 @@ impl Pipeline {
 
     /// Sends `n` messages (request/reply on `sealpost.cmd.<tenant>.send`, `concurrency` in
     /// flight over several connections) and waits until every accepted one is terminal, or
-    /// 120 s + n/100 s passed.
+    /// 120 s + n/100 s passed. With [`Options::hold_delivery`], the delivery roles start once
+    /// every send is answered.
     pub async fn drive(
-        &self,
+        &mut self,
         n: usize,
         concurrency: usize,
         progress: Option<ProgressBar>,
@@ -290,6 +296,13 @@ impl Pipeline {
             accepted += 1;
         }
         let sends_done = started.elapsed();
+        drop(sends);
+        let released = if self.consumers.is_none() {
+            self.consumers = Some(self.delivery.start(&Delivery::ROLES));
+            Some(started.elapsed())
+        } else {
+            None
+        };
 
         let limit = Duration::from_secs(120) + Duration::from_millis(10 * n as u64);
         let timed_out = loop {
@@ -312,6 +325,7 @@ impl Pipeline {
         let o = lock(&self.observed);
         let mut summary = o.summary(n, accepted, started, sends_done, send_us, timed_out);
         summary.samples = samples;
+        summary.released = released;
         Ok(summary)
     }
 
@@ -633,6 +647,8 @@ pub struct Summary {
     pub to_displayed_us: Histogram<u64>,
     /// Queue depths, once a second.
     pub samples: Vec<Sample>,
+    /// When the held delivery roles were started, since the first send.
+    pub released: Option<Duration>,
 }
 
 impl Default for Summary {
@@ -653,6 +669,7 @@ impl Default for Summary {
             to_terminal_us: histogram(),
             to_displayed_us: histogram(),
             samples: Vec::new(),
+            released: None,
         }
     }
 }
@@ -661,6 +678,13 @@ impl Summary {
     /// Messages per second, first send to last terminal event.
     pub fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Messages per second from the start of the held delivery roles to the last terminal
+    /// event (a backlog drain), if they were held.
+    pub fn drain_rate(&self) -> Option<f64> {
+        let r = self.released?;
+        Some(self.messages as f64 / (self.elapsed.saturating_sub(r)).as_secs_f64().max(1e-9))
     }
 
     pub fn all_terminal(&self) -> bool {
