@@ -648,7 +648,7 @@ pub async fn run_delivery(cfg: &Config, messages: usize, concurrency: usize) -> 
     let drain_rate = drain.drain_rate().unwrap_or(0.0);
     println!(
         "{:<34} {:>9} {:>11.0}   (delivery roles started after all {} sends were accepted)",
-        "backlog drain, accepted -> displayed", drain_displayed, drain_rate, drain.accepted
+        "backlog drain, accepted->displayed", drain_displayed, drain_rate, drain.accepted
     );
     println!(
         "{} of {messages} displayed in {:.2} s (first send to last terminal event; sends done after {:.2} s)",
