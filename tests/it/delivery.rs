@@ -75,6 +75,10 @@ struct Options {
     start_delivery: bool,
     sim: SimConfig,
     rbm_timeout: Duration,
+    /// The delivery roles started (all by default).
+    roles: &'static [&'static str],
+    /// How long after `expires_at` the carrier's own TTL ends a message.
+    carrier_ttl_grace: Duration,
 }
 
 impl Default for Options {
@@ -89,6 +93,8 @@ impl Default for Options {
                 ..SimConfig::default()
             },
             rbm_timeout: Duration::from_secs(5),
+            roles: &Delivery::ROLES,
+            carrier_ttl_grace: DeliveryConfig::default().carrier_ttl_grace,
         }
     }
 }
@@ -164,11 +170,12 @@ impl Pipeline {
             carriers,
             DeliveryConfig {
                 receipt_retry: Duration::from_millis(100),
+                carrier_ttl_grace: o.carrier_ttl_grace,
                 ..DeliveryConfig::default()
             },
         );
         if o.start_delivery {
-            p.roles = Some(delivery.start(&Delivery::ROLES));
+            p.roles = Some(delivery.start(o.roles));
         }
         p.delivery = Some(delivery);
         p
@@ -531,6 +538,54 @@ async fn at_its_ttl_an_undelivered_message_expires_and_is_revoked_at_the_carrier
         .get_last_raw_message_by_subject(&format!("sealpost.due.{ACME}.{id}.expire"))
         .await
         .expect("the expiry timer fired");
+}
+
+#[tokio::test]
+async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
+    // No expiry role: Sealpost's own timer fires into SEALPOST_SCHEDULES but nobody acts on it,
+    // as when the expiry role is down. The carrier's TTL (expires_at + 1 s here) takes the
+    // message back and says so with a signed TTL_EXPIRATION_REVOKED webhook.
+    let p = Pipeline::start(Options {
+        roles: &["delivery", "receipts"],
+        carrier_ttl_grace: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let to = "+15550001017";
+    p.sim.script(to, vec![Scripted::AcceptOffline]);
+    let id = p.send("carrier-ttl-1", to, 1).await;
+    p.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
+        .await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Expired)
+        .await;
+    assert_eq!(p.types(&id).await, ["accepted", "carrier_acked", "expired"]);
+    assert_eq!(p.event_body(&id, "expired").await["revoke"], "revoked");
+    assert!(
+        p.sim.revoked(&id),
+        "the carrier's TTL took the message back"
+    );
+    // The webhook was stored raw before it was applied.
+    let js = async_nats::jetstream::new(p.client.clone());
+    let stored = js
+        .get_stream("SEALPOST_RECEIPTS")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("sealpost.rcpt.rbm")
+        .await;
+    let payload = match stored {
+        Ok(m) => m.payload,
+        Err(e) => panic!("no stored receipt for {id}: {e}"),
+    };
+    match sealpost_carriers::webhook::parse(&payload).unwrap() {
+        sealpost_carriers::webhook::Webhook::Event(e) => {
+            assert_eq!(e.message_id, id);
+            assert_eq!(
+                e.kind,
+                sealpost_carriers::webhook::RbmEventKind::TtlExpirationRevoked
+            );
+        }
+        other => panic!("stored receipt is not an event: {other:?}"),
+    }
 }
 
 #[tokio::test]

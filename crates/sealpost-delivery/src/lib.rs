@@ -88,6 +88,9 @@ pub struct DeliveryConfig {
     pub payload_url_ttl: Duration,
     /// First redelivery delay of a receipt that arrived before its message's carrier ack.
     pub receipt_retry: Duration,
+    /// How long after `expires_at` the carrier's own TTL (RBM `expireTime`) takes a message back,
+    /// as a backstop for a revoke by the expiry role that cannot get through.
+    pub carrier_ttl_grace: Duration,
     /// Fallback notice texts by template id (the send command names a template, never text).
     /// A template not listed here is sent as [`DEFAULT_NOTICE`]. Texts must stay neutral: no
     /// message content, ever.
@@ -106,6 +109,7 @@ impl Default for DeliveryConfig {
             max_pause_wait: Duration::from_secs(2),
             payload_url_ttl: Duration::from_secs(24 * 3600),
             receipt_retry: Duration::from_millis(250),
+            carrier_ttl_grace: worker::CARRIER_TTL_GRACE,
             notice_texts: HashMap::from([(
                 "secure_message_waiting".to_owned(),
                 DEFAULT_NOTICE.to_owned(),

@@ -38,8 +38,9 @@ pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// How long after `expires_at` the carrier's own TTL (RBM `expireTime`) takes a message back.
-pub const CARRIER_TTL_GRACE: time::Duration = time::Duration::seconds(30);
+/// The default of [`crate::DeliveryConfig::carrier_ttl_grace`]: how long after `expires_at` the
+/// carrier's own TTL (RBM `expireTime`) takes a message back.
+pub const CARRIER_TTL_GRACE: Duration = Duration::from_secs(30);
 
 /// Retry delay after a store hiccup.
 const STORE_RETRY: Duration = Duration::from_millis(200);
@@ -117,7 +118,7 @@ impl Delivery {
             content,
             // Sealpost's own timer ends the message and revokes it at `expires_at`; the
             // carrier's TTL is a backstop a little later, for a revoke that cannot get through.
-            expire_time: Some(accepted.expires_at + CARRIER_TTL_GRACE),
+            expire_time: Some(accepted.expires_at + self.inner.cfg.carrier_ttl_grace),
         };
         let permit = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
             Ok(p) => p,
