@@ -20,6 +20,7 @@
 mod embedded;
 mod error;
 mod hashing;
+mod presign;
 mod reference;
 mod store;
 

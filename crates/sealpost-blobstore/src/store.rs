@@ -110,6 +110,8 @@ pub struct ObjectInfo {
 pub struct BlobStore {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// Presigns GETs of `bucket` without the SDK's operation pipeline (see `presign.rs`).
+    get_signer: Option<crate::presign::GetSigner>,
     /// For messages: the endpoint, or `AWS S3 (<region>)`.
     target: String,
 }
@@ -180,6 +182,13 @@ impl BlobStore {
             None,
             "sealpost-config",
         );
+        let get_signer = crate::presign::GetSigner::new(
+            credentials.clone(),
+            &cfg.region,
+            &cfg.bucket,
+            cfg.endpoint.as_deref(),
+            cfg.force_path_style,
+        );
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(cfg.region.clone()))
@@ -205,6 +214,7 @@ impl BlobStore {
         Ok(Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
+            get_signer,
             target,
         })
     }
@@ -498,7 +508,28 @@ impl BlobStore {
                  shorter lifetime"
             )));
         }
-        let presign = PresigningConfig::expires_in(expires_in)
+        match &self.get_signer {
+            Some(signer) if signer.bucket() == r.bucket => {
+                signer.presign(&r.key, expires_in, std::time::SystemTime::now())
+            }
+            _ => {
+                self.presign_get_through_sdk(r, expires_in, std::time::SystemTime::now())
+                    .await
+            }
+        }
+    }
+
+    /// [`BlobStore::presign_get`] through the SDK's operation pipeline, valid from `start`.
+    async fn presign_get_through_sdk(
+        &self,
+        r: &BlobRef,
+        expires_in: Duration,
+        start: std::time::SystemTime,
+    ) -> Result<String, BlobError> {
+        let presign = PresigningConfig::builder()
+            .expires_in(expires_in)
+            .start_time(start)
+            .build()
             .map_err(|e| BlobError::other(format!("cannot presign for {expires_in:?}: {e}")))?;
         let presigned = self
             .client
@@ -509,6 +540,21 @@ impl BlobStore {
             .await
             .map_err(|e| self.sdk_error("presigning a download of", &r.uri(), e))?;
         Ok(presigned.uri().to_owned())
+    }
+
+    /// The SDK's presigned GET of `key` in this store's bucket, for comparing with ours.
+    #[cfg(test)]
+    pub(crate) async fn presign_get_with_sdk(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        start: std::time::SystemTime,
+    ) -> Result<String, BlobError> {
+        let r = BlobRef {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+        };
+        self.presign_get_through_sdk(&r, expires_in, start).await
     }
 
     /// HEAD: `Ok(None)` when the object does not exist.
