@@ -314,6 +314,24 @@ impl Pipeline {
         }
     }
 
+    /// Sends to a recipient the carrier accepts but never reaches, and waits until the message
+    /// is acked and then expired: its history ends in `expired` with the carrier's copy revoked.
+    async fn expire_offline(&self, key: &str, to: &str, ttl: u64) -> String {
+        self.sim.script(to, vec![Scripted::AcceptOffline]);
+        let id = self.send(key, to, ttl).await;
+        self.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
+            .await;
+        self.wait_for(&id, Duration::from_secs(20), |s| s == Status::Expired)
+            .await;
+        assert_eq!(
+            self.types(&id).await,
+            ["accepted", "carrier_acked", "expired"]
+        );
+        assert_eq!(self.event_body(&id, "expired").await["revoke"], "revoked");
+        assert!(self.sim.revoked(&id), "the carrier still holds the message");
+        id
+    }
+
     async fn event_body(&self, message_id: &str, event_type: &str) -> Value {
         let h = self.history(message_id).await;
         let r = h
@@ -517,19 +535,7 @@ async fn a_recipient_without_rcs_gets_one_neutral_sms_notice() {
 #[tokio::test]
 async fn at_its_ttl_an_undelivered_message_expires_and_is_revoked_at_the_carrier() {
     let p = Pipeline::start(Options::default()).await;
-    let to = "+15550001007";
-    p.sim.script(to, vec![Scripted::AcceptOffline]);
-    let id = p.send("ttl-1", to, 2).await;
-    p.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
-        .await;
-    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Expired)
-        .await;
-    assert_eq!(p.types(&id).await, ["accepted", "carrier_acked", "expired"]);
-    assert_eq!(p.event_body(&id, "expired").await["revoke"], "revoked");
-    assert!(
-        p.sim.revoked(&id),
-        "the carrier no longer holds the message"
-    );
+    let id = p.expire_offline("ttl-1", "+15550001007", 2).await;
     // The server fired the timer: it published onto the due subject.
     let js = async_nats::jetstream::new(p.client.clone());
     js.get_stream("SEALPOST_SCHEDULES")
@@ -551,19 +557,7 @@ async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
         ..Options::default()
     })
     .await;
-    let to = "+15550001017";
-    p.sim.script(to, vec![Scripted::AcceptOffline]);
-    let id = p.send("carrier-ttl-1", to, 1).await;
-    p.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
-        .await;
-    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Expired)
-        .await;
-    assert_eq!(p.types(&id).await, ["accepted", "carrier_acked", "expired"]);
-    assert_eq!(p.event_body(&id, "expired").await["revoke"], "revoked");
-    assert!(
-        p.sim.revoked(&id),
-        "the carrier's TTL took the message back"
-    );
+    let id = p.expire_offline("carrier-ttl-1", "+15550001017", 1).await;
     // The webhook was stored raw before it was applied.
     let js = async_nats::jetstream::new(p.client.clone());
     let stored = js
