@@ -11,10 +11,9 @@ use sealpost_domain::{
 };
 use sealpost_eventstore::CommandExecutor;
 use serde_json::Value;
-use time::OffsetDateTime;
 
 use crate::gateway::{sealpost_binary, tenant_config};
-use crate::support::{accept, meta, store_on, Env};
+use crate::support::{accept, meta, now, store_on, Env};
 
 const ACME: &str = "acme-corp";
 const BETA: &str = "beta-co";
@@ -52,10 +51,6 @@ async fn replay(url: &str, seed: Option<&str>, args: &[&str]) -> Run {
             .collect(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
 }
 
 /// Accepts `key` for `tenant`, then runs `steps`; returns the message id.

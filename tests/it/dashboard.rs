@@ -20,7 +20,6 @@ use sealpost_eventstore::CommandExecutor;
 use sealpost_projections::{ProjectionName, Projector, ProjectorConfig};
 use sealpost_testkit::{eventually, PgDatabase};
 use sqlx::PgPool;
-use time::OffsetDateTime;
 
 use crate::support::*;
 
@@ -32,19 +31,6 @@ use dashboard_impl::Dashboard;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
-
-fn result(attempt: u32, outcome: CarrierOutcome) -> MessageCommand {
-    MessageCommand::RecordCarrierResult {
-        attempt,
-        carrier: "rbm".into(),
-        outcome,
-        at: now(),
-    }
-}
 
 fn receipt(id: String, kind: ReceiptKind) -> MessageCommand {
     MessageCommand::RecordReceipt {

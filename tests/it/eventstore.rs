@@ -19,10 +19,6 @@ use time::OffsetDateTime;
 
 use crate::support::*;
 
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
-
 fn hold(id: &str) -> MessageCommand {
     MessageCommand::Hold {
         hold_id: id.into(),

@@ -13,22 +13,8 @@ use sealpost_eventstore::CommandExecutor;
 use sealpost_projections::{ProjectionName, Projector, ProjectorConfig};
 use sealpost_testkit::{eventually, PgDatabase};
 use sqlx::PgPool;
-use time::OffsetDateTime;
 
 use crate::support::*;
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
-
-fn result(attempt: u32, outcome: CarrierOutcome) -> MessageCommand {
-    MessageCommand::RecordCarrierResult {
-        attempt,
-        carrier: "rbm".into(),
-        outcome,
-        at: now(),
-    }
-}
 
 fn acked(attempt: u32) -> MessageCommand {
     result(

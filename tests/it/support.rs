@@ -209,3 +209,18 @@ pub async fn server_from_nats_config(
     .expect("provision as the service user");
     (dir, server, svc)
 }
+
+/// The command instant tests use.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// The carrier's answer to attempt `attempt` on RBM, now.
+pub fn result(attempt: u32, outcome: sealpost_domain::CarrierOutcome) -> MessageCommand {
+    MessageCommand::RecordCarrierResult {
+        attempt,
+        carrier: "rbm".into(),
+        outcome,
+        at: now(),
+    }
+}
