@@ -317,7 +317,7 @@ async fn a_tenants_user_replays_only_its_own_events() {
 
     // Pulling from (or redefining) the service's durable consumers is denied.
     let a = async_nats::ConnectOptions::with_nkey(acme_seed)
-        .custom_inbox_prefix(sealpost_gateway::inbox_prefix(ACME))
+        .custom_inbox_prefix(sealpost_eventstore::names::inbox_prefix(ACME))
         .request_timeout(Some(Duration::from_millis(700)))
         .connect(&url)
         .await
@@ -345,7 +345,7 @@ async fn a_tenants_user_replays_only_its_own_events() {
 /// True when a request from `kp`'s tenant user on `subject` gets no answer (refused).
 async fn a_denied(url: &str, kp: &nkeys::KeyPair, subject: &str) -> bool {
     let c = async_nats::ConnectOptions::with_nkey(kp.seed().expect("seed"))
-        .custom_inbox_prefix(sealpost_gateway::inbox_prefix(ACME))
+        .custom_inbox_prefix(sealpost_eventstore::names::inbox_prefix(ACME))
         .request_timeout(Some(Duration::from_millis(700)))
         .connect(url)
         .await

@@ -34,7 +34,7 @@ async fn start_sim(cfg: SimConfig) -> RunningSim {
 }
 
 fn rbm(sim: &RunningSim, timeout: Duration) -> RbmCarrier {
-    rbm_with_token(sim, &SimConfig::default().bearer_token, timeout)
+    rbm_with_token(sim, SimConfig::default().bearer_token.expose(), timeout)
 }
 
 fn rbm_with_token(sim: &RunningSim, token: &str, timeout: Duration) -> RbmCarrier {

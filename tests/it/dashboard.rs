@@ -1,9 +1,9 @@
-//! The dashboard (`crates/sealpost/src/dashboard.rs`, included here as a module: `sealpost` is a
-//! binary crate) rendered by a real browser: lifecycles of two tenants go through the event store,
-//! the projector applies them to a Postgres database of its own, the dashboard router is served on
-//! 127.0.0.1, and headless Chromium loads `/`, runs the page's JS (which fetches
-//! `/dashboard.json`) and dumps the DOM. Every figure read from the DOM by its `data-testid` must
-//! equal what `summary(pool)` and plain SQL say.
+//! The dashboard rendered by a real browser: lifecycles of two tenants go through the event store,
+//! a Sealpost process started with `sealpost::App::start` (gateway and projector roles, the
+//! production wiring) applies them to a Postgres database of its own and serves the dashboard at
+//! `/`, and headless Chromium loads it, runs the page's JS (which fetches `/dashboard.json`) and
+//! dumps the DOM. Every figure read from the DOM by its `data-testid` must equal what
+//! `summary(pool)` and plain SQL say.
 //!
 //! Chromium: `$SEALPOST_CHROMIUM`, else /usr/bin/chromium (scripts/test installs it).
 
@@ -13,21 +13,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sealpost::{App, Role};
 use sealpost_domain::{
-    aggregate_id, CarrierOutcome, MessageCommand, MessageId, ReceiptKind, TenantId,
+    aggregate_id, CarrierOutcome, MessageCommand, MessageId, ReceiptKind, Status, TenantId,
 };
+use sealpost_eventstore::names::Stream;
 use sealpost_eventstore::CommandExecutor;
-use sealpost_projections::{ProjectionName, Projector, ProjectorConfig};
+use sealpost_projections::ProjectionName;
 use sealpost_testkit::{eventually, PgDatabase};
 use sqlx::PgPool;
 
 use crate::support::*;
-
-#[allow(dead_code)]
-#[path = "../../crates/sealpost/src/dashboard.rs"]
-mod dashboard_impl;
-
-use dashboard_impl::Dashboard;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -104,7 +100,7 @@ async fn write(
 async fn caught_up(pool: &PgPool, client: &async_nats::Client) {
     let js = async_nats::jetstream::new(client.clone());
     let last = {
-        let mut s = js.get_stream("SEALPOST_EVENTS").await.unwrap();
+        let mut s = js.get_stream(Stream::Events.as_str()).await.unwrap();
         s.info().await.unwrap().state.last_sequence as i64
     };
     eventually(
@@ -117,7 +113,7 @@ async fn caught_up(pool: &PgPool, client: &async_nats::Client) {
                     .await
                     .unwrap();
             let mut lag = 0;
-            for name in ProjectionName::ALL {
+            for &name in ProjectionName::ALL {
                 lag += sealpost_projections::lag(&js, name).await.unwrap();
             }
             (cps.len() == 3 && cps.iter().all(|(_, s)| *s == last) && lag == 0).then_some(())
@@ -127,13 +123,20 @@ async fn caught_up(pool: &PgPool, client: &async_nats::Client) {
     .unwrap();
 }
 
-async fn serve(router: axum::Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    (addr, task)
+/// A Sealpost process with `roles`, on `env`'s server, with `postgres_url` as its database.
+async fn start(
+    env: &Env,
+    dir: &std::path::Path,
+    postgres_url: &str,
+    roles: &[Role],
+) -> sealpost::Running {
+    let mut cfg = app_config(&env.server.url(), dir, vec![]);
+    cfg.postgres.url = postgres_url.into();
+    cfg.postgres.batch_size = 5;
+    cfg.postgres.batch_wait = Duration::from_millis(5);
+    App::start(cfg, roles, std::future::pending())
+        .await
+        .expect("sealpost starts")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,22 +297,12 @@ async fn headless_chromium_renders_the_summary_of_the_views() {
             write(&ex, tenant, &format!("dash-{tenant}-{i}"), *o).await;
         }
     }
-    let js = async_nats::jetstream::new(env.client.clone());
-    let _projector = Projector::start(
-        js.clone(),
-        pool.clone(),
-        ProjectorConfig {
-            batch_size: 5,
-            batch_wait: Duration::from_millis(5),
-            ..ProjectorConfig::default()
-        },
-        &ProjectionName::ALL,
-    )
-    .await
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(&env, dir.path(), &db.url, &[Role::Gateway, Role::Projector]).await;
+    assert_eq!(app.projections(), ProjectionName::ALL);
     caught_up(&pool, &env.client).await;
 
-    let (addr, _server) = serve(Dashboard::new(Some(pool.clone()), Some(js)).router()).await;
+    let addr = app.http_addr().unwrap();
     let t0 = std::time::Instant::now();
     let dom = dump_dom(&bin, &format!("http://{addr}/")).await;
     eprintln!(
@@ -412,12 +405,16 @@ async fn headless_chromium_renders_the_summary_of_the_views() {
     }
 
     // Recent failures: one row per failed or fallen-back message, with tenant and reason.
-    let sql_failures: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM messages WHERE status IN ('failed', 'fallback_triggered', 'expired')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let failed: Vec<&str> = [Status::Failed, Status::FallbackTriggered, Status::Expired]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let sql_failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = ANY($1::text[])")
+            .bind(&failed)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(sql_failures, 4);
     assert_eq!(int(&dom, "failures-count"), sql_failures);
     assert_eq!(find_all(&dom, "failure-row").len() as i64, sql_failures);
@@ -466,14 +463,17 @@ async fn headless_chromium_renders_the_summary_of_the_views() {
 
 #[tokio::test]
 async fn without_a_database_the_dashboard_answers_503_with_what_to_do() {
-    for (what, dashboard) in [
-        ("no database configured", Dashboard::new(None, None)),
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (what, url) in [
+        ("no database configured", ""),
         (
             "an unreachable database",
-            Dashboard::lazy(Some("postgres://postgres@127.0.0.1:1/postgres"), None),
+            "postgres://postgres@127.0.0.1:1/postgres",
         ),
     ] {
-        let (addr, _server) = serve(dashboard.router()).await;
+        let app = start(&env, dir.path(), url, &[Role::Gateway]).await;
+        let addr = app.http_addr().unwrap();
         for path in ["/", "/dashboard.json"] {
             let res = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
             assert_eq!(res.status().as_u16(), 503, "{what}: {path}");

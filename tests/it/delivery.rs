@@ -6,34 +6,28 @@
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sealpost_blobstore::{BlobStore, EmbeddedS3, StoredBlob};
+use sealpost::{App, Role};
+use sealpost_blobstore::StoredBlob;
 use sealpost_carrier_sim::{CarrierSim, RunningSim, Scripted, SimConfig};
-use sealpost_carriers::{RbmCarrier, RbmConfig, SmsCarrier, SmsConfig};
-use sealpost_delivery::{
-    CarrierSlot, Carriers, Delivery, DeliveryConfig, GateConfig, RunningConsumers,
-};
-use sealpost_domain::policy::RetryPolicy;
 use sealpost_domain::{Message, Status, TenantId};
+use sealpost_eventstore::names::{receipt_subject, Stream, TimerSubject};
 use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
-use sealpost_eventstore::{CommandExecutor, RawEvent};
-use sealpost_gateway::{Gateway, ReceiptConfig, RunningGateway, Tenants};
+use sealpost_eventstore::RawEvent;
 use sealpost_testkit::NatsServer;
 use serde_json::{json, Value};
 
 use crate::gateway::{tenant_config, ACME};
-use crate::support::store_on;
+use crate::support::{app_config, store_on};
 
-/// Retries in tests: fast, so transient faults resolve within a second or two.
-fn fast_retries() -> RetryPolicy {
-    RetryPolicy {
-        base: Duration::from_millis(100),
-        max: Duration::from_millis(1000),
-        ..RetryPolicy::default()
-    }
+/// The expiry timer of an ACME message.
+fn timer(id: &str) -> TimerSubject {
+    TimerSubject::new(
+        TenantId::new(ACME).unwrap(),
+        sealpost_domain::MessageId::new(id).unwrap(),
+    )
 }
 
 /// Provisions every stream and consumer, with `ack_wait` shortened so that work a killed
@@ -54,29 +48,32 @@ async fn provision_with_ack_wait(client: &async_nats::Client, ack_wait: Duration
     .expect("provision");
 }
 
-struct Pipeline {
+/// Sealpost started with `sealpost::App::start` (the production wiring): the gateway in one
+/// process-like `Running`, the delivery roles in another, against a private nats-server and the
+/// carrier simulator.
+struct Deployment {
     server: NatsServer,
     client: async_nats::Client,
-    s3: EmbeddedS3,
-    _s3_dir: tempfile::TempDir,
-    blobs: BlobStore,
+    /// The delivery roles' config (the gateway's, with the gateway's embedded S3 as endpoint).
+    cfg: sealpost::Config,
+    _dir: tempfile::TempDir,
     blob: StoredBlob,
     sim: RunningSim,
-    gateway: RunningGateway,
-    delivery: Option<Delivery>,
-    roles: Option<RunningConsumers>,
+    gateway: sealpost::Running,
+    roles: Option<sealpost::Running>,
 }
 
 struct Options {
     /// Answer status queries from the `messages` view of this database.
-    status_view: Option<sqlx::PgPool>,
-    rbm: GateConfig,
+    status_view: Option<String>,
+    /// RBM submissions in flight at once.
+    rbm_concurrency: usize,
     receipts_from_sim: bool,
     start_delivery: bool,
     sim: SimConfig,
     rbm_timeout: Duration,
     /// The delivery roles started (all by default).
-    roles: &'static [&'static str],
+    roles: &'static [Role],
     /// How long after `expires_at` the carrier's own TTL ends a message.
     carrier_ttl_grace: Duration,
 }
@@ -85,7 +82,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             status_view: None,
-            rbm: GateConfig::default(),
+            rbm_concurrency: sealpost::Config::defaults().carriers.rbm.concurrency,
             receipts_from_sim: true,
             start_delivery: true,
             sim: SimConfig {
@@ -93,24 +90,51 @@ impl Default for Options {
                 ..SimConfig::default()
             },
             rbm_timeout: Duration::from_secs(5),
-            roles: &Delivery::ROLES,
-            carrier_ttl_grace: DeliveryConfig::default().carrier_ttl_grace,
+            roles: &Role::DELIVERY,
+            carrier_ttl_grace: sealpost::Config::defaults().delivery.carrier_ttl_grace,
         }
     }
 }
 
-impl Pipeline {
-    async fn start(o: Options) -> Pipeline {
+impl Deployment {
+    async fn start(o: Options) -> Deployment {
         let server = NatsServer::start().await.expect("nats-server starts");
         let client = server.connect().await.expect("connect");
         provision_with_ack_wait(&client, Duration::from_secs(3)).await;
         let dir = tempfile::tempdir().unwrap();
-        let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+        let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), o.sim.clone())
             .await
-            .unwrap();
-        let blobs = BlobStore::new(&s3.config("sealpost")).unwrap();
-        blobs.ensure_bucket().await.unwrap();
-        let blob = blobs
+            .expect("simulator starts");
+
+        let mut cfg = app_config(&server.url(), dir.path(), vec![tenant_config(ACME)]);
+        // Retries in tests: fast, so transient faults resolve within a second or two.
+        cfg.retry.base = Duration::from_millis(100);
+        cfg.retry.max = Duration::from_millis(1000);
+        cfg.delivery.receipt_retry = Duration::from_millis(100);
+        cfg.delivery.carrier_ttl_grace = o.carrier_ttl_grace;
+        let rbm = &mut cfg.carriers.rbm;
+        rbm.base_url = sim.base_url();
+        rbm.agent_id.clone_from(&o.sim.agent_id);
+        rbm.bearer_token = o.sim.bearer_token.clone();
+        rbm.client_token = o.sim.client_token.clone();
+        rbm.timeout = o.rbm_timeout;
+        rbm.concurrency = o.rbm_concurrency;
+        cfg.carriers.sms.base_url = sim.base_url();
+        cfg.carriers.sms.api_key = o.sim.sms_api_key.clone();
+        cfg.postgres.url = o.status_view.clone().unwrap_or_default().into();
+
+        let gateway = App::start(cfg.clone(), &[Role::Gateway], std::future::pending())
+            .await
+            .expect("the gateway starts");
+        if o.receipts_from_sim {
+            sim.set_webhook_url(Some(format!(
+                "http://{}/v1/receipts/rbm",
+                gateway.http_addr().unwrap()
+            )));
+        }
+        let blob = gateway
+            .blob_store()
+            .unwrap()
             .put_stream(
                 &TenantId::new(ACME).unwrap(),
                 futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
@@ -120,98 +144,33 @@ impl Pipeline {
             )
             .await
             .unwrap();
-        let sim_cfg = o.sim.clone();
-        let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), sim_cfg.clone())
-            .await
-            .expect("simulator starts");
-        let gw = Gateway::new(
-            CommandExecutor::new(store_on(&client), fast_retries()),
-            blobs.clone(),
-            Tenants::new(&[tenant_config(ACME)]).unwrap(),
-            1 << 20,
-        )
-        .with_receipts(ReceiptConfig {
-            rbm_client_token: Some(sim_cfg.client_token.clone()),
-        });
-        let gw = match o.status_view.clone() {
-            Some(pool) => gw.with_status_source(Arc::new(ViewStatus { pool })),
-            None => gw,
-        };
-        let gateway = RunningGateway::start(
-            server.connect().await.unwrap(),
-            gw,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        if o.receipts_from_sim {
-            sim.set_webhook_url(Some(format!(
-                "http://{}/v1/receipts/rbm",
-                gateway.http_addr
-            )));
-        }
-        let mut p = Pipeline {
+        // The delivery roles reach the gateway's object store as any other S3 endpoint.
+        cfg.s3.endpoint = gateway.embedded_s3().unwrap();
+        let mut p = Deployment {
             server,
             client,
-            s3,
-            _s3_dir: dir,
-            blobs,
+            cfg,
+            _dir: dir,
             blob,
             sim,
             gateway,
-            delivery: None,
             roles: None,
         };
-        let carriers = p.carriers(&sim_cfg, o.rbm, o.rbm_timeout);
-        let delivery = Delivery::new(
-            p.server.connect().await.unwrap(),
-            CommandExecutor::new(store_on(&p.client), fast_retries()).with_cache(10_000),
-            p.blobs.clone(),
-            carriers,
-            DeliveryConfig {
-                receipt_retry: Duration::from_millis(100),
-                carrier_ttl_grace: o.carrier_ttl_grace,
-                ..DeliveryConfig::default()
-            },
-        );
         if o.start_delivery {
-            p.roles = Some(delivery.start(o.roles));
+            p.roles = Some(p.start_roles(o.roles).await);
         }
-        p.delivery = Some(delivery);
         p
     }
 
-    fn carriers(&self, sim: &SimConfig, rbm: GateConfig, timeout: Duration) -> Carriers {
-        Carriers {
-            opaque: CarrierSlot::new(
-                Arc::new(
-                    RbmCarrier::new(RbmConfig {
-                        base_url: self.sim.base_url(),
-                        agent_id: sim.agent_id.clone(),
-                        bearer_token: sim.bearer_token.clone(),
-                        timeout,
-                    })
-                    .unwrap(),
-                ),
-                rbm,
-            ),
-            notice: Some(CarrierSlot::new(
-                Arc::new(
-                    SmsCarrier::new(SmsConfig {
-                        base_url: self.sim.base_url(),
-                        api_key: sim.sms_api_key.clone(),
-                        sender: "Sealpost".into(),
-                        timeout: Duration::from_secs(5),
-                    })
-                    .unwrap(),
-                ),
-                GateConfig::default(),
-            )),
-        }
+    /// Starts `roles` in a process of their own.
+    async fn start_roles(&self, roles: &[Role]) -> sealpost::Running {
+        App::start(self.cfg.clone(), roles, std::future::pending())
+            .await
+            .expect("the delivery roles start")
     }
 
-    fn start_delivery(&mut self) {
-        self.roles = Some(self.delivery.as_ref().unwrap().start(&Delivery::ROLES));
+    async fn start_delivery(&mut self) {
+        self.roles = Some(self.start_roles(&Role::DELIVERY).await);
     }
 
     fn body(&self, key: &str, recipient: &str, ttl: u64) -> Vec<u8> {
@@ -344,7 +303,7 @@ impl Pipeline {
 
 #[tokio::test]
 async fn a_message_goes_from_accepted_to_displayed_with_one_submission_and_its_correlation_id() {
-    let p = Pipeline::start(Options::default()).await;
+    let p = Deployment::start(Options::default()).await;
     let id = p.send("happy-1", "+15550001001", 3600).await;
     p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
         .await;
@@ -361,10 +320,10 @@ async fn a_message_goes_from_accepted_to_displayed_with_one_submission_and_its_c
     // The expiry timer is stored on the schedules stream, keyed by the message.
     let js = async_nats::jetstream::new(p.client.clone());
     let timer = js
-        .get_stream("SEALPOST_SCHEDULES")
+        .get_stream(Stream::Schedules.as_str())
         .await
         .unwrap()
-        .get_last_raw_message_by_subject(&format!("sealpost.sched.{ACME}.{id}.expire"))
+        .get_last_raw_message_by_subject(&timer(&id).schedule())
         .await
         .expect("an expiry timer");
     let spec = timer.headers.get("Nats-Schedule").unwrap().to_string();
@@ -373,7 +332,7 @@ async fn a_message_goes_from_accepted_to_displayed_with_one_submission_and_its_c
 
 #[tokio::test]
 async fn transient_errors_are_retried_with_backoff_until_the_carrier_accepts() {
-    let p = Pipeline::start(Options::default()).await;
+    let p = Deployment::start(Options::default()).await;
     let to = "+15550001002";
     p.sim.script(
         to,
@@ -418,11 +377,8 @@ async fn transient_errors_are_retried_with_backoff_until_the_carrier_accepts() {
 
 #[tokio::test]
 async fn a_429_pauses_the_whole_carrier_until_retry_after() {
-    let p = Pipeline::start(Options {
-        rbm: GateConfig {
-            concurrency: 1,
-            ..GateConfig::default()
-        },
+    let p = Deployment::start(Options {
+        rbm_concurrency: 1,
         ..Options::default()
     })
     .await;
@@ -466,7 +422,7 @@ async fn a_429_pauses_the_whole_carrier_until_retry_after() {
 
 #[tokio::test]
 async fn a_permanent_error_fails_the_message_without_retrying() {
-    let p = Pipeline::start(Options::default()).await;
+    let p = Deployment::start(Options::default()).await;
     let to = "+15550001005";
     p.sim.script(
         to,
@@ -497,7 +453,7 @@ async fn a_permanent_error_fails_the_message_without_retrying() {
 
 #[tokio::test]
 async fn a_recipient_without_rcs_gets_one_neutral_sms_notice() {
-    let p = Pipeline::start(Options::default()).await;
+    let p = Deployment::start(Options::default()).await;
     let to = "+15550001006";
     p.sim.script(to, vec![Scripted::NotCapable]);
     let id = p.send("fallback-1", to, 3600).await;
@@ -534,14 +490,14 @@ async fn a_recipient_without_rcs_gets_one_neutral_sms_notice() {
 
 #[tokio::test]
 async fn at_its_ttl_an_undelivered_message_expires_and_is_revoked_at_the_carrier() {
-    let p = Pipeline::start(Options::default()).await;
+    let p = Deployment::start(Options::default()).await;
     let id = p.expire_offline("ttl-1", "+15550001007", 2).await;
     // The server fired the timer: it published onto the due subject.
     let js = async_nats::jetstream::new(p.client.clone());
     js.get_stream("SEALPOST_SCHEDULES")
         .await
         .unwrap()
-        .get_last_raw_message_by_subject(&format!("sealpost.due.{ACME}.{id}.expire"))
+        .get_last_raw_message_by_subject(&timer(&id).due())
         .await
         .expect("the expiry timer fired");
 }
@@ -551,8 +507,8 @@ async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
     // No expiry role: Sealpost's own timer fires into SEALPOST_SCHEDULES but nobody acts on it,
     // as when the expiry role is down. The carrier's TTL (expires_at + 1 s here) takes the
     // message back and says so with a signed TTL_EXPIRATION_REVOKED webhook.
-    let p = Pipeline::start(Options {
-        roles: &["delivery", "receipts"],
+    let p = Deployment::start(Options {
+        roles: &[Role::Delivery, Role::Receipts],
         carrier_ttl_grace: Duration::from_secs(1),
         ..Options::default()
     })
@@ -561,10 +517,10 @@ async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
     // The webhook was stored raw before it was applied.
     let js = async_nats::jetstream::new(p.client.clone());
     let stored = js
-        .get_stream("SEALPOST_RECEIPTS")
+        .get_stream(Stream::Receipts.as_str())
         .await
         .unwrap()
-        .get_last_raw_message_by_subject("sealpost.rcpt.rbm")
+        .get_last_raw_message_by_subject(&receipt_subject("rbm"))
         .await;
     let payload = match stored {
         Ok(m) => m.payload,
@@ -584,8 +540,8 @@ async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
 
 #[tokio::test]
 async fn forged_and_unsigned_receipts_are_refused_and_stored_nowhere() {
-    let p = Pipeline::start(Options::default()).await;
-    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr);
+    let p = Deployment::start(Options::default()).await;
+    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr().unwrap());
     let body =
         sealpost_carriers::webhook::event_envelope(&sealpost_carriers::webhook::RbmEventWire {
             agent_id: Some("agent".into()),
@@ -611,7 +567,7 @@ async fn forged_and_unsigned_receipts_are_refused_and_stored_nowhere() {
     assert_eq!(forged.status().as_u16(), 401);
     let js = async_nats::jetstream::new(p.client.clone());
     let stored = js
-        .get_stream("SEALPOST_RECEIPTS")
+        .get_stream(Stream::Receipts.as_str())
         .await
         .unwrap()
         .info()
@@ -621,7 +577,7 @@ async fn forged_and_unsigned_receipts_are_refused_and_stored_nowhere() {
         .messages;
     assert_eq!(stored, 0);
     // RBM's endpoint verification is answered with the secret.
-    let token = SimConfig::default().client_token;
+    let token = SimConfig::default().client_token.expose().to_owned();
     let v: Value = http
         .post(&url)
         .body(sealpost_carriers::webhook::verification_body(
@@ -638,15 +594,15 @@ async fn forged_and_unsigned_receipts_are_refused_and_stored_nowhere() {
 
 #[tokio::test]
 async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() {
-    let mut p = Pipeline::start(Options {
+    let mut p = Deployment::start(Options {
         receipts_from_sim: false,
         start_delivery: false,
         ..Options::default()
     })
     .await;
     let id = p.send("early-1", "+15550001009", 3600).await;
-    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr);
-    let token = SimConfig::default().client_token;
+    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr().unwrap());
+    let token = SimConfig::default().client_token.expose().to_owned();
     let http = reqwest::Client::new();
     for (event_id, kind) in [("early-read", "READ"), ("early-delivered", "DELIVERED")] {
         let body =
@@ -675,12 +631,12 @@ async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() 
         );
     }
     // Receipts role only: they cannot apply yet.
-    let receipts_only = p.delivery.as_ref().unwrap().start(&["receipts"]);
+    let receipts_only = p.start_roles(&[Role::Receipts]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p.types(&id).await, ["accepted"]);
     drop(receipts_only);
     // Now the worker records the ack and the stored receipts apply.
-    p.start_delivery();
+    p.start_delivery().await;
     p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
         .await;
     assert_eq!(
@@ -691,7 +647,7 @@ async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() 
 
 #[tokio::test]
 async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_once_each() {
-    let p = Pipeline::start(Options {
+    let p = Deployment::start(Options {
         start_delivery: false,
         sim: SimConfig {
             latency: Duration::from_millis(30),
@@ -714,17 +670,19 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"ak\"\nsecret_access_key = \"sk\"\n\
+            "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"{ak}\"\nsecret_access_key = \"{sk}\"\n\
              [retry]\nbase_ms = 100\nmax_ms = 1000\n\
              [delivery]\nconcurrency = 256\n\
              [carriers.rbm]\nbase_url = \"{url}\"\nagent_id = \"{agent}\"\nbearer_token = \"{bearer}\"\nclient_token = \"{client}\"\n\
              [carriers.sms]\nbase_url = \"{url}\"\napi_key = \"{sms}\"\n",
-            s3 = p.s3.endpoint(),
+            s3 = p.cfg.s3.endpoint,
+            ak = p.cfg.s3.access_key_id,
+            sk = p.cfg.s3.secret_access_key.expose(),
             url = p.sim.base_url(),
             agent = sim.agent_id,
-            bearer = sim.bearer_token,
-            client = sim.client_token,
-            sms = sim.sms_api_key,
+            bearer = sim.bearer_token.expose(),
+            client = sim.client_token.expose(),
+            sms = sim.sms_api_key.expose(),
         ),
     )
     .unwrap();
@@ -818,7 +776,7 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
 
 #[tokio::test]
 async fn killing_the_nats_server_mid_flight_loses_no_message_and_submits_none_twice() {
-    let mut p = Pipeline::start(Options {
+    let mut p = Deployment::start(Options {
         sim: SimConfig {
             latency: Duration::from_millis(20),
             receipt_delay: Duration::from_millis(20),
@@ -894,33 +852,16 @@ async fn killing_the_nats_server_mid_flight_loses_no_message_and_submits_none_tw
     );
 }
 
-/// The binary's status source, rebuilt here: the `messages` view.
-#[derive(Debug)]
-struct ViewStatus {
-    pool: sqlx::PgPool,
-}
-
-#[async_trait::async_trait]
-impl sealpost_gateway::StatusSource for ViewStatus {
-    async fn status(&self, tenant: &str, id: &str) -> Result<Option<Value>, String> {
-        let row = sealpost_projections::message_row(&self.pool, tenant, id)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(row.map(|r| serde_json::to_value(r).unwrap()))
-    }
-}
-
 #[tokio::test]
 async fn status_answers_from_the_messages_view_and_from_events_until_the_view_has_the_message() {
     let db = sealpost_testkit::PgDatabase::create().await.unwrap();
-    let pool = sealpost_projections::connect(&db.url, 4).await.unwrap();
-    let p = Pipeline::start(Options {
-        status_view: Some(pool.clone()),
+    let p = Deployment::start(Options {
+        status_view: Some(db.url.clone()),
         ..Options::default()
     })
     .await;
     let status = |id: String| {
-        let url = format!("http://{}/v1/messages/{id}", p.gateway.http_addr);
+        let url = format!("http://{}/v1/messages/{id}", p.gateway.http_addr().unwrap());
         async move {
             reqwest::Client::new()
                 .get(url)
@@ -934,30 +875,35 @@ async fn status_answers_from_the_messages_view_and_from_events_until_the_view_ha
         }
     };
     let id = p.send("view-1", "+15550001010", 3600).await;
-    // No projector yet: the answer comes from the events, in the view's field names.
+    // No projector yet: the answer comes from the events, folded like the view folds them.
     let early = status(id.clone()).await;
     assert_eq!(early["message_id"], id.as_str());
     assert_eq!(early["recipient_masked"], "+*********10");
-    assert!(
-        early.get("recipient_sha256").is_none(),
-        "not from the view yet: {early}"
-    );
+    assert_eq!(early["source"], "events", "not from the view yet: {early}");
     p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
         .await;
-    let _projector = sealpost_projections::Projector::start(
-        async_nats::jetstream::new(p.client.clone()),
-        pool.clone(),
-        sealpost_projections::ProjectorConfig::default(),
-        &sealpost_projections::ProjectionName::ALL,
-    )
-    .await
-    .unwrap();
+    let _projector = p.start_roles(&[Role::Projector]).await;
     let row = sealpost_testkit::eventually(Duration::from_secs(20), "the view row", || async {
         let v = status(id.clone()).await;
-        (v["status"] == "displayed" && v.get("recipient_sha256").is_some()).then_some(v)
+        (v["status"] == "displayed" && v["source"] == "view").then_some(v)
     })
     .await
     .unwrap();
+    // The view and the events agree field for field.
+    let mut from_events = serde_json::to_value(
+        sealpost_gateway::view::row_from_events(
+            &store_on(&p.client),
+            &TenantId::new(ACME).unwrap(),
+            &sealpost_domain::MessageId::new(&id).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(from_events["source"], "events");
+    from_events["source"] = json!("view");
+    assert_eq!(row, from_events);
     assert_eq!(row["tenant"], ACME);
     assert_eq!(row["recipient_masked"], "+*********10");
     assert_eq!(row["correlation_id"], "corr-view-1");
@@ -968,7 +914,10 @@ async fn status_answers_from_the_messages_view_and_from_events_until_the_view_ha
     );
     // A key of no configured tenant cannot read it.
     let other = reqwest::Client::new()
-        .get(format!("http://{}/v1/messages/{id}", p.gateway.http_addr))
+        .get(format!(
+            "http://{}/v1/messages/{id}",
+            p.gateway.http_addr().unwrap()
+        ))
         .bearer_auth("beta-co-key")
         .send()
         .await

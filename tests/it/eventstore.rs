@@ -77,9 +77,13 @@ async fn events_carry_subject_msg_id_and_sealpost_headers() {
     let raw = env.store().load_raw(&id).await.expect("load");
     let mid = id.split_once('.').expect("dotted id").1;
     assert_eq!(raw.len(), 3);
-    for (i, (r, ty)) in raw
+    for (i, (r, (ty, version))) in raw
         .iter()
-        .zip(["accepted", "attempt_failed", "retry_scheduled"])
+        .zip([
+            ("accepted", "2"),
+            ("attempt_failed", "1"),
+            ("retry_scheduled", "1"),
+        ])
         .enumerate()
     {
         let seq = i + 1;
@@ -92,7 +96,7 @@ async fn events_carry_subject_msg_id_and_sealpost_headers() {
             r.header("Sealpost-Sequence"),
             Some(seq.to_string().as_str())
         );
-        assert_eq!(r.header("Sealpost-Event-Version"), Some("1"));
+        assert_eq!(r.header("Sealpost-Event-Version"), Some(version));
         assert_eq!(r.header("Sealpost-Correlation-Id"), Some("corr-1"));
     }
     // The two events of one command are contiguous: one atomic batch.

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sealpost_blobstore::{BlobStore, EmbeddedS3, StoredBlob};
-use sealpost_domain::{Message, RetryPolicy, TenantId};
-use sealpost_eventstore::CommandExecutor;
-use sealpost_gateway::{hash_api_key, Gateway, RunningGateway, TenantConfig, Tenants};
+use sealpost_domain::{Message, TenantId};
+use sealpost_gateway::{hash_api_key, TenantConfig};
 use serde_json::{json, Value};
 
 use crate::support::{store_on, Env};
@@ -33,12 +32,11 @@ pub fn tenant_config(id: &str) -> TenantConfig {
     }
 }
 
+/// The gateway role of a real Sealpost process, started with `sealpost::App::start`.
 pub struct Ingress {
     pub env: Env,
-    _s3: EmbeddedS3,
+    pub running: sealpost::Running,
     _s3_dir: tempfile::TempDir,
-    pub blobs: BlobStore,
-    pub running: RunningGateway,
     pub http: reqwest::Client,
 }
 
@@ -46,32 +44,22 @@ impl Ingress {
     pub async fn start(tenants: Vec<TenantConfig>) -> Ingress {
         let env = Env::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+        let cfg = crate::support::app_config(&env.server.url(), dir.path(), tenants);
+        let running = sealpost::App::start(cfg, &[sealpost::Role::Gateway], std::future::pending())
             .await
-            .expect("embedded s3");
-        let blobs = BlobStore::new(&s3.config("sealpost")).expect("blob store");
-        blobs.ensure_bucket().await.expect("bucket");
-        let gateway = Gateway::new(
-            CommandExecutor::new(store_on(&env.client), RetryPolicy::default()),
-            blobs.clone(),
-            Tenants::new(&tenants).expect("tenants"),
-            64 * 1024 * 1024,
-        );
-        let running = RunningGateway::start(
-            env.server.connect().await.expect("connect"),
-            gateway,
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .expect("gateway starts");
+            .expect("the gateway starts");
         Ingress {
             env,
-            _s3: s3,
-            _s3_dir: dir,
-            blobs,
             running,
+            _s3_dir: dir,
             http: reqwest::Client::new(),
         }
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        self.running
+            .blob_store()
+            .expect("the gateway has a blob store")
     }
 
     pub async fn default() -> Ingress {
@@ -80,7 +68,7 @@ impl Ingress {
 
     pub async fn upload(&self, tenant: &str, bytes: &[u8]) -> StoredBlob {
         let t = TenantId::new(tenant).unwrap();
-        self.blobs
+        self.blobs()
             .put_stream(
                 &t,
                 futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(
@@ -93,7 +81,10 @@ impl Ingress {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running.http_addr)
+        format!(
+            "http://{}{path}",
+            self.running.http_addr().expect("the gateway listens")
+        )
     }
 
     /// A NATS request; returns (error code header if any, JSON body).
@@ -724,7 +715,7 @@ async fn tenant_client(
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = errors.clone();
     let client = async_nats::ConnectOptions::with_nkey(seed)
-        .custom_inbox_prefix(sealpost_gateway::inbox_prefix(tenant))
+        .custom_inbox_prefix(sealpost_eventstore::names::inbox_prefix(tenant))
         .request_timeout(Some(Duration::from_millis(700)))
         .event_callback(move |event| {
             let sink = sink.clone();
@@ -753,20 +744,12 @@ async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
 
     // The server config is exactly what `sealpost tenants nats-config` prints.
     let (dir, server, svc) = crate::support::server_from_nats_config(&tenants, &service).await;
-    let s3 = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), "ak", "sk")
+    let mut cfg = crate::support::app_config(&server.url(), dir.path(), tenants.clone());
+    cfg.nats.nkey_seed = service.seed().unwrap().into();
+    let running = sealpost::App::start(cfg, &[sealpost::Role::Gateway], std::future::pending())
         .await
         .unwrap();
-    let blobs = BlobStore::new(&s3.config("sealpost")).unwrap();
-    blobs.ensure_bucket().await.unwrap();
-    let gateway = Gateway::new(
-        CommandExecutor::new(store_on(&svc), RetryPolicy::default()),
-        blobs.clone(),
-        Tenants::new(&tenants).unwrap(),
-        1 << 20,
-    );
-    let _running = RunningGateway::start(svc.clone(), gateway, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let blobs = running.blob_store().unwrap().clone();
     let upload = |t: &str| {
         let blobs = blobs.clone();
         let t = TenantId::new(t).unwrap();
@@ -842,7 +825,10 @@ async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
         .is_err());
     // ...nor beta's replies.
     let _peek = a
-        .subscribe(format!("{}.>", sealpost_gateway::inbox_prefix(BETA)))
+        .subscribe(format!(
+            "{}.>",
+            sealpost_eventstore::names::inbox_prefix(BETA)
+        ))
         .await
         .unwrap();
     let r = b
@@ -893,4 +879,131 @@ async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
         .await
         .unwrap();
     assert_eq!(raw.len(), 1);
+}
+
+/// A resend under a used idempotency key is a duplicate only when every field of the request is
+/// the same (item 10 of the application-library issue): on NATS and over HTTP, a change to any
+/// one field is `idempotency_conflict` (409), writes nothing, and never answers with the first
+/// message's id as if it were sent.
+#[tokio::test]
+async fn reusing_a_key_with_any_field_changed_is_a_conflict_on_nats_and_http() {
+    let ing = Ingress::default().await;
+    let blob = ing.upload(ACME, b"sealed MLS ciphertext").await;
+    let other_blob = ing.upload(ACME, b"another sealed payload").await;
+    // Each variant changes one field of the request.
+    type Change = Box<dyn Fn(&mut Value)>;
+    let changes: Vec<(&str, Change)> = vec![
+        (
+            "recipient",
+            Box::new(|v| v["recipient"] = json!("+15559999999")),
+        ),
+        (
+            "reference and digest",
+            Box::new({
+                let other = other_blob.clone();
+                move |v| {
+                    v["encrypted_payload_reference"] = json!(other.reference);
+                    v["payload_sha256"] = json!(other.sha256.as_str());
+                }
+            }),
+        ),
+        (
+            "mls_version",
+            Box::new(|v| v["encryption_metadata"]["mls_version"] = json!("2")),
+        ),
+        (
+            "cipher",
+            Box::new(|v| v["encryption_metadata"]["cipher"] = json!("AES-256-GCM")),
+        ),
+        (
+            "key_id",
+            Box::new(|v| v["encryption_metadata"]["key_id"] = json!("user-public-key-v3")),
+        ),
+        (
+            "message_type",
+            Box::new(|v| v["metadata"]["message_type"] = json!("promotional")),
+        ),
+        (
+            "correlation_id",
+            Box::new(|v| v["metadata"]["correlation_id"] = json!("txn-0002")),
+        ),
+        (
+            "no correlation_id",
+            Box::new(|v| {
+                v["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("correlation_id");
+            }),
+        ),
+        ("ttl_seconds", Box::new(|v| v["ttl_seconds"] = json!(60))),
+        (
+            "no ttl_seconds",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("ttl_seconds");
+            }),
+        ),
+        (
+            "fallback channel",
+            Box::new(|v| v["fallback"]["channel"] = json!("in_app")),
+        ),
+        (
+            "fallback template",
+            Box::new(|v| v["fallback"]["notice_template"] = json!("other_template")),
+        ),
+        (
+            "no fallback",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("fallback");
+            }),
+        ),
+    ];
+    let events_before = ing.events().await;
+    for transport in ["nats", "http"] {
+        for (field, change) in &changes {
+            let key = format!("idem-{transport}-{}", field.replace(' ', "-"));
+            let first = send_body(ACME, &key, &blob);
+            let mut second = first.clone();
+            change(&mut second);
+            assert_ne!(first, second, "{field}: the change changes the request");
+            let (status, reply) = match transport {
+                "nats" => {
+                    let subject = format!("sealpost.cmd.{ACME}.send");
+                    let (_, a) = ing.nats(&subject, bytes(&first)).await;
+                    assert_eq!(a["status"], "accepted", "{transport} {field}: {a}");
+                    // The identical request is a duplicate with the first id.
+                    let (_, d) = ing.nats(&subject, bytes(&first)).await;
+                    assert_eq!(d["status"], "duplicate", "{transport} {field}: {d}");
+                    assert_eq!(d["message_id"], a["message_id"]);
+                    let (code, r) = ing.nats(&subject, bytes(&second)).await;
+                    (code.unwrap_or_default(), r)
+                }
+                _ => {
+                    let key = format!("{ACME}-key");
+                    let (s, _, a) = ing.post("/v1/messages", Some(&key), bytes(&first)).await;
+                    assert_eq!((s, &a["status"]), (202, &json!("accepted")), "{field}: {a}");
+                    let (s, _, d) = ing.post("/v1/messages", Some(&key), bytes(&first)).await;
+                    assert_eq!(
+                        (s, &d["status"]),
+                        (202, &json!("duplicate")),
+                        "{field}: {d}"
+                    );
+                    assert_eq!(d["message_id"], a["message_id"]);
+                    let (s, _, r) = ing.post("/v1/messages", Some(&key), bytes(&second)).await;
+                    (s.to_string(), r)
+                }
+            };
+            assert_eq!(status, "409", "{transport} {field}: {reply}");
+            assert_eq!(
+                reply["error"]["code"], "idempotency_conflict",
+                "{transport} {field}: {reply}"
+            );
+            assert!(
+                reply.get("message_id").is_none(),
+                "{transport} {field}: {reply}"
+            );
+        }
+    }
+    // One `accepted` per key; neither the duplicates nor the conflicts wrote anything.
+    assert_eq!(ing.events().await - events_before, 2 * changes.len() as u64);
 }

@@ -247,9 +247,18 @@ burst = 10000
         ("API key".into(), API_KEY.into()),
         ("wrong API key".into(), "sk_live_WRONG_LEAKCANARY".into()),
         ("S3 secret".into(), S3_SECRET.into()),
-        ("RBM bearer token".into(), sim_cfg.bearer_token.clone()),
-        ("RBM client token".into(), sim_cfg.client_token.clone()),
-        ("SMS API key".into(), sim_cfg.sms_api_key.clone()),
+        (
+            "RBM bearer token".into(),
+            sim_cfg.bearer_token.expose().to_owned(),
+        ),
+        (
+            "RBM client token".into(),
+            sim_cfg.client_token.expose().to_owned(),
+        ),
+        (
+            "SMS API key".into(),
+            sim_cfg.sms_api_key.expose().to_owned(),
+        ),
         ("presigned URL signature".into(), "X-Amz-Signature".into()),
         ("presigned URL credential".into(), "X-Amz-Credential".into()),
         ("generic canary".into(), "LEAKCANARY".into()),

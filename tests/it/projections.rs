@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sealpost_domain::{CarrierOutcome, MessageCommand, MessageEvent, ReceiptKind};
+use sealpost_domain::{CarrierOutcome, EventType, MessageCommand, MessageEvent, ReceiptKind};
 use sealpost_eventstore::CommandExecutor;
 use sealpost_projections::{ProjectionName, Projector, ProjectorConfig};
 use sealpost_testkit::{eventually, PgDatabase};
@@ -104,7 +104,7 @@ async fn run_lifecycle(
     ex: &CommandExecutor<sealpost_domain::Message>,
     prefix: &str,
     i: usize,
-) -> (String, Vec<&'static str>) {
+) -> (String, Vec<EventType>) {
     let (id, accept) = accept_cmd(&format!("{prefix}-{i}"));
     let mut types = vec![];
     let done = ex.execute(&id, accept, &meta("corr")).await.unwrap();
@@ -197,12 +197,12 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     let env = Env::start().await;
     let (_db, pool) = db().await;
     let ex = env.executor();
-    let mut written: Vec<(String, Vec<&'static str>)> = vec![];
+    let mut written: Vec<(String, Vec<EventType>)> = vec![];
     for i in 0..8 {
         written.push(run_lifecycle(&ex, "life", i).await);
     }
     let js = async_nats::jetstream::new(env.client.clone());
-    let _p = Projector::start(js, pool.clone(), small_batches(), &ProjectionName::ALL)
+    let _p = Projector::start(js, pool.clone(), small_batches(), ProjectionName::ALL)
         .await
         .unwrap();
     caught_up(&pool, &env.client, Duration::from_secs(30)).await;
@@ -221,7 +221,7 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     };
     // Happy path.
     let r = row(0).await;
-    assert_eq!(r.status, "displayed");
+    assert_eq!(r.status.as_str(), "displayed");
     assert_eq!(r.attempts, 1);
     assert_eq!(r.carrier.as_deref(), Some("rbm"));
     assert_eq!(r.carrier_message_id.as_deref(), Some("cm-1"));
@@ -229,7 +229,7 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     assert!(r.delivered_at.is_some() && r.displayed_at.is_some());
     assert_eq!(r.recipient_masked.as_deref(), Some("+*********67"));
     assert_eq!(r.correlation_id.as_deref(), Some("corr-life-0"));
-    assert_eq!(r.message_type.as_deref(), Some("transactional"));
+    assert_eq!(r.message_type.map(|v| v.as_str()), Some("transactional"));
     assert_eq!(r.event_count, 4);
     let json = serde_json::to_string(&r).unwrap();
     assert!(
@@ -239,26 +239,26 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     // Retries.
     let r = row(1).await;
     assert_eq!((r.status.as_str(), r.attempts), ("delivered", 3));
-    assert_eq!(r.last_error_class.as_deref(), Some("throttled"));
+    assert_eq!(r.last_error_class.map(|v| v.as_str()), Some("throttled"));
     assert_eq!(r.last_error_code.as_deref(), Some("429"));
     // Permanent failure.
     let r = row(2).await;
-    assert_eq!(r.status, "failed");
-    assert_eq!(r.end_reason.as_deref(), Some("permanent_error"));
+    assert_eq!(r.status.as_str(), "failed");
+    assert_eq!(r.end_reason.map(|v| v.as_str()), Some("permanent_error"));
     assert!(r.failed_at.is_some());
     // Not RCS-capable: fallback.
     let r = row(3).await;
-    assert_eq!(r.status, "fallback_triggered");
-    assert_eq!(r.fallback_channel.as_deref(), Some("sms"));
-    assert_eq!(r.last_error_class.as_deref(), Some("not_capable"));
+    assert_eq!(r.status.as_str(), "fallback_triggered");
+    assert_eq!(r.fallback_channel.map(|v| v.as_str()), Some("sms"));
+    assert_eq!(r.last_error_class.map(|v| v.as_str()), Some("not_capable"));
     assert!(r.fallback_at.is_some());
     // Expiry after the carrier ack.
     let r = row(4).await;
-    assert_eq!(r.status, "expired");
-    assert_eq!(r.revoke_outcome.as_deref(), Some("revoked"));
+    assert_eq!(r.status.as_str(), "expired");
+    assert_eq!(r.revoke_outcome.map(|v| v.as_str()), Some("revoked"));
     // Cancel.
     let r = row(5).await;
-    assert_eq!(r.status, "cancelled");
+    assert_eq!(r.status.as_str(), "cancelled");
     assert!(r.cancelled_at.is_some());
     // Holds: h1 released, h2 active.
     let r = row(6).await;
@@ -308,7 +308,7 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     let mut expected: BTreeMap<String, i64> = BTreeMap::new();
     for (_, types) in &written {
         for t in types {
-            *expected.entry((*t).to_owned()).or_default() += 1;
+            *expected.entry(t.as_str().to_owned()).or_default() += 1;
         }
     }
     assert_eq!(metric_counts(&pool).await, expected);
@@ -364,7 +364,7 @@ async fn a_rebuild_equals_the_live_view_after_a_run_with_faults() {
             js.clone(),
             pool.clone(),
             small_batches(),
-            &ProjectionName::ALL,
+            ProjectionName::ALL,
         )
         .await
         .unwrap(),
@@ -381,7 +381,7 @@ async fn a_rebuild_equals_the_live_view_after_a_run_with_faults() {
                 js.clone(),
                 pool.clone(),
                 small_batches(),
-                &ProjectionName::ALL,
+                ProjectionName::ALL,
             )
             .await
             .unwrap(),
@@ -393,7 +393,7 @@ async fn a_rebuild_equals_the_live_view_after_a_run_with_faults() {
     assert!(live["messages"].len() > 1000, "rows were projected");
 
     let target = stream_last_seq(&env.client).await;
-    for name in ProjectionName::ALL {
+    for &name in ProjectionName::ALL {
         let mut calls = 0;
         let report = sealpost_projections::rebuild(
             &js,
@@ -469,7 +469,7 @@ async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
     let mut total = 0i64;
     for (_, types) in &written {
         for t in types {
-            *expected.entry((*t).to_owned()).or_default() += 1;
+            *expected.entry(t.as_str().to_owned()).or_default() += 1;
             total += 1;
         }
     }
@@ -491,7 +491,7 @@ async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
             .unwrap()
             .unwrap();
         let a = &loaded.aggregate;
-        assert_eq!(row.status, a.status.as_str(), "{agg}");
+        assert_eq!(row.status, a.status, "{agg}");
         assert_eq!(row.event_count as usize, types.len(), "{agg}");
         assert_eq!(row.event_count as usize, loaded.version, "{agg}");
         assert_eq!(row.last_seq as u64, loaded.last_stream_seq, "{agg}");

@@ -97,6 +97,26 @@ pub fn meta(correlation: &str) -> HashMap<String, String> {
     HashMap::from([("correlation_id".to_owned(), correlation.to_owned())])
 }
 
+/// The application's config for a test: the embedded defaults, this test's nats-server, the
+/// HTTP API and the embedded S3 endpoint on free loopback ports with objects under `s3_dir`,
+/// and `tenants`. Tests start Sealpost from it with `sealpost::App::start`, the production
+/// wiring.
+pub fn app_config(
+    nats_url: &str,
+    s3_dir: &std::path::Path,
+    tenants: Vec<sealpost_gateway::TenantConfig>,
+) -> sealpost::Config {
+    let mut cfg = sealpost::Config::defaults();
+    cfg.nats.url = nats_url.to_owned();
+    cfg.nats.request_timeout = Duration::from_secs(10);
+    cfg.gateway.http_listen = "127.0.0.1:0".parse().expect("an address");
+    cfg.s3.embedded_listen = "127.0.0.1:0".parse().expect("an address");
+    cfg.s3.embedded_dir = s3_dir.to_owned();
+    cfg.tenants = tenants;
+    cfg.validate().expect("a valid test config");
+    cfg
+}
+
 /// The `sealpost` binary built next to this test binary (`cargo test --workspace` builds it).
 pub fn sealpost_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -26,6 +26,8 @@ use s3s_fs::FileSystem;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use sealpost_domain::Secret;
+
 use crate::error::BlobError;
 use crate::store::BlobStoreConfig;
 
@@ -134,7 +136,7 @@ impl EmbeddedS3 {
             region: "us-east-1".to_owned(),
             bucket: bucket.to_owned(),
             access_key_id: self.access_key.clone(),
-            secret_access_key: self.secret.clone(),
+            secret_access_key: Secret::new(self.secret.clone()),
             force_path_style: true,
         }
     }

@@ -47,12 +47,14 @@ impl fmt::Display for BlobErrorKind {
 }
 
 /// A blob store failure. The message says what went wrong and what to do about it; it never
-/// contains object contents or credentials.
+/// contains object contents or credentials. The cause (an SDK or IO error) is kept as the source.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct BlobError {
     kind: BlobErrorKind,
     message: String,
+    #[source]
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl BlobError {
@@ -60,7 +62,14 @@ impl BlobError {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     pub fn kind(&self) -> BlobErrorKind {

@@ -20,9 +20,12 @@
 mod embedded;
 mod error;
 mod hashing;
+mod objects;
 mod presign;
 mod reference;
+mod s3_error;
 mod store;
+mod upload;
 
 pub use embedded::EmbeddedS3;
 pub use error::{BlobError, BlobErrorKind};

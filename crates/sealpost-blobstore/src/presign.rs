@@ -19,7 +19,13 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use futures::FutureExt as _;
 
+use aws_sdk_s3::presigning::PresigningConfig;
+use sealpost_domain::{Sha256Hex, TenantId};
+
 use crate::error::BlobError;
+use crate::hashing;
+use crate::reference::BlobRef;
+use crate::store::{BlobStore, PresignedPut, MAX_PRESIGN};
 
 /// Signs GET URLs for the objects of one bucket.
 #[derive(Clone)]
@@ -138,12 +144,124 @@ fn encode_key(key: &str) -> String {
     out
 }
 
+/// Presigned PUTs (a client uploads directly) and GETs (a carrier fetches the ciphertext).
+impl BlobStore {
+    /// A presigned PUT for a new object in the tenant's prefix. With `sha256`, the upload must
+    /// carry the matching `x-amz-checksum-sha256` header (listed in `headers`), so S3 refuses a
+    /// body with another digest.
+    pub async fn presign_put(
+        &self,
+        tenant: &TenantId,
+        sha256: Option<&Sha256Hex>,
+        expires_in: Duration,
+    ) -> Result<PresignedPut, BlobError> {
+        if expires_in.is_zero() || expires_in > MAX_PRESIGN {
+            return Err(BlobError::other(format!(
+                "a presigned URL must expire after 1 s to 7 days, not {expires_in:?}; ask for a \
+                 shorter lifetime"
+            )));
+        }
+        let r = self.new_ref(tenant);
+        // Taken before signing, so it is never later than the URL's real expiry.
+        let now = time::OffsetDateTime::now_utc();
+        let presign = PresigningConfig::expires_in(expires_in)
+            .map_err(|e| BlobError::other(format!("cannot presign for {expires_in:?}: {e}")))?;
+        let mut req = self.client.put_object().bucket(&r.bucket).key(&r.key);
+        if let Some(d) = sha256 {
+            req = req.checksum_sha256(hashing::to_base64(&hashing::from_hex(d)));
+        }
+        let presigned = req
+            .presigned(presign)
+            .await
+            .map_err(|e| self.sdk_error("presigning an upload to", &r.uri(), e))?;
+        let headers = presigned
+            .headers()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        let now = now.replace_nanosecond(0).unwrap_or(now);
+        let expires_at = now + time::Duration::try_from(expires_in).unwrap_or(time::Duration::ZERO);
+        Ok(PresignedPut {
+            reference: r.uri(),
+            url: presigned.uri().to_owned(),
+            method: "PUT",
+            headers,
+            expires_at,
+        })
+    }
+
+    /// A presigned GET of an existing object, for a carrier that fetches the ciphertext itself
+    /// (RBM's `fileUrl`). The URL is a bearer secret: never log it.
+    pub async fn presign_get(
+        &self,
+        r: &BlobRef,
+        expires_in: Duration,
+    ) -> Result<String, BlobError> {
+        if expires_in.is_zero() || expires_in > MAX_PRESIGN {
+            return Err(BlobError::other(format!(
+                "a presigned URL must expire after 1 s to 7 days, not {expires_in:?}; ask for a \
+                 shorter lifetime"
+            )));
+        }
+        match &self.get_signer {
+            Some(signer) if signer.bucket() == r.bucket => {
+                signer.presign(&r.key, expires_in, std::time::SystemTime::now())
+            }
+            _ => {
+                self.presign_get_through_sdk(r, expires_in, std::time::SystemTime::now())
+                    .await
+            }
+        }
+    }
+
+    /// [`BlobStore::presign_get`] through the SDK's operation pipeline, valid from `start`.
+    async fn presign_get_through_sdk(
+        &self,
+        r: &BlobRef,
+        expires_in: Duration,
+        start: std::time::SystemTime,
+    ) -> Result<String, BlobError> {
+        let presign = PresigningConfig::builder()
+            .expires_in(expires_in)
+            .start_time(start)
+            .build()
+            .map_err(|e| BlobError::other(format!("cannot presign for {expires_in:?}: {e}")))?;
+        let presigned = self
+            .client
+            .get_object()
+            .bucket(&r.bucket)
+            .key(&r.key)
+            .presigned(presign)
+            .await
+            .map_err(|e| self.sdk_error("presigning a download of", &r.uri(), e))?;
+        Ok(presigned.uri().to_owned())
+    }
+
+    /// The SDK's presigned GET of `key` in this store's bucket, for comparing with ours.
+    #[cfg(test)]
+    pub(crate) async fn presign_get_with_sdk(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        start: std::time::SystemTime,
+    ) -> Result<String, BlobError> {
+        let r = BlobRef {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+        };
+        self.presign_get_through_sdk(&r, expires_in, start).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{BlobStore, BlobStoreConfig};
 
-    fn config(endpoint: Option<&str>, region: &str, path_style: bool) -> BlobStoreConfig {
+    pub(crate) fn config(
+        endpoint: Option<&str>,
+        region: &str,
+        path_style: bool,
+    ) -> BlobStoreConfig {
         BlobStoreConfig {
             endpoint: endpoint.map(str::to_owned),
             region: region.into(),
@@ -155,7 +273,7 @@ mod tests {
     }
 
     /// The SDK's presigned URL and ours, for the same key, instant and lifetime.
-    async fn both(cfg: &BlobStoreConfig, key: &str) -> (String, String) {
+    pub(crate) async fn both(cfg: &BlobStoreConfig, key: &str) -> (String, String) {
         let store = BlobStore::new(cfg).unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
         let ttl = Duration::from_secs(900);
@@ -163,7 +281,7 @@ mod tests {
         let signer = GetSigner::new(
             Credentials::new(
                 cfg.access_key_id.clone(),
-                cfg.secret_access_key.clone(),
+                cfg.secret_access_key.expose().to_owned(),
                 None,
                 None,
                 "test",
@@ -178,7 +296,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_a_path_style_endpoint_when_presigning_then_the_url_is_the_sdks() {
+    pub(crate) async fn given_a_path_style_endpoint_when_presigning_then_the_url_is_the_sdks() {
         let cfg = config(Some("http://127.0.0.1:9000"), "us-east-1", true);
         let (sdk, ours) = both(
             &cfg,
@@ -190,7 +308,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_aws_virtual_hosted_style_when_presigning_then_the_url_is_the_sdks() {
+    pub(crate) async fn given_aws_virtual_hosted_style_when_presigning_then_the_url_is_the_sdks() {
         let cfg = config(None, "eu-west-1", false);
         let (sdk, ours) = both(&cfg, "tenants/acme/x.enc").await;
         assert!(ours.starts_with("https://sealpost-payloads.s3.eu-west-1.amazonaws.com/"));
@@ -198,7 +316,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_a_key_with_reserved_characters_when_presigning_then_it_is_encoded_as_the_sdk_does(
+    pub(crate) async fn given_a_key_with_reserved_characters_when_presigning_then_it_is_encoded_as_the_sdk_does(
     ) {
         let cfg = config(Some("http://127.0.0.1:9000/"), "us-east-1", true);
         let (sdk, ours) = both(&cfg, "tenants/acme/a b+c=d&e%f~g.enc").await;
@@ -207,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn given_unreserved_bytes_and_slashes_when_encoding_a_key_then_they_stay() {
+    pub(crate) fn given_unreserved_bytes_and_slashes_when_encoding_a_key_then_they_stay() {
         assert_eq!(encode_key("tenants/acme/A-z_0.9~"), "tenants/acme/A-z_0.9~");
         assert_eq!(encode_key("é"), "%C3%A9");
     }

@@ -1,22 +1,22 @@
 //! The simulator's settings and fault mix. Deserializable, so `sealpost carrier-sim` can read them
 //! from its config file; durations are given in milliseconds (`latency_ms`, `receipt_delay_ms`).
 
-use std::fmt;
 use std::time::Duration;
 
+use sealpost_domain::Secret;
 use serde::{Deserialize, Deserializer};
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct SimConfig {
     /// The RBM agent id; sends with another `agentId` are answered 403.
     pub agent_id: String,
     /// Required as `Authorization: Bearer ...` on every RBM call; 401 otherwise.
-    pub bearer_token: String,
+    pub bearer_token: Secret,
     /// Required as `Authorization: Bearer ...` on the SMS API; 401 otherwise.
-    pub sms_api_key: String,
+    pub sms_api_key: Secret,
     /// Signs webhooks (`X-Goog-Signature`).
-    pub client_token: String,
+    pub client_token: Secret,
     /// Where DELIVERED/READ/TTL webhooks are POSTed, e.g. `http://127.0.0.1:8080/v1/receipts/rbm`.
     pub webhook_url: Option<String>,
     /// Added to every RBM and SMS request before it is answered.
@@ -46,23 +46,6 @@ impl Default for SimConfig {
             seed: 1,
             webhook_concurrency: 64,
         }
-    }
-}
-
-impl fmt::Debug for SimConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimConfig")
-            .field("agent_id", &self.agent_id)
-            .field("bearer_token", &"<redacted>")
-            .field("sms_api_key", &"<redacted>")
-            .field("client_token", &"<redacted>")
-            .field("webhook_url", &self.webhook_url)
-            .field("latency", &self.latency)
-            .field("receipt_delay", &self.receipt_delay)
-            .field("faults", &self.faults)
-            .field("seed", &self.seed)
-            .field("webhook_concurrency", &self.webhook_concurrency)
-            .finish()
     }
 }
 

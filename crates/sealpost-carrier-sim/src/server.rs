@@ -211,7 +211,7 @@ async fn send(
                 });
         }
     };
-    if !bearer_is(&headers, &sh.cfg.bearer_token) {
+    if !bearer_is(&headers, sh.cfg.bearer_token.expose()) {
         record(401);
         return unauthenticated();
     }
@@ -441,7 +441,7 @@ async fn capabilities(
     Query(q): Query<AgentQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if !bearer_is(&headers, &sh.cfg.bearer_token) {
+    if !bearer_is(&headers, sh.cfg.bearer_token.expose()) {
         return unauthenticated();
     }
     if q.agent_id.as_deref() != Some(sh.cfg.agent_id.as_str()) {
@@ -478,7 +478,7 @@ async fn revoke(
     Query(q): Query<AgentQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if !bearer_is(&headers, &sh.cfg.bearer_token) {
+    if !bearer_is(&headers, sh.cfg.bearer_token.expose()) {
         return unauthenticated();
     }
     if q.agent_id.as_deref() != Some(sh.cfg.agent_id.as_str()) {
@@ -507,7 +507,7 @@ async fn revoke(
 }
 
 async fn sms(AxState(sh): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !bearer_is(&headers, &sh.cfg.sms_api_key) {
+    if !bearer_is(&headers, sh.cfg.sms_api_key.expose()) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(serde_json::json!({"error": "invalid api key"})),

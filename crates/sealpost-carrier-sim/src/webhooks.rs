@@ -127,7 +127,7 @@ fn envelope(sh: &Shared, message_id: &str, recipient: &str, kind: &str) -> Vec<u
 /// Pushes `body` until some receiver answers 2xx. False if it gave up: shutdown, or no webhook
 /// URL configured (the event is dropped, as an agent without a webhook gets nothing).
 async fn push(sh: &Shared, body: &[u8], shutdown: &mut watch::Receiver<bool>) -> bool {
-    let signature = sign(body, &sh.cfg.client_token);
+    let signature = sign(body, sh.cfg.client_token.expose());
     let mut backoff = FIRST_BACKOFF;
     loop {
         if *shutdown.borrow() {

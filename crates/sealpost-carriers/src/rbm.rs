@@ -7,10 +7,9 @@
 //! - revoke: `DELETE {base}/v1/phones/{E.164}/agentMessages/{id}?agentId=<agent>`; 404 means it was
 //!   delivered already (or never existed).
 
-use std::fmt;
 use std::time::Duration;
 
-use sealpost_domain::CarrierOutcome;
+use sealpost_domain::{CarrierOutcome, Secret};
 use time::format_description::well_known::Rfc3339;
 use time::UtcOffset;
 
@@ -24,45 +23,26 @@ use crate::{
 /// Error bodies larger than this are not read (a code is all we want from them).
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RbmConfig {
     /// e.g. `https://rcsbusinessmessaging.googleapis.com`, or the simulator's base URL.
     pub base_url: String,
     pub agent_id: String,
-    /// OAuth access token of the agent's service account. Secret: hidden from `Debug`.
-    pub bearer_token: String,
+    /// OAuth access token of the agent's service account.
+    pub bearer_token: Secret,
     /// Bounds each whole request; a send that times out is `Transient { "timeout" }` and is
     /// resubmitted under the same message id.
     pub timeout: Duration,
 }
 
-impl fmt::Debug for RbmConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RbmConfig")
-            .field("base_url", &self.base_url)
-            .field("agent_id", &self.agent_id)
-            .field("bearer_token", &"<redacted>")
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
 /// The RBM adapter. Cheap to clone (the HTTP client is shared).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RbmCarrier {
     base: String,
     agent_id: String,
-    auth: String,
+    /// `Bearer <token>`.
+    auth: Secret,
     client: reqwest::Client,
-}
-
-impl fmt::Debug for RbmCarrier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RbmCarrier")
-            .field("base", &self.base)
-            .field("agent_id", &self.agent_id)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RbmCarrier {
@@ -71,7 +51,7 @@ impl RbmCarrier {
         if cfg.agent_id.trim().is_empty() {
             return Err(CarrierError::Config("RBM agent_id is empty".into()));
         }
-        if cfg.bearer_token.trim().is_empty() {
+        if cfg.bearer_token.expose().trim().is_empty() {
             return Err(CarrierError::Config(
                 "RBM bearer_token is empty; set the agent's access token".into(),
             ));
@@ -84,7 +64,7 @@ impl RbmCarrier {
         Ok(RbmCarrier {
             base,
             agent_id: cfg.agent_id,
-            auth: format!("Bearer {}", cfg.bearer_token.trim()),
+            auth: Secret::new(format!("Bearer {}", cfg.bearer_token.expose().trim())),
             client: http_client(cfg.timeout)?,
         })
     }
@@ -164,7 +144,7 @@ impl Carrier for RbmCarrier {
             .client
             .post(url)
             .query(&[("messageId", &s.message_id), ("agentId", &self.agent_id)])
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
             .json(&Self::body(s))
             .send()
             .await;
@@ -205,7 +185,7 @@ impl Carrier for RbmCarrier {
             .client
             .get(self.phone_url(recipient, "/capabilities"))
             .query(&[("requestId", &request_id), ("agentId", &self.agent_id)])
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
             .send()
             .await;
         match sent {
@@ -229,7 +209,7 @@ impl Carrier for RbmCarrier {
             .client
             .delete(url)
             .query(&[("agentId", &self.agent_id)])
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
             .send()
             .await;
         let result = match sent {

@@ -4,10 +4,9 @@
 //! `client_ref` (our message id) answers 409, which counts as acked. SMS never carries content:
 //! an opaque submission is refused before any request.
 
-use std::fmt;
 use std::time::Duration;
 
-use sealpost_domain::CarrierOutcome;
+use sealpost_domain::{CarrierOutcome, Secret};
 
 use crate::http::{base_url, transport_code};
 use crate::wire::SmsRequest;
@@ -16,48 +15,28 @@ use crate::{
     RevokeResult, Submission,
 };
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SmsConfig {
     pub base_url: String,
-    /// Secret: hidden from `Debug`.
-    pub api_key: String,
+    pub api_key: Secret,
     /// Sender id or short code shown to the recipient.
     pub sender: String,
     pub timeout: Duration,
 }
 
-impl fmt::Debug for SmsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SmsConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
-            .field("sender", &self.sender)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SmsCarrier {
     url: String,
-    auth: String,
+    /// `Bearer <api key>`.
+    auth: Secret,
     sender: String,
     client: reqwest::Client,
-}
-
-impl fmt::Debug for SmsCarrier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SmsCarrier")
-            .field("url", &self.url)
-            .field("sender", &self.sender)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SmsCarrier {
     pub fn new(cfg: SmsConfig) -> Result<Self, CarrierError> {
         let base = base_url(&cfg.base_url, "SMS")?;
-        if cfg.api_key.trim().is_empty() {
+        if cfg.api_key.expose().trim().is_empty() {
             return Err(CarrierError::Config(
                 "SMS api_key is empty; set the SMS API's key".into(),
             ));
@@ -72,7 +51,7 @@ impl SmsCarrier {
         }
         Ok(SmsCarrier {
             url: format!("{base}/sms/v1/messages"),
-            auth: format!("Bearer {}", cfg.api_key.trim()),
+            auth: Secret::new(format!("Bearer {}", cfg.api_key.expose().trim())),
             sender: cfg.sender,
             client: http_client(cfg.timeout)?,
         })
@@ -107,7 +86,7 @@ impl Carrier for SmsCarrier {
         let sent = self
             .client
             .post(&self.url)
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
             .json(&body)
             .send()
             .await;

@@ -10,29 +10,20 @@ use async_nats::HeaderMap;
 use sealpost_carriers::RevokeResult;
 use sealpost_domain::events::RevokeOutcome;
 use sealpost_domain::{aggregate_id, MessageCommand, MessageId, Status, TenantId};
+use sealpost_eventstore::names::{Durable, TimerSubject};
 use sealpost_eventstore::ExecuteError;
 use time::OffsetDateTime;
 
-use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::error::DeliveryError;
+use crate::jobs::{growing_delay, spawn_consumer, Job, JobEnd};
 use crate::{until, Delivery};
 
 pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
-    let durable = d.inner.cfg.expiry_consumer.clone();
-    spawn_consumer(js, "SEALPOST_SCHEDULES", durable, 64, move |job| {
+    spawn_consumer(js, Durable::Expiry, 64, move |job| {
         let d = d.clone();
         async move { d.expire(job).await }
     })
-}
-
-/// The subject of a message's expiry timer.
-pub fn schedule_subject(tenant: &TenantId, message_id: &MessageId) -> String {
-    format!("sealpost.sched.{tenant}.{message_id}.expire")
-}
-
-/// Where the timer fires.
-pub fn due_subject(tenant: &TenantId, message_id: &MessageId) -> String {
-    format!("sealpost.due.{tenant}.{message_id}.expire")
 }
 
 /// `@at` with whole seconds, rounded up so the timer never fires before `at`.
@@ -62,31 +53,30 @@ impl Delivery {
         tenant: &TenantId,
         message_id: &MessageId,
         expires_at: OffsetDateTime,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeliveryError> {
+        let timer = TimerSubject::new(tenant.clone(), message_id.clone());
         let mut h = HeaderMap::new();
         h.insert("Nats-Schedule", at_spec(expires_at).as_str());
-        h.insert(
-            "Nats-Schedule-Target",
-            due_subject(tenant, message_id).as_str(),
-        );
+        h.insert("Nats-Schedule-Target", timer.due().as_str());
         h.insert("Nats-Msg-Id", format!("{message_id}:expire").as_str());
         let ack = self
             .inner
             .js
-            .publish_with_headers(schedule_subject(tenant, message_id), h, bytes::Bytes::new())
+            .publish_with_headers(timer.schedule(), h, bytes::Bytes::new())
             .await
-            .map_err(|e| format!("storing the expiry timer: {e}"))?;
+            .map_err(DeliveryError::nats("storing the expiry timer"))?;
         ack.await
-            .map_err(|e| format!("storing the expiry timer: {e}"))?;
+            .map_err(DeliveryError::nats("storing the expiry timer"))?;
         Ok(())
     }
 
     async fn expire(&self, job: Job) -> JobEnd {
-        let parsed = subject_tokens(&job.subject)
-            .and_then(|(t, m, _)| Some((TenantId::new(t).ok()?, MessageId::new(m).ok()?)));
-        let Some((tenant, message_id)) = parsed else {
-            tracing::warn!(subject = %job.subject, "expiry timer on an unexpected subject; dropping it");
-            return JobEnd::Term;
+        let TimerSubject { tenant, message_id } = match TimerSubject::parse_due(&job.subject) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry timer on an unexpected subject; dropping it");
+                return JobEnd::Term;
+            }
         };
         let retry = growing_delay(
             Duration::from_millis(500),

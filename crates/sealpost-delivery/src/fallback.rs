@@ -8,38 +8,39 @@ use std::time::Duration;
 
 use sealpost_carriers::{Content, Submission};
 use sealpost_domain::events::{EndReason, FallbackChannel, FallbackTriggered};
-use sealpost_domain::{CarrierOutcome, MessageEvent, MessageId, TenantId};
+use sealpost_domain::{CarrierOutcome, EventType, MessageEvent};
+use sealpost_eventstore::names::{Durable, EventSubject};
+use sealpost_eventstore::store::HDR_EVENT_VERSION;
 use time::OffsetDateTime;
 
-use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::jobs::{growing_delay, spawn_consumer, Job, JobEnd};
 use crate::worker::outcome_label;
 use crate::Delivery;
 
 pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
-    let durable = d.inner.cfg.fallback_consumer.clone();
-    spawn_consumer(js, "SEALPOST_EVENTS", durable, 64, move |job| {
+    spawn_consumer(js, Durable::Fallback, 64, move |job| {
         let d = d.clone();
         async move { d.fallback(job).await }
     })
 }
 
-/// The core NATS subject an in-app notice is published on.
-pub fn in_app_subject(tenant: &TenantId, message_id: &MessageId) -> String {
-    format!("sealpost.notice.{tenant}.{message_id}")
-}
-
 impl Delivery {
     async fn fallback(&self, job: Job) -> JobEnd {
-        let parsed = subject_tokens(&job.subject)
-            .and_then(|(t, m, _)| Some((TenantId::new(t).ok()?, MessageId::new(m).ok()?)));
-        let Some((tenant, message_id)) = parsed else {
-            tracing::warn!(subject = %job.subject, "fallback job on an unexpected subject; dropping it");
-            return JobEnd::Term;
+        let (tenant, message_id) = match EventSubject::parse(&job.subject) {
+            Ok(s) if s.event_type == EventType::FallbackTriggered => (s.tenant, s.message_id),
+            Ok(_) => {
+                tracing::warn!(subject = %job.subject, "fallback job is not a fallback_triggered event; dropping it");
+                return JobEnd::Term;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fallback job on an unexpected subject; dropping it");
+                return JobEnd::Term;
+            }
         };
-        let version = job.header("Sealpost-Event-Version").unwrap_or("1");
+        let version = job.header(HDR_EVENT_VERSION).unwrap_or("1");
         let fb: FallbackTriggered = match MessageEvent::from_body(
-            "fallback_triggered",
+            EventType::FallbackTriggered,
             version,
             &job.payload,
         ) {
@@ -90,7 +91,7 @@ impl Delivery {
                 let client = self.inner.js.client();
                 match client
                     .publish(
-                        in_app_subject(&tenant, &message_id),
+                        sealpost_eventstore::names::notice_subject(&tenant, &message_id),
                         body.to_string().into(),
                     )
                     .await

@@ -11,8 +11,11 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
+use sealpost_eventstore::names::Durable;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
+
+use crate::error::DeliveryError;
 
 /// One message as a handler sees it.
 #[derive(Debug, Clone)]
@@ -74,11 +77,10 @@ impl Drop for RunningConsumers {
     }
 }
 
-/// Runs `handler` over the durable consumer `stream/durable` until the task is aborted.
+/// Runs `handler` over the durable consumer `durable` until the task is aborted.
 pub(crate) fn spawn_consumer<F, Fut>(
     js: jetstream::Context,
-    stream: &'static str,
-    durable: String,
+    durable: Durable,
     concurrency: usize,
     handler: F,
 ) -> JoinHandle<()>
@@ -89,8 +91,9 @@ where
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        let stream = durable.stream().as_str();
         loop {
-            match consume(&js, stream, &durable, concurrency, handler.clone()).await {
+            match consume(&js, durable, concurrency, handler.clone()).await {
                 Ok(()) => {
                     tracing::warn!(stream, consumer = %durable, "consumer stream ended; restarting")
                 }
@@ -106,22 +109,22 @@ where
 
 async fn consume<F, Fut>(
     js: &jetstream::Context,
-    stream: &str,
-    durable: &str,
+    durable: Durable,
     concurrency: usize,
     handler: Arc<F>,
-) -> Result<(), String>
+) -> Result<(), DeliveryError>
 where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = JobEnd> + Send + 'static,
 {
+    let stream = durable.stream();
     let consumer: jetstream::consumer::PullConsumer = js
-        .get_stream(stream)
+        .get_stream(stream.as_str())
         .await
-        .map_err(|e| format!("stream {stream}: {e}"))?
-        .get_consumer(durable)
+        .map_err(DeliveryError::nats(format!("stream {stream}")))?
+        .get_consumer(durable.as_str())
         .await
-        .map_err(|e| format!("consumer {stream}/{durable}: {e}"))?;
+        .map_err(DeliveryError::nats(format!("consumer {stream}/{durable}")))?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(concurrency.clamp(1, 1000))
@@ -129,7 +132,9 @@ where
         .expires(Duration::from_secs(30))
         .messages()
         .await
-        .map_err(|e| format!("pulling from {stream}/{durable}: {e}"))?;
+        .map_err(DeliveryError::nats(format!(
+            "pulling from {stream}/{durable}"
+        )))?;
     messages
         .for_each_concurrent(concurrency.max(1), |m| {
             // The handler is called here, in delivery order, so that what it does before its
@@ -207,17 +212,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Splits `sealpost.evt.<tenant>.<message_id>.<type>` (or `sealpost.due.…`) into its tokens.
-pub(crate) fn subject_tokens(subject: &str) -> Option<(&str, &str, &str)> {
-    let mut it = subject.split('.');
-    let (_, _, tenant, message, kind) =
-        (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() {
-        return None;
-    }
-    Some((tenant, message, kind))
-}
-
 /// A NAK delay that grows with redeliveries: `base·2^(n-1)`, capped.
 pub(crate) fn growing_delay(base: Duration, delivered: i64, cap: Duration) -> Duration {
     let n = u32::try_from(delivered.clamp(1, 20) - 1).unwrap_or(0);
@@ -227,16 +221,6 @@ pub(crate) fn growing_delay(base: Duration, delivered: i64, cap: Duration) -> Du
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subjects_split_into_tenant_message_and_type() {
-        assert_eq!(
-            subject_tokens("sealpost.evt.acme.m1.accepted"),
-            Some(("acme", "m1", "accepted"))
-        );
-        assert_eq!(subject_tokens("sealpost.evt.acme.m1"), None);
-        assert_eq!(subject_tokens("sealpost.evt.acme.m1.accepted.x"), None);
-    }
 
     #[test]
     fn delays_grow_and_are_capped() {

@@ -30,6 +30,7 @@
 //! and the carrier answers "already exists" (RBM 409), which the domain records as the ack. A
 //! worker that finds the message settled acks the job without calling the carrier.
 
+pub mod error;
 pub mod expiry;
 pub mod fallback;
 pub mod gate;
@@ -46,9 +47,11 @@ use async_nats::jetstream;
 use sealpost_blobstore::BlobStore;
 use sealpost_carriers::Carrier;
 use sealpost_domain::{Message, MessageId, TenantId};
+use sealpost_eventstore::names::Role;
 use sealpost_eventstore::store::{HDR_CORRELATION_ID, META_CORRELATION_ID};
 use sealpost_eventstore::{CommandExecutor, Loaded, StoreError};
 
+pub use error::DeliveryError;
 pub use gate::{CarrierGate, GateConfig};
 pub use jobs::RunningConsumers;
 
@@ -95,11 +98,6 @@ pub struct DeliveryConfig {
     /// A template not listed here is sent as [`DEFAULT_NOTICE`]. Texts must stay neutral: no
     /// message content, ever.
     pub notice_texts: HashMap<String, String>,
-    /// Durable consumer names (from `nats/consumers/`).
-    pub delivery_consumer: String,
-    pub receipts_consumer: String,
-    pub expiry_consumer: String,
-    pub fallback_consumer: String,
 }
 
 impl Default for DeliveryConfig {
@@ -114,10 +112,6 @@ impl Default for DeliveryConfig {
                 "secure_message_waiting".to_owned(),
                 DEFAULT_NOTICE.to_owned(),
             )]),
-            delivery_consumer: "delivery".into(),
-            receipts_consumer: "receipts".into(),
-            expiry_consumer: "expiry".into(),
-            fallback_consumer: "fallback".into(),
         }
     }
 }
@@ -135,8 +129,8 @@ struct Inner {
     blobs: BlobStore,
     carriers: Carriers,
     cfg: DeliveryConfig,
-    /// message id → tenant, for receipts (carriers name messages by id only).
-    tenants: std::sync::Mutex<HashMap<String, TenantId>>,
+    /// message id → tenant, for receipts (carriers name messages by id only). Bounded.
+    tenants: quick_cache::sync::Cache<String, TenantId>,
     /// Per-message FIFO turns of the receipts consumer.
     turns: Arc<turns::Turns>,
 }
@@ -158,7 +152,7 @@ impl Delivery {
                 blobs,
                 carriers,
                 cfg,
-                tenants: Default::default(),
+                tenants: quick_cache::sync::Cache::new(receipts::TENANT_CACHE),
                 turns: Default::default(),
             }),
         }
@@ -168,23 +162,21 @@ impl Delivery {
         &self.inner.cfg
     }
 
-    /// Starts the given roles: any of `delivery`, `receipts`, `expiry`, `fallback`.
-    pub fn start(&self, roles: &[&str]) -> RunningConsumers {
+    /// Starts the delivery roles among `roles` ([`Role::DELIVERY`]); the others (gateway,
+    /// projector) belong to other crates and are started there.
+    pub fn start(&self, roles: &[Role]) -> RunningConsumers {
         let mut running = RunningConsumers::default();
         for role in roles {
-            match *role {
-                "delivery" => running.push(worker::spawn(self.clone())),
-                "receipts" => running.push(receipts::spawn(self.clone())),
-                "expiry" => running.push(expiry::spawn(self.clone())),
-                "fallback" => running.push(fallback::spawn(self.clone())),
-                other => tracing::warn!(role = other, "not a delivery role; ignored"),
+            match role {
+                Role::Delivery => running.push(worker::spawn(self.clone())),
+                Role::Receipts => running.push(receipts::spawn(self.clone())),
+                Role::Expiry => running.push(expiry::spawn(self.clone())),
+                Role::Fallback => running.push(fallback::spawn(self.clone())),
+                Role::Gateway | Role::Projector => {}
             }
         }
         running
     }
-
-    /// Every delivery role.
-    pub const ROLES: [&'static str; 4] = ["delivery", "receipts", "expiry", "fallback"];
 
     /// Loads a message and primes the executor's cache with it.
     async fn load(

@@ -17,17 +17,18 @@ use std::time::Duration;
 use sealpost_carriers::webhook::{self, RbmEventKind, Webhook};
 use sealpost_domain::events::RevokeOutcome;
 use sealpost_domain::{
-    aggregate_id, MessageCommand, MessageError, MessageId, ReceiptKind, TenantId,
+    aggregate_id, EventType, MessageCommand, MessageError, MessageId, ReceiptKind, TenantId,
 };
+use sealpost_eventstore::names::{Durable, EventSubject};
 use sealpost_eventstore::{ExecuteError, StoreError};
 use time::OffsetDateTime;
 
-use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::jobs::{growing_delay, spawn_consumer, Job, JobEnd};
 use crate::turns::Turn;
 use crate::Delivery;
 
 /// How many message → tenant lookups are remembered.
-const TENANT_CACHE: usize = 200_000;
+pub(crate) const TENANT_CACHE: usize = 200_000;
 
 /// How long a receipt that arrived before its carrier ack waits, in its message's turn, before
 /// trying again; after the last wait it is NAKed with the growing `receipt_retry` delay.
@@ -39,9 +40,8 @@ const IN_TURN_WAITS: [Duration; 3] = [
 
 pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
-    let durable = d.inner.cfg.receipts_consumer.clone();
     let concurrency = d.inner.cfg.concurrency;
-    spawn_consumer(js, "SEALPOST_RECEIPTS", durable, concurrency, move |job| {
+    spawn_consumer(js, Durable::Receipts, concurrency, move |job| {
         // Called in stream order: the receipt takes its place in its message's queue before
         // anything else happens, so DELIVERED is applied before the READ stored after it.
         let d = d.clone();
@@ -164,24 +164,15 @@ impl Delivery {
 
     /// The tenant that owns `message_id`, from its `accepted` event.
     async fn tenant_of(&self, message_id: &MessageId) -> Result<Option<TenantId>, StoreError> {
-        if let Some(t) = self
-            .inner
-            .tenants
-            .lock()
-            .ok()
-            .and_then(|c| c.get(message_id.as_str()).cloned())
-        {
+        if let Some(t) = self.inner.tenants.get(message_id.as_str()) {
             return Ok(Some(t));
         }
-        let filter = format!(
-            "{}.*.{message_id}.accepted",
-            self.inner.executor.store().config().subject_prefix
-        );
+        let filter = EventSubject::of_message_any_tenant(message_id, EventType::Accepted);
         let found = self.inner.executor.store().direct_get_all(&filter).await?;
         let tenant = found
             .first()
-            .and_then(|r| subject_tokens(&r.subject))
-            .and_then(|(t, _, _)| TenantId::new(t).ok());
+            .and_then(|r| EventSubject::parse(&r.subject).ok())
+            .map(|s| s.tenant);
         if let Some(t) = &tenant {
             self.remember_tenant(message_id, t);
         }
@@ -189,11 +180,8 @@ impl Delivery {
     }
 
     pub(crate) fn remember_tenant(&self, message_id: &MessageId, tenant: &TenantId) {
-        if let Ok(mut c) = self.inner.tenants.lock() {
-            if c.len() >= TENANT_CACHE {
-                c.clear();
-            }
-            c.insert(message_id.as_str().to_owned(), tenant.clone());
-        }
+        self.inner
+            .tenants
+            .insert(message_id.as_str().to_owned(), tenant.clone());
     }
 }

@@ -10,21 +10,21 @@ use std::time::Duration;
 
 use sealpost_carriers::{Content, Submission};
 use sealpost_domain::{
-    aggregate_id, CarrierOutcome, Message, MessageCommand, MessageError, MessageId, Status,
-    TenantId,
+    aggregate_id, CarrierOutcome, EventType, Message, MessageCommand, MessageError, MessageId,
+    Status, TenantId,
 };
+use sealpost_eventstore::names::{Durable, EventSubject};
 use sealpost_eventstore::{ExecuteError, RawEvent};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::jobs::{growing_delay, spawn_consumer, subject_tokens, Job, JobEnd};
+use crate::jobs::{growing_delay, spawn_consumer, Job, JobEnd};
 use crate::{correlation, until, Delivery};
 
 pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
-    let durable = d.inner.cfg.delivery_consumer.clone();
     let concurrency = d.inner.cfg.concurrency;
-    spawn_consumer(js, "SEALPOST_EVENTS", durable, concurrency, move |job| {
+    spawn_consumer(js, Durable::Delivery, concurrency, move |job| {
         let d = d.clone();
         async move {
             let span = tracing::info_span!(
@@ -47,14 +47,16 @@ const STORE_RETRY: Duration = Duration::from_millis(200);
 
 impl Delivery {
     pub(crate) async fn deliver(&self, job: Job) -> JobEnd {
-        let Some((tenant, message_id, kind)) = subject_tokens(&job.subject) else {
-            tracing::warn!(subject = %job.subject, "delivery job on an unexpected subject; dropping it");
-            return JobEnd::Term;
-        };
-        let (Ok(tenant), Ok(message_id)) = (TenantId::new(tenant), MessageId::new(message_id))
-        else {
-            tracing::warn!(subject = %job.subject, "delivery job with an invalid tenant or message id; dropping it");
-            return JobEnd::Term;
+        let EventSubject {
+            tenant,
+            message_id,
+            event_type: kind,
+        } = match EventSubject::parse(&job.subject) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery job on an unexpected subject; dropping it");
+                return JobEnd::Term;
+            }
         };
         let span = tracing::Span::current();
         span.record("message_id", message_id.as_str());
@@ -189,11 +191,11 @@ impl Delivery {
         &self,
         agg: &str,
         job: &Job,
-        kind: &str,
+        kind: EventType,
         tenant: &TenantId,
         message_id: &MessageId,
     ) -> Result<Message, sealpost_eventstore::StoreError> {
-        if kind == "accepted" && job.delivered == 1 {
+        if kind == EventType::Accepted && job.delivered == 1 {
             let raw = RawEvent {
                 subject: job.subject.clone(),
                 stream_seq: job.stream_seq,

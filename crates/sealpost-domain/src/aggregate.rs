@@ -2,7 +2,6 @@
 //! state-transition table.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -15,24 +14,25 @@ use crate::events::*;
 use crate::ids::MessageId;
 use crate::policy::{FailedAttempt, RetryDecision, RetryPolicy, MAX_TTL};
 
-/// Where a message is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// No event yet.
-    #[default]
-    New,
-    /// Waiting for its first submission.
-    Queued,
-    /// A submission failed; waiting for the next one.
-    RetryScheduled,
-    CarrierAcked,
-    Delivered,
-    Displayed,
-    Failed,
-    FallbackTriggered,
-    Expired,
-    Cancelled,
+wire_enum! {
+    /// Where a message is in its lifecycle.
+    #[derive(Default)]
+    pub enum Status: "status" {
+        /// No event yet.
+        #[default]
+        New => "new",
+        /// Waiting for its first submission.
+        Queued => "queued",
+        /// A submission failed; waiting for the next one.
+        RetryScheduled => "retry_scheduled",
+        CarrierAcked => "carrier_acked",
+        Delivered => "delivered",
+        Displayed => "displayed",
+        Failed => "failed",
+        FallbackTriggered => "fallback_triggered",
+        Expired => "expired",
+        Cancelled => "cancelled",
+    }
 }
 
 impl Status {
@@ -49,30 +49,39 @@ impl Status {
         )
     }
 
-    /// No more delivery work: delivered, displayed or a terminal failure.
+    /// No more delivery work: delivered, displayed or a terminal failure. Retention counts from
+    /// here, and only a settled message may be purged.
     pub fn is_settled(self) -> bool {
         matches!(self, Status::Delivered | Status::Displayed) || self.is_terminal_failure()
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::New => "new",
-            Status::Queued => "queued",
-            Status::RetryScheduled => "retry_scheduled",
-            Status::CarrierAcked => "carrier_acked",
-            Status::Delivered => "delivered",
-            Status::Displayed => "displayed",
-            Status::Failed => "failed",
-            Status::FallbackTriggered => "fallback_triggered",
-            Status::Expired => "expired",
-            Status::Cancelled => "cancelled",
-        }
+    /// The status can no longer change: displayed or a terminal failure. (A delivered message may
+    /// still be displayed.) The demo and benches wait for this.
+    pub fn is_final(self) -> bool {
+        self == Status::Displayed || self.is_terminal_failure()
     }
-}
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// Delivery succeeded: delivered or displayed.
+    pub fn is_success(self) -> bool {
+        matches!(self, Status::Delivered | Status::Displayed)
+    }
+
+    /// The status an event type leads to, when it sets one (holds, releases, purges and failed
+    /// attempts leave the status as it is). `accepted` leads to `queued`: it is the first job.
+    pub fn after(event_type: EventType) -> Option<Status> {
+        use EventType as E;
+        Some(match event_type {
+            E::Accepted | E::Queued => Status::Queued,
+            E::CarrierAcked => Status::CarrierAcked,
+            E::RetryScheduled => Status::RetryScheduled,
+            E::Failed => Status::Failed,
+            E::FallbackTriggered => Status::FallbackTriggered,
+            E::Delivered => Status::Delivered,
+            E::Displayed => Status::Displayed,
+            E::Expired => Status::Expired,
+            E::Cancelled => Status::Cancelled,
+            E::AttemptFailed | E::Held | E::Released | E::Purged => return None,
+        })
     }
 }
 
@@ -233,11 +242,18 @@ impl Message {
         cmd: AcceptMessage,
         policy: &RetryPolicy,
     ) -> Result<Vec<MessageEvent>, MessageError> {
+        let request_sha256 = cmd.request_digest();
         if let Some(existing) = &self.accepted {
             // The id is derived from (tenant, key), so the same aggregate means the same key.
-            return if existing.payload_sha256 == cmd.payload_sha256
-                && existing.idempotency_key == cmd.idempotency_key
-            {
+            let same = match &existing.request_sha256 {
+                Some(d) => *d == request_sha256,
+                // Accepted before v2: only the payload digest (and key) were recorded to compare.
+                None => {
+                    existing.payload_sha256 == cmd.payload_sha256
+                        && existing.idempotency_key == cmd.idempotency_key
+                }
+            };
+            return if same {
                 Ok(vec![])
             } else {
                 Err(MessageError::IdempotencyConflict)
@@ -269,6 +285,7 @@ impl Message {
             accepted_at: cmd.at,
             expires_at,
             retry_until,
+            request_sha256: Some(request_sha256),
         })])
     }
 

@@ -26,6 +26,50 @@ pub struct AcceptMessage {
     pub at: OffsetDateTime,
 }
 
+/// The first bytes [`AcceptMessage::request_digest`] hashes. Another layout gets another tag.
+pub const REQUEST_DIGEST_TAG: &[u8] = b"sealpost.send-request.v1";
+
+impl AcceptMessage {
+    /// SHA-256 over every field of the send request, so that a resend under the same
+    /// idempotency key is a duplicate only when it asks for exactly the same thing (as Stripe's
+    /// and Svix's idempotency layers compare whole requests).
+    ///
+    /// Byte layout (`docs/formats.md`): [`REQUEST_DIGEST_TAG`], then each field in this order as
+    /// a 4-byte big-endian length and its UTF-8 bytes, or the length `0xFFFFFFFF` and no bytes
+    /// when the field is absent: tenant id, idempotency key, recipient (E.164), payload
+    /// reference, payload SHA-256 (lowercase hex, of the stored object), `mls_version`,
+    /// `cipher`, `key_id`, message type, TTL in seconds (decimal), fallback channel, fallback
+    /// notice template, correlation id. `payload_size` and `at` are not part of the request.
+    pub fn request_digest(&self) -> Sha256Hex {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(REQUEST_DIGEST_TAG);
+        let mut field = |v: Option<&str>| match v {
+            Some(v) => {
+                let len = u32::try_from(v.len()).unwrap_or(u32::MAX - 1);
+                h.update(len.to_be_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update(u32::MAX.to_be_bytes()),
+        };
+        let ttl = self.ttl.map(|t| t.as_secs().to_string());
+        field(Some(self.tenant_id.as_str()));
+        field(Some(&self.idempotency_key));
+        field(Some(self.recipient.expose()));
+        field(Some(&self.payload_ref));
+        field(Some(self.payload_sha256.as_str()));
+        field(Some(&self.encryption.mls_version));
+        field(Some(&self.encryption.cipher));
+        field(Some(&self.encryption.key_id));
+        field(Some(self.message_type.as_str()));
+        field(ttl.as_deref());
+        field(self.fallback.as_ref().map(|f| f.channel.as_str()));
+        field(self.fallback.as_ref().map(|f| f.notice_template.as_str()));
+        field(self.correlation_id.as_deref());
+        Sha256Hex::from_digest(&h.finalize())
+    }
+}
+
 /// What a carrier answered to one submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CarrierOutcome {

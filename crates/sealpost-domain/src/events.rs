@@ -1,8 +1,8 @@
-//! The events of the `Message` aggregate, version 1.
+//! The events of the `Message` aggregate.
 //!
 //! Each variant's payload struct is exactly the JSON body stored in JetStream and described by
-//! `schemas/events/<event_type>.v1.json`. The event type is the snake_case variant name and is
-//! also the last token of the event's subject. Payloads carry references, sizes and digests only:
+//! `schemas/events/<event_type>.v<N>.json`, where N is [`EventType::version`]. The event type is
+//! the last token of the event's subject. Payloads carry references, sizes and digests only:
 //! never ciphertext or key material.
 
 use serde::{Deserialize, Serialize};
@@ -10,15 +10,54 @@ use time::OffsetDateTime;
 
 use crate::ids::{MessageId, Recipient, Sha256Hex, TenantId};
 
-/// Current schema version of every event type. A change ships an upcaster (see [`crate::upcast`]).
-pub const EVENT_VERSION: &str = "1";
+wire_enum! {
+    /// The type of an event: the last token of its subject and the name of its schema.
+    pub enum EventType: "event type" {
+        Accepted => "accepted",
+        Queued => "queued",
+        CarrierAcked => "carrier_acked",
+        AttemptFailed => "attempt_failed",
+        RetryScheduled => "retry_scheduled",
+        Failed => "failed",
+        FallbackTriggered => "fallback_triggered",
+        Delivered => "delivered",
+        Displayed => "displayed",
+        Expired => "expired",
+        Cancelled => "cancelled",
+        Held => "held",
+        Released => "released",
+        Purged => "purged",
+    }
+}
 
-/// Message types with their own retry windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageType {
-    Transactional,
-    Promotional,
+impl EventType {
+    /// The schema version this code writes (the `Sealpost-Event-Version` header). Older versions
+    /// are brought up to it by [`crate::upcast`] on load.
+    pub const fn version(self) -> u32 {
+        match self {
+            // v2 adds `request_sha256`, the digest of the whole send request (idempotency).
+            EventType::Accepted => 2,
+            _ => 1,
+        }
+    }
+
+    /// Every schema version a stored event of this type may carry, oldest first.
+    pub fn versions(self) -> std::ops::RangeInclusive<u32> {
+        let oldest = match self {
+            // v0 is the pre-release shape with `ttl_seconds` instead of fixed deadlines.
+            EventType::Accepted => 0,
+            _ => 1,
+        };
+        oldest..=self.version()
+    }
+}
+
+wire_enum! {
+    /// Message types with their own retry windows.
+    pub enum MessageType: "message type" {
+        Transactional => "transactional",
+        Promotional => "promotional",
+    }
 }
 
 /// How the tenant sealed the payload. Descriptors only: `key_id` names a key, it is not one.
@@ -29,11 +68,12 @@ pub struct EncryptionMetadata {
     pub key_id: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FallbackChannel {
-    Sms,
-    InApp,
+wire_enum! {
+    /// Where a fallback notice goes.
+    pub enum FallbackChannel: "fallback channel" {
+        Sms => "sms",
+        InApp => "in_app",
+    }
 }
 
 /// Where to send a neutral notice if RCS cannot deliver. Never content.
@@ -43,40 +83,40 @@ pub struct Fallback {
     pub notice_template: String,
 }
 
-/// How a carrier answered a submission, as far as retrying is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// 5xx, timeouts, connection errors: retry with backoff.
-    Transient,
-    /// 429: retry no earlier than Retry-After.
-    Throttled,
-    /// Any other 4xx: retrying cannot help.
-    Permanent,
-    /// The recipient cannot receive RCS (RBM answers 404): fall back or fail.
-    NotCapable,
+wire_enum! {
+    /// How a carrier answered a submission, as far as retrying is concerned.
+    pub enum ErrorClass: "error class" {
+        /// 5xx, timeouts, connection errors: retry with backoff.
+        Transient => "transient",
+        /// 429: retry no earlier than Retry-After.
+        Throttled => "throttled",
+        /// Any other 4xx: retrying cannot help.
+        Permanent => "permanent",
+        /// The recipient cannot receive RCS (RBM answers 404): fall back or fail.
+        NotCapable => "not_capable",
+    }
 }
 
-/// Why the delivery attempts ended without a carrier ack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    PermanentError,
-    NotCapable,
-    RetryWindowExhausted,
-    MaxAttempts,
-    /// Fallback asked for explicitly (operator or tenant policy).
-    Requested,
+wire_enum! {
+    /// Why the delivery attempts ended without a carrier ack.
+    pub enum EndReason: "end reason" {
+        PermanentError => "permanent_error",
+        NotCapable => "not_capable",
+        RetryWindowExhausted => "retry_window_exhausted",
+        MaxAttempts => "max_attempts",
+        /// Fallback asked for explicitly (operator or tenant policy).
+        Requested => "requested",
+    }
 }
 
-/// What happened when expiry tried to take the message back from the carrier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevokeOutcome {
-    /// Never reached a carrier: nothing to revoke.
-    NotSubmitted,
-    Revoked,
-    RevokeFailed,
+wire_enum! {
+    /// What happened when expiry tried to take the message back from the carrier.
+    pub enum RevokeOutcome: "revoke outcome" {
+        /// Never reached a carrier: nothing to revoke.
+        NotSubmitted => "not_submitted",
+        Revoked => "revoked",
+        RevokeFailed => "revoke_failed",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +143,11 @@ pub struct Accepted {
     /// No retry is scheduled after this instant: min(accepted_at + window, expires_at).
     #[serde(with = "time::serde::rfc3339")]
     pub retry_until: OffsetDateTime,
+    /// SHA-256 of the whole send request ([`crate::AcceptMessage::request_digest`]): a resend
+    /// under the same idempotency key is a duplicate only if this matches. Written since v2;
+    /// `None` for events upcast from v1, which are compared by payload digest only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<Sha256Hex>,
 }
 
 /// A delivery job: the delivery consumer filters on this event type.
@@ -239,56 +284,61 @@ pub enum MessageEvent {
     Purged(Purged),
 }
 
-/// Every event type, in lifecycle order. Subjects, schemas and the replay verifier use this list.
-pub const EVENT_TYPES: [&str; 14] = [
-    "accepted",
-    "queued",
-    "carrier_acked",
-    "attempt_failed",
-    "retry_scheduled",
-    "failed",
-    "fallback_triggered",
-    "delivered",
-    "displayed",
-    "expired",
-    "cancelled",
-    "held",
-    "released",
-    "purged",
-];
-
 /// Why an event body could not be turned back into a [`MessageEvent`].
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("unknown event type '{0}'")]
-    UnknownType(String),
-    #[error("event '{event_type}' version {version} has no upcaster to version {EVENT_VERSION}")]
-    UnknownVersion { event_type: String, version: String },
-    #[error("event '{event_type}' body does not match its schema: {source}")]
+    #[error(transparent)]
+    UnknownType(#[from] crate::wire::UnknownName),
+    #[error("event '{event_type}' version '{version}' is unknown; this build reads versions {:?}", event_type.versions())]
+    UnknownVersion {
+        event_type: EventType,
+        version: String,
+    },
+    #[error("event '{event_type}' body does not match its schema")]
     Body {
-        event_type: String,
+        event_type: EventType,
         #[source]
         source: serde_json::Error,
     },
 }
 
 impl MessageEvent {
-    pub fn event_type(&self) -> &'static str {
+    pub fn event_type(&self) -> EventType {
         match self {
-            Self::Accepted(_) => "accepted",
-            Self::Queued(_) => "queued",
-            Self::CarrierAcked(_) => "carrier_acked",
-            Self::AttemptFailed(_) => "attempt_failed",
-            Self::RetryScheduled(_) => "retry_scheduled",
-            Self::Failed(_) => "failed",
-            Self::FallbackTriggered(_) => "fallback_triggered",
-            Self::Delivered(_) => "delivered",
-            Self::Displayed(_) => "displayed",
-            Self::Expired(_) => "expired",
-            Self::Cancelled(_) => "cancelled",
-            Self::Held(_) => "held",
-            Self::Released(_) => "released",
-            Self::Purged(_) => "purged",
+            Self::Accepted(_) => EventType::Accepted,
+            Self::Queued(_) => EventType::Queued,
+            Self::CarrierAcked(_) => EventType::CarrierAcked,
+            Self::AttemptFailed(_) => EventType::AttemptFailed,
+            Self::RetryScheduled(_) => EventType::RetryScheduled,
+            Self::Failed(_) => EventType::Failed,
+            Self::FallbackTriggered(_) => EventType::FallbackTriggered,
+            Self::Delivered(_) => EventType::Delivered,
+            Self::Displayed(_) => EventType::Displayed,
+            Self::Expired(_) => EventType::Expired,
+            Self::Cancelled(_) => EventType::Cancelled,
+            Self::Held(_) => EventType::Held,
+            Self::Released(_) => EventType::Released,
+            Self::Purged(_) => EventType::Purged,
+        }
+    }
+
+    /// The instant the event records (`accepted_at` for `accepted`, `at` otherwise).
+    pub fn at(&self) -> OffsetDateTime {
+        match self {
+            Self::Accepted(e) => e.accepted_at,
+            Self::Queued(e) => e.at,
+            Self::CarrierAcked(e) => e.at,
+            Self::AttemptFailed(e) => e.at,
+            Self::RetryScheduled(e) => e.at,
+            Self::Failed(e) => e.at,
+            Self::FallbackTriggered(e) => e.at,
+            Self::Delivered(e) => e.at,
+            Self::Displayed(e) => e.at,
+            Self::Expired(e) => e.at,
+            Self::Cancelled(e) => e.at,
+            Self::Held(e) => e.at,
+            Self::Released(e) => e.at,
+            Self::Purged(e) => e.at,
         }
     }
 
@@ -313,31 +363,28 @@ impl MessageEvent {
     }
 
     /// Rebuilds an event from its type, schema version and stored body, upcasting old versions.
-    pub fn from_body(event_type: &str, version: &str, body: &[u8]) -> Result<Self, DecodeError> {
-        let bad = |source| DecodeError::Body {
-            event_type: event_type.to_owned(),
-            source,
-        };
+    pub fn from_body(
+        event_type: EventType,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Self, DecodeError> {
+        let bad = |source| DecodeError::Body { event_type, source };
         let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
         let value = crate::upcast::to_current(event_type, version, value)?;
-        let tagged =
-            serde_json::Value::Object(serde_json::Map::from_iter([(event_type.to_owned(), value)]));
-        serde_json::from_value(tagged).map_err(|e| {
-            if EVENT_TYPES.contains(&event_type) {
-                bad(e)
-            } else {
-                DecodeError::UnknownType(event_type.to_owned())
-            }
-        })
+        let tagged = serde_json::Value::Object(serde_json::Map::from_iter([(
+            event_type.as_str().to_owned(),
+            value,
+        )]));
+        serde_json::from_value(tagged).map_err(bad)
     }
 }
 
 impl cqrs_es::DomainEvent for MessageEvent {
     fn event_type(&self) -> String {
-        MessageEvent::event_type(self).to_owned()
+        MessageEvent::event_type(self).as_str().to_owned()
     }
 
     fn event_version(&self) -> String {
-        EVENT_VERSION.to_owned()
+        MessageEvent::event_type(self).version().to_string()
     }
 }

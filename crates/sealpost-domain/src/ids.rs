@@ -55,6 +55,13 @@ macro_rules! token_id {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
         impl From<$name> for String {
             fn from(id: $name) -> String {
                 id.0
@@ -172,7 +179,7 @@ impl fmt::Display for Recipient {
     }
 }
 
-/// A SHA-256 digest of the ciphertext, lowercase hex.
+/// A SHA-256 digest (of the ciphertext, or of a request), lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Sha256Hex(String);
@@ -190,7 +197,12 @@ impl Sha256Hex {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         use sha2::Digest;
-        Self(hex::encode(sha2::Sha256::digest(bytes)))
+        Self::from_digest(&sha2::Sha256::digest(bytes))
+    }
+
+    /// A finished SHA-256 digest (32 bytes) as hex.
+    pub fn from_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(digest))
     }
 
     pub fn as_str(&self) -> &str {

@@ -3,9 +3,14 @@
 //! The `Message` aggregate of Sealpost: what may happen to an end-to-end-encrypted message between
 //! acceptance and its end, and nothing else.
 //!
-//! **Owns:** identifiers and their validation ([`ids`]), commands ([`commands`]), versioned events
-//! ([`events`]) and their upcasters ([`upcast`]), the retry and expiry policy ([`policy`]), the
-//! aggregate ([`Message`]) and its errors ([`MessageError`]).
+//! **Owns:** identifiers and their validation ([`ids`]), commands ([`commands`]) with the digest
+//! of a send request, versioned events with their one list of types ([`EventType`]) and their
+//! upcasters ([`upcast`]), the retry and expiry policy ([`policy`]), the aggregate ([`Message`]),
+//! its statuses with the settled and final sets ([`Status`]), the legal event order ([`order`]),
+//! the status row a tenant sees and the fold that builds it ([`StatusRow`]), and its errors
+//! ([`MessageError`]). Two small types every crate shares live here too, because they are pure:
+//! [`Secret`] (a string that never prints) and [`wire_enum!`] (an enum with one wire name per
+//! variant). Adding an event type touches this crate, its schema and the projections' SQL.
 //!
 //! **Must not:** do IO of any kind. No tokio, NATS, SQL, HTTP, clocks or randomness here: commands
 //! carry their instant, and retry jitter is a hash of (message id, attempt), so a replay makes the
@@ -32,7 +37,7 @@
 //!
 //! | command | new | Q / RS | CA | DLV | DSP | FL / EXP | FB | CAN |
 //! |---|---|---|---|---|---|---|---|---|
-//! | accept | `accepted` | same key+digest: —; other digest: `idempotency_conflict` | ← | ← | ← | ← | ← | ← |
+//! | accept | `accepted` | same request: —; any other field: `idempotency_conflict` | ← | ← | ← | ← | ← | ← |
 //! | enqueue (redrive) | not_accepted | `queued` | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
 //! | record carrier result, attempt = next | not_accepted | see below | already_submitted | already_submitted | already_submitted | already_final | already_final | already_final |
 //! | record carrier result, attempt < next | not_accepted | — | — | — | — | — | — | — |
@@ -60,6 +65,9 @@
 //! - permanent (other 4xx) → `attempt_failed`, `failed`;
 //! - not RCS-capable (RBM 404) → `attempt_failed`, then `fallback_triggered` or `failed`.
 
+#[macro_use]
+pub mod wire;
+
 pub mod aggregate;
 pub mod commands;
 pub mod error;
@@ -67,14 +75,19 @@ pub mod events;
 pub mod ids;
 pub mod order;
 pub mod policy;
+pub mod secret;
+pub mod status_row;
 pub mod upcast;
 
 pub use aggregate::{Message, Status};
 pub use commands::{AcceptMessage, CarrierOutcome, MessageCommand, ReceiptKind};
 pub use error::MessageError;
-pub use events::{MessageEvent, EVENT_TYPES, EVENT_VERSION};
+pub use events::{EventType, MessageEvent};
 pub use ids::{aggregate_id, parse_aggregate_id, MessageId, Recipient, Sha256Hex, TenantId};
 pub use policy::{RetryDecision, RetryPolicy};
+pub use secret::Secret;
+pub use status_row::{RowSource, StatusRow};
+pub use wire::UnknownName;
 
 #[cfg(test)]
 mod tests;

@@ -67,7 +67,11 @@ fn fallback() -> Fallback {
 }
 
 fn accepted(with_fallback: bool) -> MessageEvent {
-    let c = accept_cmd();
+    let mut c = accept_cmd();
+    if !with_fallback {
+        c.fallback = None;
+    }
+    let request_sha256 = Some(c.request_digest());
     MessageEvent::Accepted(Accepted {
         message_id: MessageId::derive(&c.tenant_id, &c.idempotency_key),
         tenant_id: c.tenant_id,
@@ -83,6 +87,7 @@ fn accepted(with_fallback: bool) -> MessageEvent {
         accepted_at: T0,
         expires_at: T0 + TTL,
         retry_until: T0 + TTL,
+        request_sha256,
     })
 }
 
@@ -231,22 +236,133 @@ fn accept_in_every_status() {
     );
 }
 
+/// The send request with one field changed, for each field of the request.
+fn requests_differing_in_one_field() -> Vec<(&'static str, AcceptMessage)> {
+    let base = accept_cmd;
+    let with = |f: fn(&mut AcceptMessage)| {
+        let mut c = base();
+        f(&mut c);
+        c
+    };
+    vec![
+        (
+            "recipient",
+            with(|c| c.recipient = Recipient::new("+15559999999").unwrap()),
+        ),
+        ("payload_ref", with(|c| c.payload_ref.push_str(".other"))),
+        (
+            "payload_sha256",
+            with(|c| c.payload_sha256 = Sha256Hex::of(b"other ciphertext")),
+        ),
+        (
+            "mls_version",
+            with(|c| c.encryption.mls_version = "2".into()),
+        ),
+        (
+            "cipher",
+            with(|c| c.encryption.cipher = "AES-256-GCM".into()),
+        ),
+        (
+            "key_id",
+            with(|c| c.encryption.key_id = "user-public-key-v3".into()),
+        ),
+        (
+            "message_type",
+            with(|c| c.message_type = MessageType::Promotional),
+        ),
+        ("ttl", with(|c| c.ttl = Some(Duration::from_secs(60)))),
+        ("no ttl", with(|c| c.ttl = None)),
+        (
+            "fallback channel",
+            with(|c| c.fallback.as_mut().unwrap().channel = FallbackChannel::InApp),
+        ),
+        (
+            "fallback template",
+            with(|c| c.fallback.as_mut().unwrap().notice_template = "other".into()),
+        ),
+        ("no fallback", with(|c| c.fallback = None)),
+        (
+            "correlation_id",
+            with(|c| c.correlation_id = Some("txn-0002".into())),
+        ),
+        ("no correlation_id", with(|c| c.correlation_id = None)),
+    ]
+}
+
 #[test]
-fn accept_with_the_same_key_and_another_digest_conflicts_in_every_status() {
-    let mut other = accept_cmd();
-    other.payload_sha256 = Sha256Hex::of(b"other ciphertext");
-    for_every_status(
-        |_| MessageCommand::Accept(Box::new(other.clone())),
-        |s| match s {
-            Status::New => {
-                let MessageEvent::Accepted(mut a) = accepted(true) else {
-                    unreachable!()
-                };
-                a.payload_sha256 = Sha256Hex::of(b"other ciphertext");
-                Ok(vec![MessageEvent::Accepted(a)])
-            }
-            _ => Err(MessageError::IdempotencyConflict),
-        },
+fn accept_with_the_same_key_and_any_other_field_conflicts_in_every_status() {
+    for (field, other) in requests_differing_in_one_field() {
+        assert_ne!(
+            other.request_digest(),
+            accept_cmd().request_digest(),
+            "{field}"
+        );
+        for_every_status(
+            |_| MessageCommand::Accept(Box::new(other.clone())),
+            |s| match s {
+                Status::New => {
+                    match when(vec![], MessageCommand::Accept(Box::new(other.clone()))) {
+                        Ok(events) => Ok(events),
+                        Err(e) => panic!("{field}: a new message is accepted, got {e}"),
+                    }
+                }
+                _ => Err(MessageError::IdempotencyConflict),
+            },
+        );
+    }
+}
+
+#[test]
+fn accept_records_the_digest_of_the_whole_request() {
+    let Ok(events) = when(vec![], MessageCommand::Accept(Box::new(accept_cmd()))) else {
+        panic!("accept failed")
+    };
+    let MessageEvent::Accepted(a) = &events[0] else {
+        panic!("first event is not accepted")
+    };
+    assert_eq!(a.request_sha256, Some(accept_cmd().request_digest()));
+    // Neither the instant nor the object's size is part of the request.
+    let mut later = accept_cmd();
+    later.at = LATER;
+    later.payload_size = Some(99);
+    assert_eq!(later.request_digest(), accept_cmd().request_digest());
+}
+
+#[test]
+fn the_request_digest_matches_its_documented_test_vector() {
+    // docs/formats.md, "Send request digest": this command and this digest.
+    assert_eq!(
+        accept_cmd().request_digest().as_str(),
+        REQUEST_DIGEST_VECTOR,
+    );
+}
+
+const REQUEST_DIGEST_VECTOR: &str =
+    "ea60cd91267e178a676070de2f26193cc84684c3db111faeef00d99a026d98d6";
+
+#[test]
+fn given_a_v1_accepted_without_request_digest_then_only_the_payload_digest_is_compared() {
+    let MessageEvent::Accepted(mut v1) = accepted(true) else {
+        unreachable!()
+    };
+    v1.request_sha256 = None;
+    let history = vec![MessageEvent::Accepted(v1)];
+    // Today's rule for old events: same key and payload digest is a duplicate ...
+    let mut other_recipient = accept_cmd();
+    other_recipient.recipient = Recipient::new("+15559999999").unwrap();
+    assert_eq!(
+        when(
+            history.clone(),
+            MessageCommand::Accept(Box::new(other_recipient))
+        ),
+        NONE
+    );
+    // ... and another payload digest conflicts.
+    let mut other_payload = accept_cmd();
+    other_payload.payload_sha256 = Sha256Hex::of(b"other ciphertext");
+    assert_eq!(
+        when(history, MessageCommand::Accept(Box::new(other_payload))),
+        Err(MessageError::IdempotencyConflict)
     );
 }
 
@@ -901,60 +1017,92 @@ fn every_event_round_trips_through_its_stored_body() {
         at: LATER,
     }));
     all.push(MessageEvent::Purged(Purged { at: LATER }));
-    let mut types: Vec<&str> = all.iter().map(|e| e.event_type()).collect();
+    let mut types: Vec<EventType> = all.iter().map(|e| e.event_type()).collect();
     types.sort_unstable();
     types.dedup();
-    let mut expected = EVENT_TYPES.to_vec();
+    let mut expected = EventType::ALL.to_vec();
     expected.sort_unstable();
     assert_eq!(types, expected, "the fixtures cover every event type");
     for e in all {
         let body = e.to_body().unwrap();
-        let back = MessageEvent::from_body(e.event_type(), EVENT_VERSION, &body).unwrap();
+        let version = e.event_type().version().to_string();
+        let back = MessageEvent::from_body(e.event_type(), &version, &body).unwrap();
         assert_eq!(back, e);
     }
 }
 
 #[test]
 fn decoding_refuses_unknown_types_versions_and_bodies() {
+    assert!("teleported".parse::<EventType>().is_err());
+    for version in ["9", "0", "", "x"] {
+        assert!(
+            matches!(
+                MessageEvent::from_body(EventType::Queued, version, b"{}"),
+                Err(DecodeError::UnknownVersion { .. })
+            ),
+            "{version:?}"
+        );
+    }
     assert!(matches!(
-        MessageEvent::from_body("teleported", "1", b"{}"),
-        Err(DecodeError::UnknownType(_))
-    ));
-    assert!(matches!(
-        MessageEvent::from_body("queued", "9", b"{}"),
+        MessageEvent::from_body(EventType::Accepted, "3", b"{}"),
         Err(DecodeError::UnknownVersion { .. })
     ));
     assert!(matches!(
-        MessageEvent::from_body("queued", "1", b"{\"attempt\":\"x\"}"),
+        MessageEvent::from_body(EventType::Queued, "1", b"{\"attempt\":\"x\"}"),
         Err(DecodeError::Body { .. })
     ));
 }
 
 #[test]
-fn accepted_v0_is_upcast_to_v1() {
-    let MessageEvent::Accepted(current) = accepted(true) else {
+fn every_event_type_parses_from_its_name_and_has_a_version() {
+    for &t in EventType::ALL {
+        assert_eq!(t.as_str().parse::<EventType>(), Ok(t));
+        assert!(t.versions().contains(&t.version()));
+    }
+    assert_eq!(EventType::Accepted.version(), 2);
+}
+
+#[test]
+fn accepted_v1_is_upcast_to_v2_without_a_request_digest() {
+    let MessageEvent::Accepted(mut current) = accepted(true) else {
         unreachable!()
     };
+    current.request_sha256 = None;
+    let body = serde_json::to_vec(&current).unwrap();
+    let back = MessageEvent::from_body(EventType::Accepted, "1", &body).unwrap();
+    assert_eq!(back, MessageEvent::Accepted(current));
+}
+
+#[test]
+fn accepted_v0_is_upcast_to_the_current_version() {
+    let MessageEvent::Accepted(mut current) = accepted(true) else {
+        unreachable!()
+    };
+    // v0 had no request digest; the upcast event has none either.
+    current.request_sha256 = None;
     let mut v0 = serde_json::to_value(&current).unwrap();
     let obj = v0.as_object_mut().unwrap();
     obj.remove("expires_at");
     obj.remove("retry_until");
+    obj.remove("request_sha256");
     obj.insert("ttl_seconds".into(), 3600.into());
     let body = serde_json::to_vec(&v0).unwrap();
-    let back = MessageEvent::from_body("accepted", "0", &body).unwrap();
+    let back = MessageEvent::from_body(EventType::Accepted, "0", &body).unwrap();
     assert_eq!(back, MessageEvent::Accepted(current.clone()));
 
     // Without ttl_seconds, v0 used the 72 h default for both deadlines.
     v0.as_object_mut().unwrap().remove("ttl_seconds");
     let body = serde_json::to_vec(&v0).unwrap();
-    let MessageEvent::Accepted(a) = MessageEvent::from_body("accepted", "0", &body).unwrap() else {
+    let MessageEvent::Accepted(a) =
+        MessageEvent::from_body(EventType::Accepted, "0", &body).unwrap()
+    else {
         unreachable!()
     };
     assert_eq!(a.expires_at, T0 + Duration::from_secs(72 * 3600));
     assert_eq!(a.retry_until, a.expires_at);
 
     // A v0 body without accepted_at cannot be upcast.
-    assert!(MessageEvent::from_body("accepted", "0", b"{}").is_err());
+    assert!(MessageEvent::from_body(EventType::Accepted, "0", b"{}").is_err());
 }
 
 #[test]

@@ -6,18 +6,18 @@ use sealpost_domain::MessageEvent;
 /// An event type the store can persist: its subject token, schema version and JSON body.
 pub trait StoredEvent: cqrs_es::DomainEvent {
     fn type_token(&self) -> &'static str;
-    fn schema_version(&self) -> &'static str;
+    fn schema_version(&self) -> u32;
     fn encode(&self) -> serde_json::Result<Vec<u8>>;
     fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, DecodeError>;
 }
 
 impl StoredEvent for MessageEvent {
     fn type_token(&self) -> &'static str {
-        self.event_type()
+        self.event_type().as_str()
     }
 
-    fn schema_version(&self) -> &'static str {
-        sealpost_domain::EVENT_VERSION
+    fn schema_version(&self) -> u32 {
+        self.event_type().version()
     }
 
     fn encode(&self) -> serde_json::Result<Vec<u8>> {
@@ -25,6 +25,6 @@ impl StoredEvent for MessageEvent {
     }
 
     fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, DecodeError> {
-        MessageEvent::from_body(event_type, version, body)
+        MessageEvent::from_body(event_type.parse()?, version, body)
     }
 }

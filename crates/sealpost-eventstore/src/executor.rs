@@ -46,11 +46,9 @@ pub struct CommandExecutor<A: Aggregate> {
     cache: Option<Cache<A>>,
 }
 
-#[derive(Debug)]
-struct Cache<A> {
-    capacity: usize,
-    entries: std::sync::Mutex<HashMap<String, (A, usize, u64)>>,
-}
+/// Aggregate id → (state, version, last stream sequence). Bounded; evicts one entry at a time
+/// (S3-FIFO), never everything at once.
+type Cache<A> = quick_cache::sync::Cache<String, (A, usize, u64)>;
 
 impl<A> CommandExecutor<A>
 where
@@ -69,48 +67,37 @@ where
 
     /// Keeps up to `capacity` aggregates' latest state in memory (see the type's docs).
     pub fn with_cache(mut self, capacity: usize) -> Self {
-        self.cache = (capacity > 0).then(|| Cache {
-            capacity,
-            entries: Default::default(),
-        });
+        self.cache = (capacity > 0).then(|| Cache::new(capacity));
         self
     }
 
     fn cached(&self, aggregate_id: &str) -> Option<Loaded<A>> {
-        let entries = self.cache.as_ref()?.entries.lock().ok()?;
-        let (aggregate, version, last_stream_seq) = entries.get(aggregate_id)?;
+        let (aggregate, version, last_stream_seq) = self.cache.as_ref()?.get(aggregate_id)?;
         Some(Loaded {
             aggregate_id: aggregate_id.to_owned(),
-            aggregate: aggregate.clone(),
-            version: *version,
-            last_stream_seq: *last_stream_seq,
+            aggregate,
+            version,
+            last_stream_seq,
         })
     }
 
     fn remember(&self, loaded: &Loaded<A>) {
-        let Some(cache) = &self.cache else { return };
-        let Ok(mut entries) = cache.entries.lock() else {
-            return;
-        };
-        if entries.len() >= cache.capacity && !entries.contains_key(&loaded.aggregate_id) {
-            // Crude but bounded: drop an arbitrary entry; a miss only costs a load.
-            if let Some(k) = entries.keys().next().cloned() {
-                entries.remove(&k);
-            }
+        if let Some(cache) = &self.cache {
+            // A full cache evicts a cold entry; a miss later only costs a load.
+            cache.insert(
+                loaded.aggregate_id.clone(),
+                (
+                    loaded.aggregate.clone(),
+                    loaded.version,
+                    loaded.last_stream_seq,
+                ),
+            );
         }
-        entries.insert(
-            loaded.aggregate_id.clone(),
-            (
-                loaded.aggregate.clone(),
-                loaded.version,
-                loaded.last_stream_seq,
-            ),
-        );
     }
 
     fn forget(&self, aggregate_id: &str) {
-        if let Some(Ok(mut entries)) = self.cache.as_ref().map(|c| c.entries.lock()) {
-            entries.remove(aggregate_id);
+        if let Some(cache) = &self.cache {
+            cache.remove(aggregate_id);
         }
     }
 

@@ -10,8 +10,11 @@
 //!   one command form one atomic batch (all stored or none).
 //! - [`CommandExecutor`]: load → decide → append, with bounded reload-and-retry on conflicts, and
 //!   the committed events reported back (none for a duplicate command).
-//! - [`provision`]: streams and consumers from `nats/`, the server version check, and the
-//!   read-back of stream flags that refuses a server which silently dropped one.
+//! - [`names`]: every name the processes share on NATS: streams, durable consumers, roles, and
+//!   the subject layouts with their typed build and parse.
+//! - [`provision`]: streams and consumers from `nats/` (found by `build.rs`, no hand-kept list),
+//!   the server version check, and the read-back of stream flags that refuses a server which
+//!   silently dropped one.
 //!
 //! **Must not:** decide anything about messages (that is `sealpost-domain`), hold state a crash
 //! could lose, or log event bodies (they carry recipients).
@@ -19,6 +22,7 @@
 pub mod codec;
 pub mod error;
 pub mod executor;
+pub mod names;
 pub mod provision;
 pub mod store;
 

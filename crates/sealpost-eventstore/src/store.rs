@@ -47,8 +47,8 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            stream: "SEALPOST_EVENTS".into(),
-            subject_prefix: "sealpost.evt".into(),
+            stream: crate::names::Stream::Events.as_str().into(),
+            subject_prefix: crate::names::EVENTS_PREFIX.into(),
             load_batch: 256,
             timeout: Duration::from_secs(5),
         }
@@ -421,7 +421,10 @@ where
             let seq = loaded.version + i + 1;
             let mut h = HeaderMap::new();
             h.insert("Nats-Msg-Id", format!("{msg_id_base}:{seq}").as_str());
-            h.insert(HDR_EVENT_VERSION, event.schema_version());
+            h.insert(
+                HDR_EVENT_VERSION,
+                event.schema_version().to_string().as_str(),
+            );
             h.insert(HDR_SEQUENCE, seq.to_string().as_str());
             if let Some(c) = metadata.get(META_CORRELATION_ID) {
                 h.insert(HDR_CORRELATION_ID, c.as_str());

@@ -4,13 +4,13 @@
 //! handled, and a miss costs one S3 HEAD.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use sealpost_blobstore::{BlobErrorKind, BlobStore, PresignedPut, StoredBlob};
 use sealpost_domain::{
     aggregate_id, AcceptMessage, Message, MessageCommand, MessageError, MessageId, Sha256Hex,
-    TenantId,
+    Status, StatusRow, TenantId,
 };
 use sealpost_eventstore::{CommandExecutor, ExecuteError};
 use serde::Serialize;
@@ -19,7 +19,6 @@ use time::OffsetDateTime;
 use crate::error::{ApiError, ErrorCode};
 use crate::send::{self, ValidSend};
 use crate::tenants::{Tenant, Tenants};
-use crate::view::MessageView;
 
 /// How many verified payload objects are remembered (reference → digest, size).
 const BLOB_INDEX_CAPACITY: usize = 100_000;
@@ -44,7 +43,7 @@ pub enum SendStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CancelReply {
     pub message_id: String,
-    pub status: &'static str,
+    pub status: Status,
 }
 
 #[derive(Debug, Clone)]
@@ -64,7 +63,8 @@ struct Inner {
     executor: CommandExecutor<Message>,
     blobs: BlobStore,
     tenants: Tenants,
-    known: Mutex<HashMap<String, KnownBlob>>,
+    /// Reference → digest and size of objects this process uploaded or verified. Bounded.
+    known: quick_cache::sync::Cache<String, KnownBlob>,
     max_blob_bytes: u64,
     receipts: crate::receipts::ReceiptConfig,
     status_source: Option<Arc<dyn crate::view::StatusSource>>,
@@ -110,7 +110,7 @@ impl Gateway {
                 executor,
                 blobs,
                 tenants,
-                known: Mutex::new(HashMap::new()),
+                known: quick_cache::sync::Cache::new(BLOB_INDEX_CAPACITY),
                 max_blob_bytes,
                 receipts: Default::default(),
                 status_source: None,
@@ -281,13 +281,7 @@ impl Gateway {
                 ApiError::new(code, e.to_string())
             })?;
         let key = r.uri();
-        let known = self
-            .inner
-            .known
-            .lock()
-            .ok()
-            .and_then(|k| k.get(&key).cloned());
-        let info = match known {
+        let info = match self.inner.known.get(&key) {
             Some(k) => k,
             None => {
                 let info = self
@@ -321,12 +315,8 @@ impl Gateway {
     }
 
     fn remember(&self, reference: String, blob: KnownBlob) {
-        if let Ok(mut k) = self.inner.known.lock() {
-            if k.len() >= BLOB_INDEX_CAPACITY {
-                k.clear();
-            }
-            k.insert(reference, blob);
-        }
+        // A full index evicts a cold entry; a miss later costs one HEAD.
+        self.inner.known.insert(reference, blob);
     }
 
     /// `POST /v1/blobs`: streams ciphertext to S3 and remembers its digest for later sends.
@@ -357,12 +347,18 @@ impl Gateway {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Req {
+            /// Absent or a string (`schemas/commands/presign_request.v1.json`); `null` is refused.
+            #[serde(default, deserialize_with = "some_string")]
             sha256: Option<String>,
+        }
+        fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+            <String as serde::Deserialize>::deserialize(d).map(Some)
         }
         tenant.take_token(Instant::now())?;
         let req: Req = if body.iter().all(u8::is_ascii_whitespace) {
             Req { sha256: None }
         } else {
+            send::require_object("send {} or {\"sha256\": \"<64 hex>\"}", body)?;
             serde_json::from_slice(body)
                 .map_err(|_| ApiError::invalid("send {} or {\"sha256\": \"<64 hex>\"} as JSON"))?
         };
@@ -403,18 +399,18 @@ impl Gateway {
             })?;
         Ok(CancelReply {
             message_id: message_id.as_str().to_owned(),
-            status: done.aggregate.status.as_str(),
+            status: done.aggregate.status,
         })
     }
 
-    /// The status row. Answers from the event store until the projections land.
+    /// The status row: from the view when it has the message, else from the events.
     pub async fn status(
         &self,
         tenant: &Tenant,
         message_id: &MessageId,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<StatusRow, ApiError> {
         if let Some(source) = &self.inner.status_source {
-            match source.status(tenant.id.as_str(), message_id.as_str()).await {
+            match source.status(&tenant.id, message_id).await {
                 Ok(Some(row)) => return Ok(row),
                 Ok(None) => {}
                 Err(e) => {
@@ -422,17 +418,10 @@ impl Gateway {
                 }
             }
         }
-        let id = aggregate_id(&tenant.id, message_id);
-        let loaded = self
-            .inner
-            .executor
-            .store()
-            .load(&id)
+        crate::view::row_from_events(self.inner.executor.store(), &tenant.id, message_id)
             .await
-            .map_err(store_error)?;
-        let view = MessageView::from_aggregate(&loaded.aggregate).ok_or_else(not_found)?;
-        serde_json::to_value(view)
-            .map_err(|_| ApiError::unavailable("could not encode the status; retry"))
+            .map_err(store_error)?
+            .ok_or_else(not_found)
     }
 }
 

@@ -1,18 +1,27 @@
 //! The HTTP API (axum): `POST /v1/messages`, `GET /v1/messages/{id}`,
 //! `POST /v1/messages/{id}/cancel`, `POST /v1/blobs` (streaming), `POST /v1/blobs/presign`,
-//! `/healthz` and `/readyz`. Every call needs `Authorization: Bearer <tenant API key>`, except
-//! `POST /v1/receipts/{carrier}`, which carriers call with a signed body instead.
+//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json`. Every `/v1` call needs
+//! `Authorization: Bearer <tenant API key>`, except `POST /v1/receipts/{carrier}`, which carriers
+//! call with a signed body instead.
+//!
+//! Each handler carries its `#[utoipa::path]` and is registered through `utoipa-axum`, so the
+//! OpenAPI document ([`crate::openapi`]) is generated from these routes.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::openapi::schemas;
 use crate::send::{parse_message_id, MAX_COMMAND_BYTES};
 
 #[derive(Debug, Clone)]
@@ -23,23 +32,54 @@ struct AppState {
     js: async_nats::jetstream::Context,
 }
 
+/// Every documented route, with its OpenAPI operation.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(send))
+        .routes(routes!(status))
+        .routes(routes!(cancel))
+        .routes(routes!(upload))
+        .routes(routes!(presign))
+        .routes(routes!(receipt))
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI document of the HTTP API (what `GET /openapi.json` serves).
+pub fn openapi_document() -> Result<serde_json::Value, crate::openapi::OpenApiError> {
+    crate::openapi::document(api().into_openapi())
+}
+
 /// The router; serve it with `axum::serve`.
 pub fn router(gateway: Gateway, nats: async_nats::Client) -> Router {
-    Router::new()
-        .route("/v1/messages", post(send))
-        .route("/v1/messages/{id}", get(status))
-        .route("/v1/messages/{id}/cancel", post(cancel))
-        .route("/v1/blobs", post(upload))
-        .route("/v1/blobs/presign", post(presign))
-        .route("/v1/receipts/{carrier}", post(receipt))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/readyz", get(ready))
+    let (router, generated) = api()
         .with_state(AppState {
             gateway,
             js: async_nats::jetstream::new(nats.clone()),
             nats,
         })
+        .split_for_parts();
+    let doc = match crate::openapi::document(generated) {
+        Ok(doc) => Arc::new(doc),
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document cannot be built; /openapi.json answers 503");
+            Arc::new(serde_json::Value::Null)
+        }
+    };
+    router.route(
+        "/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move {
+                if doc.is_null() {
+                    return ApiError::unavailable("the API description is unavailable")
+                        .into_response();
+                }
+                json(StatusCode::OK, &*doc)
+            }
+        }),
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -93,6 +133,28 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
         .map_err(|_| ApiError::too_large("the request body", limit))
 }
 
+/// Send a message: the ciphertext is stored already (`POST /v1/blobs`); this accepts the
+/// send command for it.
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "messages",
+    request_body(content = schemas::SendCommand, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Replaces the body's `idempotency_key` (they must be equal when both are sent)")),
+    responses(
+        (status = 202, description = "Accepted, or a duplicate of an earlier identical send", body = schemas::SendReply),
+        (status = 400, description = "`invalid_request`: the body breaks a rule; the message names it", body = schemas::Error),
+        (status = 401, description = "`unauthorized`: no or an unknown API key", body = schemas::Error),
+        (status = 403, description = "`tenant_mismatch`: the body or reference names another tenant", body = schemas::Error),
+        (status = 409, description = "`idempotency_conflict`: the key was used for another request", body = schemas::Error),
+        (status = 413, description = "`invalid_request`: the command is larger than 16 KiB", body = schemas::Error),
+        (status = 422, description = "`payload_not_found` or `digest_mismatch`", body = schemas::Error),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `quota_exceeded`", body = schemas::Error),
+        (status = 503, description = "`unavailable`: retry the same request (it is idempotent)", body = schemas::Error),
+    ),
+    security(("bearer" = [])),
+)]
 async fn send(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let tenant = s
@@ -111,6 +173,22 @@ async fn send(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Resp
     }
 }
 
+/// A message's status row.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "messages",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$",
+        description = "The message id returned by send")),
+    responses(
+        (status = 200, description = "The status row", body = schemas::StatusRow),
+        (status = 400, description = "`invalid_request`: not a message id", body = schemas::Error),
+        (status = 401, description = "`unauthorized`", body = schemas::Error),
+        (status = 404, description = "`not_found`: no such message for this tenant", body = schemas::Error),
+        (status = 503, description = "`unavailable`: retry", body = schemas::Error),
+    ),
+    security(("bearer" = [])),
+)]
 async fn status(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
         let tenant = s
@@ -126,6 +204,24 @@ async fn status(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<St
     }
 }
 
+/// Cancel a message that was not submitted to a carrier yet.
+#[utoipa::path(
+    post,
+    path = "/v1/messages/{id}/cancel",
+    tag = "messages",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$",
+        description = "The message id returned by send")),
+    responses(
+        (status = 200, description = "Cancelled (or already cancelled)", body = schemas::CancelReply),
+        (status = 400, description = "`invalid_request`: not a message id", body = schemas::Error),
+        (status = 401, description = "`unauthorized`", body = schemas::Error),
+        (status = 404, description = "`not_found`: no such message for this tenant", body = schemas::Error),
+        (status = 409, description = "`invalid_state`: already submitted or final", body = schemas::Error),
+        (status = 429, description = "`rate_limited` or `quota_exceeded`", body = schemas::Error),
+        (status = 503, description = "`unavailable`: retry", body = schemas::Error),
+    ),
+    security(("bearer" = [])),
+)]
 async fn cancel(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
         let tenant = s
@@ -143,6 +239,22 @@ async fn cancel(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<St
     }
 }
 
+/// Upload ciphertext: the body is streamed to object storage and hashed while it streams.
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    tag = "blobs",
+    request_body(content = Option<String>, content_type = "application/octet-stream",
+        description = "The sealed payload's bytes (an empty body stores an empty payload)"),
+    responses(
+        (status = 201, description = "Stored; send its reference and digest", body = schemas::BlobReply),
+        (status = 401, description = "`unauthorized`", body = schemas::Error),
+        (status = 413, description = "`invalid_request`: larger than `[gateway] max_blob_bytes`", body = schemas::Error),
+        (status = 429, description = "`rate_limited`", body = schemas::Error),
+        (status = 503, description = "`unavailable`: object storage is down; retry", body = schemas::Error),
+    ),
+    security(("bearer" = [])),
+)]
 async fn upload(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let tenant = s
@@ -157,6 +269,23 @@ async fn upload(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
     }
 }
 
+/// A presigned PUT for uploading ciphertext directly to object storage.
+#[utoipa::path(
+    post,
+    path = "/v1/blobs/presign",
+    tag = "blobs",
+    request_body(content = Option<schemas::PresignRequest>, content_type = "application/json",
+        description = "`{}` or `{\"sha256\"}`; an empty body is `{}`"),
+    responses(
+        (status = 200, description = "The URL and the headers the upload must carry", body = schemas::PresignReply),
+        (status = 400, description = "`invalid_request`", body = schemas::Error),
+        (status = 401, description = "`unauthorized`", body = schemas::Error),
+        (status = 413, description = "`invalid_request`: the body is larger than 1 KiB", body = schemas::Error),
+        (status = 429, description = "`rate_limited`", body = schemas::Error),
+        (status = 503, description = "`unavailable`: retry", body = schemas::Error),
+    ),
+    security(("bearer" = [])),
+)]
 async fn presign(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let tenant = s
@@ -172,6 +301,28 @@ async fn presign(State(s): State<AppState>, headers: HeaderMap, body: Body) -> R
     }
 }
 
+/// A carrier's receipt webhook (RBM: a Pub/Sub push signed with `X-Goog-Signature`). It is
+/// verified, stored, and only then answered 200.
+#[utoipa::path(
+    post,
+    path = "/v1/receipts/{carrier}",
+    tag = "receipts",
+    params(
+        ("carrier" = String, Path, description = "`rbm`"),
+        ("X-Goog-Signature" = Option<String>, Header,
+            description = "base64 HMAC-SHA512 of the body with the client token"),
+    ),
+    request_body(content = Object, content_type = "application/json",
+        description = "The carrier's webhook body, stored raw"),
+    responses(
+        (status = 200, description = "Stored (`{}`), or RBM's verification answered (`{\"secret\"}`)", body = Object),
+        (status = 400, description = "`invalid_request`: not a webhook body", body = schemas::Error),
+        (status = 401, description = "`unauthorized`: unsigned or forged; stored nowhere", body = schemas::Error),
+        (status = 404, description = "`not_found`: no receipts endpoint for this carrier", body = schemas::Error),
+        (status = 413, description = "`invalid_request`: larger than 64 KiB", body = schemas::Error),
+        (status = 503, description = "`unavailable`: not stored; the carrier retries", body = schemas::Error),
+    ),
+)]
 async fn receipt(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -193,7 +344,25 @@ async fn receipt(
     }
 }
 
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")),
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// `GET /metrics`: the process's Prometheus metrics. No tenant data beyond tenant ids.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+)]
 pub async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, sealpost_telemetry::CONTENT_TYPE)],
@@ -202,6 +371,16 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
+/// Readiness: NATS is connected.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not connected to NATS; the text says in which state", body = String, content_type = "text/plain"),
+    ),
+)]
 async fn ready(State(s): State<AppState>) -> Response {
     use async_nats::connection::State as Conn;
     match s.nats.connection_state() {

@@ -3,7 +3,8 @@
 //! The stateless ingress of Sealpost: the NATS micro service `sealpost` ([`nats`]) and the HTTP
 //! API ([`http`]), both thin transports over one [`Gateway`].
 //!
-//! **Owns:** the public send/cancel/status contract and its error codes ([`error`]), validation
+//! **Owns:** the public send/cancel/status contract and its error codes ([`error`]), the
+//! OpenAPI description generated from the HTTP routes ([`openapi`]), validation
 //! of every rule of the send command ([`send`]), tenants with their API-key hashes, rate limits,
 //! daily quotas and generated NATS permissions ([`tenants`]), the check that a payload reference
 //! lies in the tenant's prefix and the object exists with its digest, and idempotent acceptance
@@ -19,6 +20,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod nats;
+pub mod openapi;
 pub mod receipts;
 pub mod send;
 pub mod server;
@@ -29,5 +31,5 @@ pub use error::{ApiError, ErrorCode};
 pub use gateway::{CancelReply, Gateway, SendReply, SendStatus};
 pub use receipts::ReceiptConfig;
 pub use server::RunningGateway;
-pub use tenants::{hash_api_key, inbox_prefix, nats_config, TenantConfig, Tenants};
-pub use view::{MessageView, StatusSource};
+pub use tenants::{hash_api_key, nats_config, TenantConfig, Tenants};
+pub use view::StatusSource;

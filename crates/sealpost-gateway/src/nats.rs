@@ -9,19 +9,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use sealpost_eventstore::names::{ServiceOp, ServiceSubject};
+
+use crate::error::{ApiError, ErrorCode};
 use crate::gateway::Gateway;
 use crate::send::parse_message_id_body;
 
 /// Requests handled at once per endpoint and process.
 pub const CONCURRENCY: usize = 256;
-
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Send,
-    Cancel,
-    Status,
-}
 
 /// Runs the service until the client closes or `shutdown` resolves.
 pub async fn serve(
@@ -35,35 +30,25 @@ pub async fn serve(
         .description("Sealpost: send, cancel and status of end-to-end-encrypted messages")
         .start("sealpost", env!("CARGO_PKG_VERSION"))
         .await?;
-    let send = service
-        .endpoint_builder()
-        .name("send")
-        .add("sealpost.cmd.*.send")
-        .await?;
-    let cancel = service
-        .endpoint_builder()
-        .name("cancel")
-        .add("sealpost.cmd.*.cancel")
-        .await?;
-    let status = service
-        .endpoint_builder()
-        .name("status")
-        .add("sealpost.qry.*.status")
-        .await?;
+    let mut endpoints = Vec::with_capacity(ServiceOp::ALL.len());
+    for &op in ServiceOp::ALL {
+        let endpoint = service
+            .endpoint_builder()
+            .name(op.as_str())
+            .add(op.endpoint())
+            .await?;
+        endpoints.push(endpoint.boxed());
+    }
     // The subscriptions exist once the server has seen them.
     client.flush().await?;
     if let Some(tx) = ready {
         let _ = tx.send(());
     }
-    let requests = futures::stream::select_all([
-        send.map(|r| (Op::Send, r)).boxed(),
-        cancel.map(|r| (Op::Cancel, r)).boxed(),
-        status.map(|r| (Op::Status, r)).boxed(),
-    ]);
-    let work = requests.for_each_concurrent(CONCURRENCY, |(op, request)| {
+    let requests = futures::stream::select_all(endpoints);
+    let work = requests.for_each_concurrent(CONCURRENCY, |request| {
         let gateway = gateway.clone();
         async move {
-            let (body, headers) = match handle(&gateway, op, &request.message).await {
+            let (body, headers) = match handle(&gateway, &request.message).await {
                 Ok(body) => (body, HeaderMap::new()),
                 Err(e) => {
                     let mut h = HeaderMap::new();
@@ -94,23 +79,20 @@ fn json<T: Serialize>(v: &T) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::unavailable("could not encode the reply; retry"))
 }
 
-async fn handle(
-    gateway: &Gateway,
-    op: Op,
-    message: &async_nats::Message,
-) -> Result<Bytes, ApiError> {
-    // sealpost.cmd.<tenant>.send: the tenant is the third token. NATS permissions limit each
-    // tenant's user to its own subjects.
-    let tenant_id = message.subject.split('.').nth(2).unwrap_or_default();
-    let tenant = gateway.tenant(tenant_id)?;
-    match op {
-        Op::Send => {
+async fn handle(gateway: &Gateway, message: &async_nats::Message) -> Result<Bytes, ApiError> {
+    // The subject names the tenant and the operation. NATS permissions limit each tenant's user
+    // to its own subjects.
+    let subject = ServiceSubject::parse(&message.subject)
+        .map_err(|_| ApiError::new(ErrorCode::Unauthorized, "unknown tenant or operation"))?;
+    let tenant = gateway.tenant(subject.tenant.as_str())?;
+    match subject.op {
+        ServiceOp::Send => {
             let r = gateway.send(tenant, &message.payload, None).await;
             crate::gateway::count_send(tenant, "nats", &r);
             json(&r?)
         }
-        Op::Cancel => json(&gateway.cancel(tenant, &message.payload).await?),
-        Op::Status => {
+        ServiceOp::Cancel => json(&gateway.cancel(tenant, &message.payload).await?),
+        ServiceOp::Status => {
             let id = parse_message_id_body(&message.payload)?;
             json(&gateway.status(tenant, &id).await?)
         }

@@ -8,6 +8,8 @@
 use async_nats::HeaderMap;
 use sealpost_carriers::webhook::{self, Webhook};
 use sealpost_carriers::WebhookError;
+use sealpost_domain::Secret;
+use sealpost_eventstore::names::receipt_subject;
 
 use crate::error::ApiError;
 
@@ -15,21 +17,10 @@ use crate::error::ApiError;
 pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;
 
 /// Receipt settings; a carrier without a client token has no receipts endpoint.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReceiptConfig {
-    /// The RBM client token (the webhook signing key). Secret.
-    pub rbm_client_token: Option<String>,
-}
-
-impl std::fmt::Debug for ReceiptConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceiptConfig")
-            .field(
-                "rbm_client_token",
-                &self.rbm_client_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    /// The RBM client token (the webhook signing key).
+    pub rbm_client_token: Option<Secret>,
 }
 
 /// What the HTTP layer answers with 200.
@@ -39,11 +30,6 @@ pub enum ReceiptReply {
     Stored,
     /// RBM's endpoint verification: answer `{"secret": ...}`.
     Verification { secret: String },
-}
-
-/// The stream subject raw receipts of `carrier` are stored on.
-pub fn receipt_subject(carrier: &str) -> String {
-    format!("sealpost.rcpt.{carrier}")
 }
 
 /// Verifies and stores one webhook.
@@ -60,7 +46,7 @@ pub async fn ingest(
             "no receipts endpoint for this carrier; the known carrier is 'rbm'",
         ));
     }
-    let Some(token) = cfg.rbm_client_token.as_deref() else {
+    let Some(token) = cfg.rbm_client_token.as_ref().map(Secret::expose) else {
         return Err(ApiError::new(
             crate::ErrorCode::NotFound,
             "RBM receipts are not configured on this gateway; set [carriers.rbm] client_token",

@@ -87,6 +87,16 @@ pub fn json_error(what: &str, e: &serde_json::Error) -> ApiError {
     ))
 }
 
+/// A JSON body must be an object: serde would also read a struct from a JSON array, positionally.
+pub fn require_object(what: &str, body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::invalid(format!(
+            "{what}: the body must be a JSON object; see schemas/commands/"
+        ))),
+    }
+}
+
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > max {
         return Err(ApiError::invalid(format!(
@@ -110,6 +120,7 @@ pub fn validate(
     if body.len() > MAX_COMMAND_BYTES {
         return Err(ApiError::too_large("the send command", MAX_COMMAND_BYTES));
     }
+    require_object("invalid send command", body)?;
     let w: Wire =
         serde_json::from_slice(body).map_err(|e| json_error("invalid send command", &e))?;
 
@@ -260,6 +271,7 @@ pub fn parse_message_id_body(body: &[u8]) -> Result<sealpost_domain::MessageId, 
     if body.len() > 1024 {
         return Err(ApiError::too_large("the request", 1024));
     }
+    require_object("send {\"message_id\": \"...\"}", body)?;
     let b: MessageIdBody = serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
         if text.starts_with("missing field") || text.starts_with("unknown field") {
@@ -299,6 +311,32 @@ mod tests {
 
     fn check(v: &Value) -> Result<ValidSend, ApiError> {
         validate(&tenant(), &serde_json::to_vec(v).unwrap(), None)
+    }
+
+    #[test]
+    fn a_json_array_is_refused_even_when_its_items_would_fill_the_fields_in_order() {
+        // serde reads a struct from an array positionally; the contract is an object.
+        let g = good();
+        let in_field_order = [
+            "idempotency_key",
+            "recipient",
+            "encrypted_payload_reference",
+            "payload_sha256",
+            "encryption_metadata",
+            "metadata",
+            "ttl_seconds",
+            "fallback",
+        ];
+        let fields: Vec<Value> = in_field_order.iter().map(|k| g[*k].clone()).collect();
+        let array = serde_json::to_vec(&Value::Array(fields)).unwrap();
+        // Without the object check serde would take it.
+        assert!(serde_json::from_slice::<Wire>(&array).is_ok());
+        let e = validate(&tenant(), &array, None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("JSON object"), "{e}");
+        let e = parse_message_id_body(br#"["68c00923-06be-558f-b48d-68a87a8e3d79"]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(parse_message_id_body(br#" {"message_id": "m-1"}"#).is_ok());
     }
 
     fn with(path: &[&str], value: Value) -> Value {

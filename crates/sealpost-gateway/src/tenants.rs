@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use sealpost_domain::TenantId;
+use sealpost_eventstore::names::{inbox_prefix, Durable, ServiceSubject, Stream, EVENTS_PREFIX};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -237,14 +238,8 @@ impl Tenants {
     }
 }
 
-/// The inbox prefix a tenant's NATS client must use (`custom_inbox_prefix`): replies to one
-/// tenant can then not be read by another.
-pub fn inbox_prefix(tenant: &str) -> String {
-    format!("_INBOX_{tenant}")
-}
-
 /// The stream `sealpost replay` reads.
-const EVENTS_STREAM: &str = "SEALPOST_EVENTS";
+const EVENTS_STREAM: Stream = Stream::Events;
 
 /// What a tenant needs for `sealpost replay --tenant <id>`: create a named ordered (ephemeral)
 /// consumer through the filtered-create API form, whose subject carries the filter, so only a
@@ -253,7 +248,7 @@ const EVENTS_STREAM: &str = "SEALPOST_EVENTS";
 /// server removes it after 30 s of inactivity), no `$JS.ACK` (it acks nothing).
 fn replay_allow(tenant: &str) -> String {
     format!(
-        "\"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.*.sealpost.evt.{tenant}.>\", \
+        "\"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.*.{EVENTS_PREFIX}.{tenant}.>\", \
          \"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*\""
     )
 }
@@ -263,23 +258,9 @@ fn replay_allow(tenant: &str) -> String {
 /// config: both are denied for every durable provisioned on the events stream. Regenerate the
 /// config when a durable is added.
 fn replay_deny() -> Vec<String> {
-    let mut names: Vec<String> = sealpost_eventstore::provision::embedded_definitions()
-        .consumers
-        .into_iter()
-        .filter(|(stream, _, _)| stream == EVENTS_STREAM)
-        .filter_map(|(_, _, json)| {
-            let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-            let cfg = v.get("config").unwrap_or(&v);
-            cfg.get("durable_name")
-                .or_else(|| cfg.get("name"))?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+    Durable::ALL
         .iter()
+        .filter(|d| d.stream() == EVENTS_STREAM)
         .flat_map(|n| {
             [
                 format!("\"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{n}\""),
@@ -305,9 +286,14 @@ pub fn nats_config(tenants: &[TenantConfig], service_nkey: &str) -> String {
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let deny = replay_deny();
     for t in sorted {
+        let Ok(id) = TenantId::new(t.id.as_str()) else {
+            out.push_str("    # a tenant id that is not token-safe gets no NATS user\n");
+            continue;
+        };
+        let [cmd, qry] = ServiceSubject::tenant_filters(&id);
         match &t.nats_nkey {
             Some(nkey) => out.push_str(&format!(
-                "    # tenant {id}\n    {{ nkey: \"{nkey}\", permissions: {{\n        publish: {{\n          allow: [\"sealpost.cmd.{id}.>\", \"sealpost.qry.{id}.>\", {replay}]\n          deny: [{deny}]\n        }}\n        subscribe: {{ allow: [\"{inbox}.>\"] }}\n    }} }}\n",
+                "    # tenant {id}\n    {{ nkey: \"{nkey}\", permissions: {{\n        publish: {{\n          allow: [\"{cmd}\", \"{qry}\", {replay}]\n          deny: [{deny}]\n        }}\n        subscribe: {{ allow: [\"{inbox}.>\"] }}\n    }} }}\n",
                 id = t.id,
                 inbox = inbox_prefix(&t.id),
                 replay = replay_allow(&t.id),

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cqrs_es::{EventEnvelope, View};
-use sealpost_domain::{Message, MessageEvent};
+use sealpost_domain::{parse_aggregate_id, EventType, Message, MessageEvent, Status};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row as _};
 use time::OffsetDateTime;
@@ -33,7 +33,7 @@ pub struct ActiveHold {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComplianceEntry {
     /// `held`, `released`, `purged`, or the settling event's type.
-    pub event: String,
+    pub event: EventType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -79,52 +79,26 @@ impl View<Message> for ComplianceView {
     fn update(&mut self, event: &EventEnvelope<Message>) {
         use MessageEvent as E;
         if self.tenant.is_empty() {
-            if let Some((t, m)) = event.aggregate_id.split_once('.') {
-                self.tenant = t.to_owned();
-                self.message_id = m.to_owned();
+            if let Ok((t, m)) = parse_aggregate_id(&event.aggregate_id) {
+                self.tenant = t.as_str().to_owned();
+                self.message_id = m.as_str().to_owned();
             }
         }
-        let entry = |event: &str, hold_id: Option<&str>, at| ComplianceEntry {
-            event: event.to_owned(),
+        let ty = event.payload.event_type();
+        let at = event.payload.at();
+        let entry = |hold_id: Option<&str>| ComplianceEntry {
+            event: ty,
             hold_id: hold_id.map(str::to_owned),
             at,
-            sequence: 0,
+            sequence: event.sequence,
         };
-        let settled = |view: &mut Self, name: &str, at| {
-            if view.settled_at.is_none() {
-                view.settled_at = Some(at);
-                view.trail.push(entry(name, None, at));
-            }
-        };
-        let pushed = match &event.payload {
-            E::Accepted(a) => {
-                self.payload_ref = Some(a.payload_ref.clone());
-                None
-            }
-            E::Delivered(d) => {
-                settled(self, "delivered", d.at);
-                None
-            }
-            E::Displayed(d) => {
-                settled(self, "displayed", d.at);
-                None
-            }
-            E::Failed(f) => {
-                settled(self, "failed", f.at);
-                None
-            }
-            E::FallbackTriggered(f) => {
-                settled(self, "fallback_triggered", f.at);
-                None
-            }
-            E::Expired(x) => {
-                settled(self, "expired", x.at);
-                None
-            }
-            E::Cancelled(c) => {
-                settled(self, "cancelled", c.at);
-                None
-            }
+        // The first event that settles the message starts its retention.
+        if Status::after(ty).is_some_and(Status::is_settled) && self.settled_at.is_none() {
+            self.settled_at = Some(at);
+            self.trail.push(entry(None));
+        }
+        match &event.payload {
+            E::Accepted(a) => self.payload_ref = Some(a.payload_ref.clone()),
             E::Held(h) => {
                 self.holds.insert(
                     h.hold_id.clone(),
@@ -133,25 +107,17 @@ impl View<Message> for ComplianceView {
                         since: h.at,
                     },
                 );
-                Some(entry("held", Some(&h.hold_id), h.at))
+                self.trail.push(entry(Some(&h.hold_id)));
             }
             E::Released(r) => {
                 self.holds.remove(&r.hold_id);
-                Some(entry("released", Some(&r.hold_id), r.at))
+                self.trail.push(entry(Some(&r.hold_id)));
             }
             E::Purged(p) => {
                 self.purged_at = Some(p.at);
-                Some(entry("purged", None, p.at))
+                self.trail.push(entry(None));
             }
-            E::Queued(_) | E::CarrierAcked(_) | E::AttemptFailed(_) | E::RetryScheduled(_) => None,
-        };
-        if let Some(e) = pushed {
-            self.trail.push(e);
-        }
-        if let Some(last) = self.trail.last_mut() {
-            if last.sequence == 0 {
-                last.sequence = event.sequence;
-            }
+            _ => {}
         }
     }
 }
@@ -193,8 +159,11 @@ pub(crate) async fn apply(tx: &mut PgConnection, events: &[ProjectedEvent]) -> c
         .await?;
         for row in stored {
             let payload: serde_json::Value = row.try_get("payload")?;
-            let view: ComplianceView = serde_json::from_value(payload)
-                .map_err(|e| crate::Error::Other(format!("a stored compliance view: {e}")))?;
+            let view: ComplianceView =
+                serde_json::from_value(payload).map_err(|e| crate::Error::View {
+                    what: "a stored compliance view",
+                    source: Box::new(e),
+                })?;
             docs.insert(
                 row.try_get("view_id")?,
                 Doc {
@@ -233,8 +202,10 @@ pub(crate) async fn apply(tx: &mut PgConnection, events: &[ProjectedEvent]) -> c
         // postgres-es counts updates in `version`; one batch is one update.
         cols.version.push(doc.version + 1);
         cols.payload.push(
-            serde_json::to_string(&doc.view)
-                .map_err(|e| crate::Error::Other(format!("encoding a compliance view: {e}")))?,
+            serde_json::to_string(&doc.view).map_err(|e| crate::Error::View {
+                what: "encoding a compliance view",
+                source: Box::new(e),
+            })?,
         );
         cols.tenant.push(doc.view.tenant.clone());
         cols.message_id.push(doc.view.message_id.clone());

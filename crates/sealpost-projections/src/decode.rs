@@ -1,6 +1,7 @@
-//! Stream messages to typed events: subject tokens, headers, body.
+//! Stream messages to typed events: subject, headers, body.
 
-use sealpost_domain::MessageEvent;
+use sealpost_domain::{EventType, MessageEvent};
+use sealpost_eventstore::names::EventSubject;
 use sealpost_eventstore::store::{HDR_CORRELATION_ID, HDR_EVENT_VERSION, HDR_SEQUENCE};
 use time::OffsetDateTime;
 
@@ -18,46 +19,38 @@ pub struct ProjectedEvent {
 }
 
 impl ProjectedEvent {
-    /// Decodes a stored event; `None` (with an error log naming only the sequence and type) when
-    /// the subject or body is not one of ours.
+    /// Decodes a stored event; `None` (with an error log naming only the sequence and the
+    /// problem) when the subject or body is not one of ours.
     pub fn decode(
         seq: u64,
         subject: &str,
         headers: Option<&async_nats::HeaderMap>,
         body: &[u8],
     ) -> Option<ProjectedEvent> {
-        let mut it = subject.split('.');
-        let (Some(_), Some(_), Some(tenant), Some(message_id), Some(event_type), None) = (
-            it.next(),
-            it.next(),
-            it.next(),
-            it.next(),
-            it.next(),
-            it.next(),
-        ) else {
-            tracing::error!(
-                seq,
-                "skipping a stream message whose subject is not an event subject"
-            );
-            return None;
+        let subject = match EventSubject::parse(subject) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "skipping a stream message that is not an event");
+                return None;
+            }
         };
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let version = header(HDR_EVENT_VERSION).unwrap_or("1");
         let aggregate_seq = header(HDR_SEQUENCE)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        match MessageEvent::from_body(event_type, version, body) {
+        match MessageEvent::from_body(subject.event_type, version, body) {
             Ok(event) => Some(ProjectedEvent {
                 seq,
                 aggregate_seq,
-                tenant: tenant.to_owned(),
-                message_id: message_id.to_owned(),
+                tenant: subject.tenant.into(),
+                message_id: subject.message_id.into(),
                 correlation_id: header(HDR_CORRELATION_ID).map(str::to_owned),
                 event,
             }),
             Err(e) => {
                 // The error names the type and the serde error, never the body.
-                tracing::error!(seq, event_type, error = %e, "skipping an event that does not decode");
+                tracing::error!(seq, event_type = %subject.event_type, error = %e, "skipping an event that does not decode");
                 None
             }
         }
@@ -67,42 +60,13 @@ impl ProjectedEvent {
         (&self.tenant, &self.message_id)
     }
 
-    pub fn event_type(&self) -> &'static str {
+    pub fn event_type(&self) -> EventType {
         self.event.event_type()
     }
 
     /// The instant the event records.
     pub fn at(&self) -> OffsetDateTime {
-        event_at(&self.event)
-    }
-}
-
-/// The instant an event records (`accepted_at` for `accepted`, `at` otherwise).
-pub fn event_at(e: &MessageEvent) -> OffsetDateTime {
-    use MessageEvent as E;
-    match e {
-        E::Accepted(x) => x.accepted_at,
-        E::Queued(x) => x.at,
-        E::CarrierAcked(x) => x.at,
-        E::AttemptFailed(x) => x.at,
-        E::RetryScheduled(x) => x.at,
-        E::Failed(x) => x.at,
-        E::FallbackTriggered(x) => x.at,
-        E::Delivered(x) => x.at,
-        E::Displayed(x) => x.at,
-        E::Expired(x) => x.at,
-        E::Cancelled(x) => x.at,
-        E::Held(x) => x.at,
-        E::Released(x) => x.at,
-        E::Purged(x) => x.at,
-    }
-}
-
-/// A serde enum's snake_case name, e.g. `ErrorClass::NotCapable` → `not_capable`.
-pub(crate) fn snake<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
+        self.event.at()
     }
 }
 

@@ -8,7 +8,8 @@
 //! - three projections, each its own durable pull consumer `proj_<name>` on `SEALPOST_EVENTS`
 //!   (`nats/consumers/SEALPOST_EVENTS/proj_<name>.json`) and its own checkpoint row in
 //!   `projection_checkpoints`:
-//!   - [`messages`](crate::messages): one row per message ([`MessageRow`]);
+//!   - [`messages`](crate::messages): one row per message (the domain's
+//!     [`StatusRow`](sealpost_domain::StatusRow));
 //!   - [`compliance`](crate::compliance): one cqrs-es `View` document per message
 //!     ([`ComplianceView`]: active legal holds with reason and since, settled and purge
 //!     instants, from which the retention deadline follows);
@@ -52,7 +53,6 @@ pub mod query;
 
 pub use compliance::ComplianceView;
 pub use decode::ProjectedEvent;
-pub use messages::MessageRow;
 pub use projector::{
     lag, rebuild, Progress, ProjectionName, Projector, ProjectorConfig, RebuildReport,
     RunningProjector,
@@ -61,19 +61,38 @@ pub use query::{compliance_view, message_row, summary, Summary};
 
 use sqlx::PgPool;
 
-/// Everything that can go wrong in a projection.
+/// Everything that can go wrong in a projection. Each variant keeps its cause as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// PostgreSQL refused or is unreachable: the batch is not acked and is retried.
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error("running migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A JetStream call failed: retried; a missing stream needs `sealpost provision`.
+    #[error("jetstream: {what}: {source}")]
+    Nats {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// JetStream answered something this code cannot use.
     #[error("jetstream: {0}")]
-    Nats(String),
-    #[error("unknown projection '{0}': known are messages, compliance, metrics")]
-    UnknownProjection(String),
-    #[error("{0}")]
-    Other(String),
+    NatsAnswer(String),
+    /// A shipped stream or consumer definition is missing or invalid.
+    #[error(transparent)]
+    Definition(#[from] sealpost_eventstore::StoreError),
+    #[error(transparent)]
+    UnknownProjection(#[from] sealpost_domain::UnknownName),
+    #[error("no checkpoint row for projection {0}; run `sealpost migrate`")]
+    NoCheckpoint(ProjectionName),
+    /// A compliance document could not be read or written through postgres-es.
+    #[error("{what}: {source}")]
+    View {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -15,44 +15,36 @@
 //! - Messages above the new checkpoint (a batch cut short by the gap-fill cap) are NAKed, the rest
 //!   acked, only after the commit.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{HeaderMap, StatusCode};
 use futures::StreamExt;
+use sealpost_domain::wire_enum;
+use sealpost_eventstore::names::{Durable, Stream, EVENTS_ALL};
 use sqlx::PgPool;
 
 use crate::decode::ProjectedEvent;
 use crate::{Error, Result};
 
-/// The projections this crate maintains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProjectionName {
-    Messages,
-    Compliance,
-    Metrics,
+wire_enum! {
+    /// The projections this crate maintains.
+    pub enum ProjectionName: "projection" {
+        Messages => "messages",
+        Compliance => "compliance",
+        Metrics => "metrics",
+    }
 }
 
 impl ProjectionName {
-    pub const ALL: [ProjectionName; 3] = [
-        ProjectionName::Messages,
-        ProjectionName::Compliance,
-        ProjectionName::Metrics,
-    ];
-
-    pub fn as_str(self) -> &'static str {
+    /// The durable consumer (`proj_<name>`).
+    pub const fn durable(self) -> Durable {
         match self {
-            ProjectionName::Messages => "messages",
-            ProjectionName::Compliance => "compliance",
-            ProjectionName::Metrics => "metrics",
+            ProjectionName::Messages => Durable::ProjMessages,
+            ProjectionName::Compliance => Durable::ProjCompliance,
+            ProjectionName::Metrics => Durable::ProjMetrics,
         }
-    }
-
-    /// The durable consumer: `proj_<name>`.
-    pub fn durable(self) -> String {
-        format!("proj_{}", self.as_str())
     }
 
     async fn truncate(self, tx: &mut sqlx::PgConnection) -> Result<()> {
@@ -69,22 +61,6 @@ impl ProjectionName {
             ProjectionName::Compliance => crate::compliance::apply(tx, events).await,
             ProjectionName::Metrics => crate::metrics::apply(tx, events).await,
         }
-    }
-}
-
-impl std::fmt::Display for ProjectionName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ProjectionName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        ProjectionName::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| Error::UnknownProjection(s.to_owned()))
     }
 }
 
@@ -107,8 +83,8 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         Self {
-            stream: "SEALPOST_EVENTS".into(),
-            subject_filter: "sealpost.evt.>".into(),
+            stream: Stream::Events.as_str().into(),
+            subject_filter: EVENTS_ALL.into(),
             batch_size: 2000,
             batch_wait: Duration::from_millis(20),
             max_gap_fill: 50_000,
@@ -214,21 +190,19 @@ async fn ensure_checkpoint(pool: &PgPool, name: ProjectionName) -> Result<()> {
 
 /// The shipped definition of `proj_<name>` (nats/consumers/SEALPOST_EVENTS/proj_<name>.json).
 fn definition(name: ProjectionName) -> Result<pull::Config> {
-    let file = format!("proj_{}.json", name.as_str());
-    let defs = sealpost_eventstore::provision::embedded_definitions();
-    let (_, _, json) = defs
-        .consumers
-        .iter()
-        .find(|(s, f, _)| s == "SEALPOST_EVENTS" && *f == file)
-        .ok_or_else(|| Error::Other(format!("no consumer definition {file}")))?;
-    let cfg: pull::Config = serde_json::from_str(json)
-        .map_err(|e| Error::Other(format!("consumer definition {file}: {e}")))?;
+    let cfg = sealpost_eventstore::provision::embedded_definitions().consumer(name.durable())?;
     debug_assert_eq!(cfg.ack_policy, AckPolicy::Explicit);
     Ok(cfg)
 }
 
-fn nats<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
-    move |e| Error::Nats(format!("{what}: {e}"))
+fn nats<E>(what: &'static str) -> impl FnOnce(E) -> Error
+where
+    E: Into<async_nats::Error>,
+{
+    move |e| Error::Nats {
+        what,
+        source: e.into(),
+    }
 }
 
 async fn ensure_consumer(
@@ -240,7 +214,10 @@ async fn ensure_consumer(
         .get_stream(&cfg.stream)
         .await
         .map_err(nats("stream SEALPOST_EVENTS (run `sealpost provision`)"))?;
-    if let Ok(c) = stream.get_consumer::<pull::Config>(&name.durable()).await {
+    if let Ok(c) = stream
+        .get_consumer::<pull::Config>(name.durable().as_str())
+        .await
+    {
         return Ok(c);
     }
     stream
@@ -253,11 +230,11 @@ async fn ensure_consumer(
 /// acked (for a gauge; the exact applied position is the checkpoint).
 pub async fn lag(js: &jetstream::Context, name: ProjectionName) -> Result<u64> {
     let stream = js
-        .get_stream("SEALPOST_EVENTS")
+        .get_stream(Stream::Events.as_str())
         .await
         .map_err(nats("stream SEALPOST_EVENTS"))?;
     let mut c: PullConsumer = stream
-        .get_consumer(&name.durable())
+        .get_consumer(name.durable().as_str())
         .await
         .map_err(nats("projection consumer"))?;
     let info = c.info().await.map_err(nats("consumer info"))?;
@@ -302,7 +279,7 @@ pub async fn rebuild(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    let _ = stream.delete_consumer(&name.durable()).await;
+    let _ = stream.delete_consumer(name.durable().as_str()).await;
     stream
         .create_consumer(definition(name)?)
         .await
@@ -435,7 +412,7 @@ pub(crate) async fn apply_batch(
     .bind(name.as_str())
     .fetch_optional(&mut *tx)
     .await?
-    .ok_or_else(|| Error::Other(format!("no checkpoint row for projection {name}")))?;
+    .ok_or(Error::NoCheckpoint(name))?;
     let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
     let mut expected = checkpoint + 1;
     let mut filled = 0u64;
@@ -530,10 +507,12 @@ async fn direct_get_range(
             let msg = match tokio::time::timeout(cfg.timeout, sub.next()).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    return Err(Error::Nats("connection closed during a direct get".into()))
+                    return Err(Error::NatsAnswer(
+                        "connection closed during a direct get".into(),
+                    ))
                 }
                 Err(_) => {
-                    return Err(Error::Nats(format!(
+                    return Err(Error::NatsAnswer(format!(
                         "no answer to a direct get on {} within {:?}",
                         cfg.stream, cfg.timeout
                     )))
@@ -546,7 +525,7 @@ async fn direct_get_range(
                         .get("Nats-Sequence")
                         .and_then(|v| v.as_str().parse::<u64>().ok())
                         .ok_or_else(|| {
-                            Error::Nats("direct get answer without Nats-Sequence".into())
+                            Error::NatsAnswer("direct get answer without Nats-Sequence".into())
                         })?;
                     let subject = headers
                         .get("Nats-Subject")
@@ -569,7 +548,7 @@ async fn direct_get_range(
                 }
                 Some(s) if s.as_u16() == 204 => break,
                 Some(s) => {
-                    return Err(Error::Nats(format!(
+                    return Err(Error::NatsAnswer(format!(
                         "direct get answered {s} {}",
                         msg.description.unwrap_or_default()
                     )))

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use cqrs_es::persist::ViewRepository;
 use postgres_es::PostgresViewRepository;
-use sealpost_domain::Message;
+use sealpost_domain::{EventType, Message, Status, StatusRow};
 use serde::Serialize;
 use sqlx::{PgPool, Row as _};
 use time::OffsetDateTime;
 
 use crate::compliance::{self, ComplianceView};
-use crate::messages::{MessageRow, COLUMNS};
+use crate::messages::{from_row, COLUMNS};
 use crate::metrics::OVERFLOW_LE_MS;
 use crate::Result;
 
@@ -19,13 +19,14 @@ pub async fn message_row(
     pool: &PgPool,
     tenant: &str,
     message_id: &str,
-) -> Result<Option<MessageRow>> {
+) -> Result<Option<StatusRow>> {
     let sql = format!("SELECT {COLUMNS} FROM messages WHERE tenant = $1 AND message_id = $2");
-    Ok(sqlx::query_as(&sql)
+    let row = sqlx::query(&sql)
         .bind(tenant)
         .bind(message_id)
         .fetch_optional(pool)
-        .await?)
+        .await?;
+    row.as_ref().map(from_row).transpose()
 }
 
 /// The compliance document of one message, read through postgres-es's `PostgresViewRepository`.
@@ -38,7 +39,10 @@ pub async fn compliance_view(
         PostgresViewRepository::<ComplianceView, Message>::new(compliance::TABLE, pool.clone());
     repo.load(&compliance::view_id(tenant, message_id))
         .await
-        .map_err(|e| crate::Error::Other(format!("loading a compliance view: {e}")))
+        .map_err(|e| crate::Error::View {
+            what: "loading a compliance view",
+            source: Box::new(e),
+        })
 }
 
 /// Latency percentiles from the histogram buckets: the upper bound (ms) of the bucket holding the
@@ -101,6 +105,12 @@ pub struct Summary {
     pub checkpoints: BTreeMap<String, i64>,
 }
 
+/// Whether a message in `status` counts in the success rate's denominator: settled, except
+/// `cancelled` (the tenant withdrew it; no delivery was attempted to its end).
+fn counts_for_success_rate(status: Status) -> bool {
+    status.is_settled() && status != Status::Cancelled
+}
+
 /// Per-state counts, success rate, latency percentiles, per-tenant and per-carrier tables and
 /// recent failures.
 pub async fn summary(pool: &PgPool) -> Result<Summary> {
@@ -127,20 +137,29 @@ pub async fn summary(pool: &PgPool) -> Result<Summary> {
         *t.by_status.entry(status).or_default() += n;
     }
     s.tenants = tenants.into_values().collect();
-    let count = |k: &str| s.by_status.get(k).copied().unwrap_or(0);
-    let ok = count("delivered") + count("displayed");
-    let settled = ok + count("failed") + count("fallback_triggered") + count("expired");
+    let (mut ok, mut settled) = (0, 0);
+    for (status, n) in &s.by_status {
+        let Ok(status) = status.parse::<Status>() else {
+            continue;
+        };
+        if status.is_success() {
+            ok += n;
+        }
+        if counts_for_success_rate(status) {
+            settled += n;
+        }
+    }
     s.success_rate = (settled > 0).then(|| ok as f64 / settled as f64);
 
     for (kind, slot) in [
-        ("delivered", &mut s.latency_delivered),
-        ("displayed", &mut s.latency_displayed),
+        (EventType::Delivered, &mut s.latency_delivered),
+        (EventType::Displayed, &mut s.latency_displayed),
     ] {
         let rows = sqlx::query(
             "SELECT le_ms, sum(count)::int8 AS n FROM metrics_latency WHERE kind = $1 \
              GROUP BY le_ms ORDER BY le_ms",
         )
-        .bind(kind)
+        .bind(kind.as_str())
         .fetch_all(pool)
         .await?;
         let buckets: Vec<(i64, i64)> = rows
@@ -191,8 +210,15 @@ pub async fn summary(pool: &PgPool) -> Result<Summary> {
     let rows = sqlx::query(
         "SELECT tenant, message_id, status, carrier, last_error_class, last_error_code, \
          end_reason, last_event_at FROM messages \
-         WHERE status IN ('failed', 'fallback_triggered', 'expired') \
+         WHERE status = ANY($1::text[]) \
          ORDER BY last_event_at DESC NULLS LAST LIMIT 20",
+    )
+    .bind(
+        Status::ALL
+            .iter()
+            .filter(|s| s.is_terminal_failure() && counts_for_success_rate(**s))
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
     )
     .fetch_all(pool)
     .await?;

@@ -274,7 +274,7 @@ impl MotoServer {
             region: "us-east-1".to_owned(),
             bucket: bucket.to_owned(),
             access_key_id: "moto-test".to_owned(),
-            secret_access_key: "moto-test-secret".to_owned(),
+            secret_access_key: "moto-test-secret".into(),
             force_path_style: true,
         }
     }

@@ -1,15 +1,78 @@
-//! Configuration: the embedded commented defaults (`config.default.toml`), then a file, then
-//! `SEALPOST_<SECTION>_<KEY>` environment variables, then validation.
+//! Configuration, loaded one way: the embedded commented defaults (`config.default.toml`), then a
+//! file, then `SEALPOST_<SECTION>_<KEY>` environment variables (and `DATABASE_URL` when
+//! `[postgres] url` is empty), then validation. The result is typed: addresses are
+//! `SocketAddr`s, durations `Duration`s (their keys keep the unit in the name, e.g.
+//! `request_timeout_ms`), secrets [`Secret`]s that never print, and every refusal names the key
+//! and the fix.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use sealpost_domain::policy::{RetryPolicy, RetryWindows};
+use sealpost_domain::Secret;
 use serde::{Deserialize, Serialize};
 
 /// The embedded defaults, with a comment on every key.
 pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
+
+/// Why a configuration was refused. Each names the key (or file, or variable) and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} is not valid TOML")]
+    Toml {
+        what: &'static str,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{var} must be {expected} (got '{got}')")]
+    Env {
+        var: String,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("invalid configuration")]
+    Shape {
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{key}: {fix}")]
+    Invalid { key: &'static str, fix: String },
+}
+
+fn invalid(key: &'static str, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        fix: fix.into(),
+    }
+}
+
+/// `Duration` fields stored as whole milliseconds or seconds under unit-suffixed keys.
+mod ms {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+mod secs {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,22 +91,35 @@ pub struct Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    pub replicas: usize,
+    #[serde(rename = "duplicate_window_secs", with = "secs")]
+    pub duplicate_window: Duration,
+    #[serde(rename = "request_timeout_ms", with = "ms")]
+    pub request_timeout: Duration,
+    pub nkey_seed: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    pub http_listen: String,
+    pub http_listen: SocketAddr,
     pub max_blob_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
+    /// Empty: the embedded endpoint.
     pub endpoint: String,
     pub region: String,
     pub bucket: String,
     pub access_key_id: String,
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     pub force_path_style: bool,
-    pub embedded_listen: String,
-    pub embedded_dir: String,
+    pub embedded_listen: SocketAddr,
+    pub embedded_dir: PathBuf,
 }
 
 impl S3Config {
@@ -62,30 +138,30 @@ impl S3Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    pub url: String,
-    pub replicas: usize,
-    pub duplicate_window_secs: u64,
-    pub request_timeout_ms: u64,
-    pub nkey_seed: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    pub base_ms: u64,
-    pub max_ms: u64,
+    #[serde(rename = "base_ms", with = "ms")]
+    pub base: Duration,
+    #[serde(rename = "max_ms", with = "ms")]
+    pub max: Duration,
     pub max_attempts: u32,
-    pub transactional_window_secs: u64,
-    pub promotional_window_secs: u64,
+    #[serde(rename = "transactional_window_secs", with = "secs")]
+    pub transactional_window: Duration,
+    #[serde(rename = "promotional_window_secs", with = "secs")]
+    pub promotional_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySection {
     pub concurrency: usize,
-    pub max_pause_wait_ms: u64,
-    pub payload_url_ttl_secs: u64,
+    #[serde(rename = "max_pause_wait_ms", with = "ms")]
+    pub max_pause_wait: Duration,
+    #[serde(rename = "payload_url_ttl_secs", with = "secs")]
+    pub payload_url_ttl: Duration,
+    #[serde(rename = "receipt_retry_ms", with = "ms")]
+    pub receipt_retry: Duration,
+    #[serde(rename = "carrier_ttl_grace_ms", with = "ms")]
+    pub carrier_ttl_grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,9 +176,10 @@ pub struct CarriersSection {
 pub struct RbmSection {
     pub base_url: String,
     pub agent_id: String,
-    pub bearer_token: String,
-    pub client_token: String,
-    pub timeout_ms: u64,
+    pub bearer_token: Secret,
+    pub client_token: Secret,
+    #[serde(rename = "timeout_ms", with = "ms")]
+    pub timeout: Duration,
     pub concurrency: usize,
     pub rate_per_sec: u32,
     pub burst: u32,
@@ -112,9 +189,10 @@ pub struct RbmSection {
 #[serde(deny_unknown_fields)]
 pub struct SmsSection {
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: Secret,
     pub sender: String,
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "ms")]
+    pub timeout: Duration,
     pub concurrency: usize,
     pub rate_per_sec: u32,
     pub burst: u32,
@@ -123,227 +201,238 @@ pub struct SmsSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSection {
-    pub url: String,
+    /// Empty: no database (the projector and `migrate` refuse to run, status answers from
+    /// events, the dashboard answers 503). `DATABASE_URL` fills it when set.
+    pub url: Secret,
     pub max_connections: u32,
     pub batch_size: usize,
-    pub batch_wait_ms: u64,
+    #[serde(rename = "batch_wait_ms", with = "ms")]
+    pub batch_wait: Duration,
     pub retention_days: u64,
 }
 
 impl PostgresSection {
-    /// `url`, else `DATABASE_URL`.
-    pub fn resolved_url(&self) -> anyhow::Result<String> {
-        if !self.url.is_empty() {
-            return Ok(self.url.clone());
-        }
-        match std::env::var("DATABASE_URL") {
-            Ok(u) if !u.is_empty() => Ok(u),
-            _ => bail!(
+    /// The URL, or what to configure.
+    pub fn required_url(&self) -> Result<&str, ConfigError> {
+        if self.url.is_empty() {
+            return Err(invalid(
+                "postgres.url",
                 "no PostgreSQL configured: set DATABASE_URL or [postgres] url \
-                 (SEALPOST_POSTGRES_URL); scripts/demo and scripts/test find or start one"
-            ),
+                 (SEALPOST_POSTGRES_URL); scripts/demo and scripts/test find or start one",
+            ));
         }
+        Ok(self.url.expose())
+    }
+
+    /// The URL if one is configured.
+    pub fn url(&self) -> Option<&str> {
+        (!self.url.is_empty()).then(|| self.url.expose())
     }
 
     /// The projector's settings.
     pub fn projector(&self) -> sealpost_projections::ProjectorConfig {
         sealpost_projections::ProjectorConfig {
             batch_size: self.batch_size,
-            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            batch_wait: self.batch_wait,
             ..Default::default()
         }
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// JSON lines, for log pipelines.
+    Json,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    pub format: String,
+    pub format: LogFormat,
     pub filter: String,
 }
 
 impl Config {
-    /// Defaults, then `file`, then the environment; validated.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    /// Defaults, then `file`, then the process environment; validated.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         let file_text = match file {
             Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config file {}", p.display()))?,
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
             ),
             None => None,
         };
         Self::from_layers(file_text.as_deref(), &env)
     }
 
+    /// The embedded defaults alone, untouched by the environment: where tests and harnesses
+    /// start before setting what they need.
+    pub fn defaults() -> Config {
+        Self::from_layers(None, &[]).expect("the embedded defaults are valid (a unit test checks)")
+    }
+
     /// The layering without touching the process: for tests.
-    pub fn from_layers(file: Option<&str>, env: &[(String, String)]) -> anyhow::Result<Config> {
-        let mut value: toml::Table = toml::from_str(DEFAULT_TOML).context("embedded defaults")?;
+    pub fn from_layers(
+        file: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let toml_error = |what| move |source| ConfigError::Toml { what, source };
+        let mut value: toml::Table =
+            toml::from_str(DEFAULT_TOML).map_err(toml_error("the embedded defaults"))?;
         if let Some(text) = file {
             let overlay: toml::Table =
-                toml::from_str(text).context("config file is not valid TOML")?;
+                toml::from_str(text).map_err(toml_error("the config file"))?;
             merge(&mut value, overlay);
         }
         apply_env(&mut value, env)?;
-        let cfg: Config = toml::Value::Table(value)
+        let mut cfg: Config = toml::Value::Table(value)
             .try_into()
-            .context("invalid configuration")?;
+            .map_err(|source| ConfigError::Shape { source })?;
+        if cfg.postgres.url.is_empty() {
+            if let Some((_, url)) = env
+                .iter()
+                .find(|(k, v)| k == "DATABASE_URL" && !v.is_empty())
+            {
+                cfg.postgres.url = Secret::new(url.clone());
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.nats;
         if !["nats://", "tls://", "ws://", "wss://"]
             .iter()
             .any(|p| n.url.starts_with(p))
         {
-            bail!(
-                "nats.url must start with nats://, tls://, ws:// or wss:// (got '{}')",
-                n.url
-            );
+            return Err(invalid(
+                "nats.url",
+                format!(
+                    "must start with nats://, tls://, ws:// or wss:// (got '{}')",
+                    n.url
+                ),
+            ));
         }
         if !(1..=5).contains(&n.replicas) {
-            bail!(
-                "nats.replicas must be 1 to 5 (3 on a cluster), got {}",
-                n.replicas
-            );
+            return Err(invalid(
+                "nats.replicas",
+                format!("must be 1 to 5 (3 on a cluster), got {}", n.replicas),
+            ));
         }
-        if n.duplicate_window_secs == 0 {
-            bail!("nats.duplicate_window_secs must be at least 1");
+        if n.duplicate_window.is_zero() {
+            return Err(invalid("nats.duplicate_window_secs", "must be at least 1"));
         }
-        if n.request_timeout_ms == 0 {
-            bail!("nats.request_timeout_ms must be at least 1");
+        if n.request_timeout.is_zero() {
+            return Err(invalid("nats.request_timeout_ms", "must be at least 1"));
+        }
+        if !n.nkey_seed.is_empty() && !n.nkey_seed.expose().starts_with("SU") {
+            return Err(invalid(
+                "nats.nkey_seed",
+                "must be a user seed starting with 'SU' (set SEALPOST_NATS_NKEY_SEED)",
+            ));
         }
         let r = &self.retry;
-        if r.base_ms == 0 || r.base_ms > r.max_ms {
-            bail!("retry.base_ms must be at least 1 and at most retry.max_ms");
+        if r.base.is_zero() || r.base > r.max {
+            return Err(invalid(
+                "retry.base_ms",
+                "must be at least 1 and at most retry.max_ms",
+            ));
         }
         if r.max_attempts == 0 {
-            bail!("retry.max_attempts must be at least 1");
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
-        if r.transactional_window_secs < 60 || r.promotional_window_secs < 60 {
-            bail!("retry windows must be at least 60 seconds");
-        }
-        if !n.nkey_seed.is_empty() && !n.nkey_seed.starts_with("SU") {
-            bail!("nats.nkey_seed must be a user seed starting with 'SU' (set SEALPOST_NATS_NKEY_SEED)");
-        }
-        if self
-            .gateway
-            .http_listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
+        if r.transactional_window < Duration::from_secs(60)
+            || r.promotional_window < Duration::from_secs(60)
         {
-            bail!(
-                "gateway.http_listen must be an address like 127.0.0.1:8080 (got '{}')",
-                self.gateway.http_listen
-            );
-        }
-        if self
-            .s3
-            .embedded_listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            bail!(
-                "s3.embedded_listen must be an address like 127.0.0.1:0 (got '{}')",
-                self.s3.embedded_listen
-            );
+            return Err(invalid(
+                "retry.transactional_window_secs",
+                "retry windows must be at least 60 seconds",
+            ));
         }
         if self.s3.bucket.is_empty() {
-            bail!("s3.bucket must not be empty");
+            return Err(invalid("s3.bucket", "must not be empty"));
         }
-        sealpost_gateway::Tenants::new(&self.tenants)?;
-        if self.delivery.concurrency == 0 {
-            bail!("delivery.concurrency must be at least 1");
+        if let Err(e) = sealpost_gateway::Tenants::new(&self.tenants) {
+            return Err(invalid("tenants", e.to_string()));
         }
-        if self.delivery.payload_url_ttl_secs == 0
-            || self.delivery.payload_url_ttl_secs > 7 * 24 * 3600
-        {
-            bail!("delivery.payload_url_ttl_secs must be 1 to 604800 (S3 presigns up to 7 days)");
+        let d = &self.delivery;
+        if d.concurrency == 0 {
+            return Err(invalid("delivery.concurrency", "must be at least 1"));
         }
-        for (name, url, timeout, conc) in [
-            (
-                "rbm",
-                &self.carriers.rbm.base_url,
-                self.carriers.rbm.timeout_ms,
-                self.carriers.rbm.concurrency,
-            ),
-            (
-                "sms",
-                &self.carriers.sms.base_url,
-                self.carriers.sms.timeout_ms,
-                self.carriers.sms.concurrency,
-            ),
+        if d.payload_url_ttl.is_zero() || d.payload_url_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "delivery.payload_url_ttl_secs",
+                "must be 1 to 604800 (S3 presigns up to 7 days)",
+            ));
+        }
+        if d.receipt_retry.is_zero() {
+            return Err(invalid("delivery.receipt_retry_ms", "must be at least 1"));
+        }
+        let c = &self.carriers;
+        for (key, url) in [
+            ("carriers.rbm.base_url", &c.rbm.base_url),
+            ("carriers.sms.base_url", &c.sms.base_url),
         ] {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("carriers.{name}.base_url must start with http:// or https://");
+                return Err(invalid(key, "must start with http:// or https://"));
             }
-            if timeout == 0 || conc == 0 {
-                bail!(
-                    "carriers.{name}.timeout_ms and carriers.{name}.concurrency must be at least 1"
-                );
+        }
+        for (key, timeout, concurrency) in [
+            ("carriers.rbm", c.rbm.timeout, c.rbm.concurrency),
+            ("carriers.sms", c.sms.timeout, c.sms.concurrency),
+        ] {
+            if timeout.is_zero() || concurrency == 0 {
+                return Err(invalid(
+                    key,
+                    "timeout_ms and concurrency must be at least 1",
+                ));
             }
         }
         let pg = &self.postgres;
-        let pg_url_ok = pg.url.is_empty()
-            || pg.url.starts_with("postgres://")
-            || pg.url.starts_with("postgresql://");
-        if !pg_url_ok {
-            bail!("postgres.url must start with postgres:// or postgresql:// (or be empty to use DATABASE_URL)");
+        let pg_url = pg.url.expose();
+        if !(pg_url.is_empty()
+            || pg_url.starts_with("postgres://")
+            || pg_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "postgres.url",
+                "must start with postgres:// or postgresql:// (or be empty to use DATABASE_URL)",
+            ));
         }
-        if pg.max_connections == 0 || pg.batch_size == 0 || pg.batch_size > 50_000 {
-            bail!("postgres.max_connections must be at least 1 and postgres.batch_size 1 to 50000");
+        if pg.max_connections == 0 {
+            return Err(invalid("postgres.max_connections", "must be at least 1"));
         }
-        if !["text", "json"].contains(&self.log.format.as_str()) {
-            bail!(
-                "log.format must be \"text\" or \"json\" (got '{}')",
-                self.log.format
-            );
+        if pg.batch_size == 0 || pg.batch_size > 50_000 {
+            return Err(invalid("postgres.batch_size", "must be 1 to 50000"));
         }
         Ok(())
-    }
-
-    /// A copy safe to print: secrets replaced by `<set>`.
-    pub fn redacted(&self) -> Config {
-        let mut c = self.clone();
-        let mask = |s: &mut String| {
-            if !s.is_empty() {
-                *s = "<set>".into();
-            }
-        };
-        mask(&mut c.nats.nkey_seed);
-        mask(&mut c.s3.secret_access_key);
-        mask(&mut c.carriers.rbm.bearer_token);
-        mask(&mut c.carriers.rbm.client_token);
-        mask(&mut c.carriers.sms.api_key);
-        // A password inside the URL: postgres://user:<set>@host/db
-        if let Some((head, rest)) = c.postgres.url.split_once("://") {
-            if let Some((auth, host)) = rest.split_once('@') {
-                if let Some((user, _)) = auth.split_once(':') {
-                    c.postgres.url = format!("{head}://{user}:<set>@{host}");
-                }
-            }
-        }
-        c
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
         let r = &self.retry;
         RetryPolicy {
-            base: Duration::from_millis(r.base_ms),
-            max: Duration::from_millis(r.max_ms),
+            base: r.base,
+            max: r.max,
             max_attempts: r.max_attempts,
             windows: RetryWindows {
-                transactional: Duration::from_secs(r.transactional_window_secs),
-                promotional: Duration::from_secs(r.promotional_window_secs),
+                transactional: r.transactional_window,
+                promotional: r.promotional_window,
             },
             tenant_windows: Default::default(),
         }
     }
 
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.nats.request_timeout_ms)
+    /// The effective config as TOML, secrets shown as `<redacted>`.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 }
 
@@ -359,18 +448,17 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 }
 
 /// Every `SEALPOST_<SECTION>_<KEY>` that names a known key overrides it, parsed as that key's
-/// type. Other `SEALPOST_*` variables (the scripts' own) are left alone.
-fn apply_env(value: &mut toml::Table, env: &[(String, String)]) -> anyhow::Result<()> {
+/// type (`[carriers.rbm] bearer_token` is `SEALPOST_CARRIERS_RBM_BEARER_TOKEN`). Other
+/// `SEALPOST_*` variables (the scripts' own) are left alone.
+fn apply_env(value: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
     apply_env_at("SEALPOST", value, env)
 }
 
-/// Sets every key of `table` (recursively: `[carriers.rbm] bearer_token` is
-/// `SEALPOST_CARRIERS_RBM_BEARER_TOKEN`) from the environment.
 fn apply_env_at(
     prefix: &str,
     table: &mut toml::Table,
     env: &[(String, String)],
-) -> anyhow::Result<()> {
+) -> Result<(), ConfigError> {
     for (key, current) in table.iter_mut() {
         let name = format!("{prefix}_{key}").to_uppercase();
         if let Some(sub) = current.as_table_mut() {
@@ -383,17 +471,18 @@ fn apply_env_at(
         let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
             continue;
         };
+        let bad = |expected| ConfigError::Env {
+            var: name.clone(),
+            expected,
+            got: raw.chars().take(64).collect(),
+        };
         *current = match current {
-            toml::Value::Integer(_) => toml::Value::Integer(
-                raw.trim()
-                    .parse()
-                    .with_context(|| format!("{name} must be a whole number (got '{raw}')"))?,
-            ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(
-                raw.trim()
-                    .parse()
-                    .with_context(|| format!("{name} must be true or false (got '{raw}')"))?,
-            ),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| bad("a whole number"))?)
+            }
+            toml::Value::Boolean(_) => {
+                toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?)
+            }
             _ => toml::Value::String(raw.clone()),
         };
     }
@@ -416,6 +505,8 @@ mod tests {
         let cfg = Config::from_layers(None, &[]).expect("defaults");
         assert_eq!(cfg.nats.replicas, 1);
         assert_eq!(cfg.retry_policy(), RetryPolicy::default());
+        assert_eq!(cfg.log.format, LogFormat::Text);
+        assert!(cfg.postgres.url().is_none());
     }
 
     #[test]
@@ -426,29 +517,73 @@ mod tests {
             &env(&[
                 ("SEALPOST_NATS_URL", "nats://127.0.0.1:14222"),
                 ("SEALPOST_RETRY_MAX_ATTEMPTS", "7"),
+                ("SEALPOST_DELIVERY_MAX_PAUSE_WAIT_MS", "1500"),
                 ("SEALPOST_NATS_SERVER", "/ignored/by/config"),
+                ("DATABASE_URL", "postgres://u:pw@db/x"),
             ]),
         )
         .expect("layers");
         assert_eq!(cfg.nats.url, "nats://127.0.0.1:14222");
         assert_eq!(cfg.nats.replicas, 3);
         assert_eq!(cfg.retry.max_attempts, 7);
+        assert_eq!(cfg.delivery.max_pause_wait, Duration::from_millis(1500));
+        assert_eq!(cfg.postgres.url(), Some("postgres://u:pw@db/x"));
     }
 
     #[test]
     fn typos_bad_values_and_bad_env_are_refused_with_the_key_named() {
         let e = Config::from_layers(Some("[nats]\nurll = \"x\"\n"), &[]).unwrap_err();
-        assert!(format!("{e:#}").contains("urll"), "{e:#}");
+        assert!(
+            format!("{:?}", anyhow::Error::from(e)).contains("urll"),
+            "an unknown key is named"
+        );
         let e = Config::from_layers(Some("[nats]\nreplicas = 9\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("nats.replicas"), "{e}");
         let e =
             Config::from_layers(None, &env(&[("SEALPOST_NATS_REPLICAS", "three")])).unwrap_err();
         assert!(e.to_string().contains("SEALPOST_NATS_REPLICAS"), "{e}");
         let e = Config::from_layers(None, &env(&[("SEALPOST_LOG_FORMAT", "xml")])).unwrap_err();
-        assert!(e.to_string().contains("log.format"), "{e}");
+        assert!(
+            format!("{:?}", anyhow::Error::from(e)).contains("xml"),
+            "the bad log format is named"
+        );
         let e = Config::from_layers(None, &env(&[("SEALPOST_NATS_URL", "http://x")])).unwrap_err();
         assert!(e.to_string().contains("nats.url"), "{e}");
+        let e = Config::from_layers(None, &env(&[("SEALPOST_GATEWAY_HTTP_LISTEN", "localhost")]))
+            .unwrap_err();
+        assert!(
+            format!("{:?}", anyhow::Error::from(e)).contains("http_listen"),
+            "a bad address names its key"
+        );
         let e = Config::from_layers(Some("not toml ["), &[]).unwrap_err();
         assert!(e.to_string().contains("TOML"), "{e}");
+    }
+
+    #[test]
+    fn the_printed_config_never_shows_a_secret() {
+        let cfg = Config::from_layers(
+            None,
+            &env(&[
+                ("SEALPOST_CARRIERS_RBM_BEARER_TOKEN", "bearer-canary"),
+                ("SEALPOST_CARRIERS_RBM_CLIENT_TOKEN", "client-canary"),
+                ("SEALPOST_CARRIERS_SMS_API_KEY", "sms-canary"),
+                ("SEALPOST_S3_SECRET_ACCESS_KEY", "s3-canary"),
+                ("SEALPOST_NATS_NKEY_SEED", "SUcanary"),
+                ("SEALPOST_POSTGRES_URL", "postgres://u:pg-canary@db/x"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{}\n{cfg:?}", cfg.to_toml().unwrap());
+        for canary in [
+            "bearer-canary",
+            "client-canary",
+            "sms-canary",
+            "s3-canary",
+            "SUcanary",
+            "pg-canary",
+        ] {
+            assert!(!printed.contains(canary), "{canary} leaked: {printed}");
+        }
+        assert!(printed.contains(sealpost_domain::secret::REDACTED));
     }
 }

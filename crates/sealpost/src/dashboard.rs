@@ -8,8 +8,6 @@
 //! Without a reachable, migrated database, `/` and `/dashboard.json` answer 503 with what to do,
 //! and the gateway keeps serving everything else. The pool connects lazily, so a database that
 //! comes up after the gateway is picked up on the next request.
-//!
-//! Dependencies: only crates the e2e tests also have (`tests/it/dashboard.rs` includes this file).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,19 +61,16 @@ impl Dashboard {
     }
 
     /// The pool if the views can be read (`SELECT` on the checkpoint table works), else why not.
-    async fn ready_pool(&self) -> Result<&PgPool, String> {
+    async fn ready_pool(&self) -> Result<&PgPool, NotReady> {
         let Some(pool) = self.pool.as_ref() else {
-            return Err(format!("No PostgreSQL is configured. {NOT_READY}"));
+            return Err(NotReady::NoDatabase);
         };
         match sqlx::query("SELECT 1 FROM projection_checkpoints LIMIT 1")
             .fetch_optional(pool)
             .await
         {
             Ok(_) => Ok(pool),
-            Err(e) => Err(format!(
-                "The projection views cannot be read ({}). {NOT_READY}",
-                short_error(&e)
-            )),
+            Err(e) => Err(NotReady::Unreadable(short_error(&e))),
         }
     }
 
@@ -83,7 +78,7 @@ impl Dashboard {
     async fn lag(&self) -> BTreeMap<&'static str, Option<u64>> {
         let mut out = BTreeMap::new();
         if let Some(js) = &self.js {
-            for name in ProjectionName::ALL {
+            for &name in ProjectionName::ALL {
                 let lag = tokio::time::timeout(
                     Duration::from_secs(2),
                     sealpost_projections::lag(js, name),
@@ -98,6 +93,17 @@ impl Dashboard {
     }
 }
 
+/// Why the dashboard cannot show the views; the text says what to configure.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error("No PostgreSQL is configured. {NOT_READY}")]
+    NoDatabase,
+    #[error("The projection views cannot be read ({0}). {NOT_READY}")]
+    Unreadable(&'static str),
+    #[error("Reading the summary failed. {NOT_READY}")]
+    Summary,
+}
+
 /// A database error without connection details (the URL may carry a password).
 fn short_error(e: &sqlx::Error) -> &'static str {
     match e {
@@ -109,18 +115,18 @@ fn short_error(e: &sqlx::Error) -> &'static str {
     }
 }
 
-fn unavailable(msg: String) -> Response {
+fn unavailable(why: NotReady) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("Sealpost dashboard unavailable\n\n{msg}\n"),
+        format!("Sealpost dashboard unavailable\n\n{why}\n"),
     )
         .into_response()
 }
 
 async fn page(State(d): State<Dashboard>) -> Response {
-    if let Err(msg) = d.ready_pool().await {
-        return unavailable(msg);
+    if let Err(why) = d.ready_pool().await {
+        return unavailable(why);
     }
     (
         [
@@ -135,18 +141,21 @@ async fn page(State(d): State<Dashboard>) -> Response {
 async fn data(State(d): State<Dashboard>) -> Response {
     let pool = match d.ready_pool().await {
         Ok(p) => p,
-        Err(msg) => return unavailable(msg),
+        Err(why) => return unavailable(why),
     };
     let summary = match sealpost_projections::summary(pool).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "dashboard: reading the summary");
-            return unavailable(format!("Reading the summary failed. {NOT_READY}"));
+            return unavailable(NotReady::Summary);
         }
     };
     let mut body = match serde_json::to_value(&summary) {
         Ok(v) => v,
-        Err(e) => return unavailable(format!("Encoding the summary failed: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: encoding the summary");
+            return unavailable(NotReady::Summary);
+        }
     };
     if let Some(obj) = body.as_object_mut() {
         obj.insert("projection_lag".into(), serde_json::json!(d.lag().await));

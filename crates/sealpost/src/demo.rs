@@ -9,16 +9,16 @@ use std::time::Duration;
 use sealpost_carrier_sim::{FaultMix, SimConfig};
 
 use crate::config::Config;
-use crate::pipeline::{self, Options, Pipeline};
+use crate::harness::{self, Harness, Options};
 
 pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::Result<()> {
     let messages = messages.max(1);
     let mut cfg = cfg.clone();
     // Short backoffs and a client timeout below the simulator's hang, so that every fault shows
     // up within seconds.
-    cfg.retry.base_ms = 200;
-    cfg.retry.max_ms = 2000;
-    cfg.carriers.rbm.timeout_ms = 200;
+    cfg.retry.base = Duration::from_millis(200);
+    cfg.retry.max = Duration::from_millis(2000);
+    cfg.carriers.rbm.timeout = Duration::from_millis(200);
     let faults = FaultMix {
         throttle: 0.01,
         retry_after_secs: 1,
@@ -39,7 +39,7 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         webhook_concurrency: 128,
         ..SimConfig::default()
     };
-    let mut p = Pipeline::start(
+    let mut p = Harness::start(
         &cfg,
         Options {
             sim,
@@ -51,9 +51,8 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     )
     .await?;
 
-    let pb = pipeline::progress_bar("delivering");
+    let pb = harness::progress_bar("delivering");
     let s = p.drive(messages, concurrency, Some(pb)).await?;
-    let stats = p.sim_stats();
     let counts = p.sim.accepted_counts();
     let acked = p.acked_ids();
     let not_once: Vec<(&String, u32)> = acked
@@ -62,6 +61,32 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         .filter(|(_, c)| *c != 1)
         .collect();
 
+    report(&p, &faults, &s, messages, concurrency, &acked, &not_once);
+    anyhow::ensure!(
+        s.all_terminal(),
+        "{} of {} messages did not reach a terminal state within the time limit",
+        s.messages - s.terminal,
+        s.messages
+    );
+    anyhow::ensure!(
+        not_once.is_empty(),
+        "{} acked messages were not accepted exactly once at the carrier",
+        not_once.len()
+    );
+    Ok(())
+}
+
+/// Prints what the event stream and the simulator saw.
+fn report(
+    p: &Harness,
+    faults: &FaultMix,
+    s: &harness::Summary,
+    messages: usize,
+    concurrency: usize,
+    acked: &[String],
+    not_once: &[(&String, u32)],
+) {
+    let stats = p.sim_stats();
     println!(
         "sealpost demo: {messages} messages (tenant {}), concurrency {concurrency}, every 2nd with an SMS fallback",
         p.tenant()
@@ -74,7 +99,7 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         faults.server_error,
         faults.timeout,
         faults.hang_ms,
-        p.config().carriers.rbm.timeout_ms,
+        p.config().carriers.rbm.timeout.as_millis(),
         faults.not_capable,
         faults.permanent,
         faults.duplicate_receipt,
@@ -96,7 +121,7 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     }
     println!("\n{:<34} {:>8}", "failed attempts by class", "count");
     for (class, n) in s.failed_by_class() {
-        println!("{class:<34} {n:>8}");
+        println!("{:<34} {n:>8}", class.as_str());
     }
     println!("\n{:<34} {:>8}", "failed attempts by class / code", "count");
     for ((class, code), n) in &s.failed_by {
@@ -104,26 +129,26 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     }
     println!("\n{:<34} {:>8}", "events by type", "count");
     for (ty, n) in &s.events {
-        println!("{ty:<34} {n:>8}");
+        println!("{:<34} {n:>8}", ty.as_str());
     }
     if !s.after_terminal.is_empty() {
         println!("events after a terminal state: {:?}", s.after_terminal);
     }
     println!(
         "\nlatency accepted -> terminal:  {}",
-        pipeline::percentiles(&s.to_terminal_us)
+        harness::percentiles(&s.to_terminal_us)
     );
     println!(
         "latency accepted -> displayed: {}",
-        pipeline::percentiles(&s.to_displayed_us)
+        harness::percentiles(&s.to_displayed_us)
     );
     println!(
         "send request/reply:            {}",
-        pipeline::percentiles(&s.send_latency_us)
+        harness::percentiles(&s.send_latency_us)
     );
 
     println!("\n{:<34} {:>8}", "carrier simulator", "count");
-    for (name, n) in pipeline::sim_rows(&stats) {
+    for (name, n) in harness::sim_rows(&stats) {
         println!("{name:<34} {n:>8}");
     }
     println!(
@@ -140,17 +165,4 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     for (id, c) in not_once.iter().take(10) {
         println!("  {id}: accepted {c} times");
     }
-
-    anyhow::ensure!(
-        s.all_terminal(),
-        "{} of {} messages did not reach a terminal state within the time limit",
-        s.messages - s.terminal,
-        s.messages
-    );
-    anyhow::ensure!(
-        not_once.is_empty(),
-        "{} acked messages were not accepted exactly once at the carrier",
-        not_once.len()
-    );
-    Ok(())
 }

@@ -1,7 +1,8 @@
-//! Wiring for the Postgres projections: `migrate`, `replay --projection <name> --from-start`
-//! and the `projector` role of `serve`.
+//! The Postgres views from the application's side: the `projector` role with the gauges it
+//! reports, `sealpost migrate`, and `sealpost replay --projection <name> --from-start`.
 
 use anyhow::Context as _;
+use sealpost_domain::Status;
 use sealpost_projections::{ProjectionName, Projector, RunningProjector};
 use sqlx::PgPool;
 
@@ -9,18 +10,10 @@ use crate::config::Config;
 
 /// The configured pool.
 pub async fn pool(cfg: &Config) -> anyhow::Result<PgPool> {
-    let url = cfg.postgres.resolved_url()?;
-    sealpost_projections::connect(&url, cfg.postgres.max_connections)
+    let url = cfg.postgres.required_url()?;
+    sealpost_projections::connect(url, cfg.postgres.max_connections)
         .await
         .context("cannot connect to PostgreSQL (DATABASE_URL / [postgres] url)")
-}
-
-pub fn names(names: &[ProjectionName]) -> String {
-    names
-        .iter()
-        .map(|n| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `sealpost migrate`.
@@ -37,29 +30,21 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `projector` role: every projection, until dropped.
-pub async fn projector(
+/// The `projector` role: every projection, and the task that reports their gauges. Both run
+/// until dropped (the task: aborted).
+pub async fn start_projector(
     cfg: &Config,
-    client: async_nats::Client,
-) -> anyhow::Result<RunningProjector> {
-    let js = async_nats::jetstream::new(client);
-    sealpost_eventstore::provision::check_ready(
-        &js,
-        &sealpost_eventstore::provision::embedded_definitions(),
-    )
-    .await
-    .context("the event stream is not ready; run `sealpost provision` first")?;
+    js: async_nats::jetstream::Context,
+) -> anyhow::Result<(RunningProjector, tokio::task::JoinHandle<()>)> {
     let pool = pool(cfg).await?;
     let running = Projector::start(
         js.clone(),
         pool.clone(),
         cfg.postgres.projector(),
-        &ProjectionName::ALL,
+        ProjectionName::ALL,
     )
     .await?;
-    // Stops with the process; the gauges are only read while it runs.
-    tokio::spawn(view_gauges(js, pool));
-    Ok(running)
+    Ok((running, tokio::spawn(view_gauges(js, pool))))
 }
 
 /// Every 10 s: `sealpost_projection_lag{projection}` from each projection's consumer, and
@@ -68,7 +53,7 @@ async fn view_gauges(js: async_nats::jetstream::Context, pool: PgPool) {
     use sealpost_telemetry::{metrics, ProjectionLabels, TenantLabels};
     let mut seen: std::collections::HashSet<String> = Default::default();
     loop {
-        for name in ProjectionName::ALL {
+        for &name in ProjectionName::ALL {
             if let Ok(lag) = sealpost_projections::lag(&js, name).await {
                 metrics()
                     .projection_lag
@@ -79,8 +64,14 @@ async fn view_gauges(js: async_nats::jetstream::Context, pool: PgPool) {
             }
         }
         let waiting: Result<Vec<(String, i64)>, _> = sqlx::query_as(
-            "SELECT tenant, count(*) FROM messages \
-             WHERE status IN ('queued', 'retry_scheduled') GROUP BY tenant",
+            "SELECT tenant, count(*) FROM messages WHERE status = ANY($1::text[]) GROUP BY tenant",
+        )
+        .bind(
+            Status::ALL
+                .iter()
+                .filter(|s| s.awaiting_submission())
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
         )
         .fetch_all(&pool)
         .await;
@@ -113,17 +104,11 @@ async fn view_gauges(js: async_nats::jetstream::Context, pool: PgPool) {
     }
 }
 
-fn parse_names(name: &str) -> anyhow::Result<Vec<ProjectionName>> {
-    if name == "all" {
-        return Ok(ProjectionName::ALL.to_vec());
-    }
-    Ok(vec![name.parse()?])
-}
-
 /// `sealpost replay --projection <name> --from-start`: a rebuild with a progress bar on stderr.
-pub async fn rebuild(cfg: &Config, name: &str) -> anyhow::Result<()> {
-    let names = parse_names(name)?;
-    let client = crate::connect(cfg).await?;
+/// `None` rebuilds every projection.
+pub async fn rebuild(cfg: &Config, only: Option<ProjectionName>) -> anyhow::Result<()> {
+    let names = only.map_or_else(|| ProjectionName::ALL.to_vec(), |n| vec![n]);
+    let client = crate::app::connect(cfg).await?;
     let js = async_nats::jetstream::new(client);
     let pool = pool(cfg).await?;
     for name in names {

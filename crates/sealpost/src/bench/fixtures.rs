@@ -1,7 +1,9 @@
-//! Message lifecycles as command scripts, for `sealpost bench eventstore`.
+//! Bench fixtures: message lifecycles as command scripts, decided by the real aggregate, for
+//! `sealpost bench eventstore` and `sealpost bench projections`.
 //!
-//! Carrier answers here are scripted: the bench measures the event store alone. (`sealpost demo`
-//! and `sealpost bench delivery` run the real workers against the carrier simulator instead.)
+//! Carrier answers here are scripted: those benches measure the event store and the projections
+//! alone. (`sealpost demo` and `sealpost bench delivery` run the real workers against the carrier
+//! simulator instead.)
 
 use std::time::Duration;
 
@@ -84,17 +86,45 @@ pub fn happy_path_commands(key: &str) -> Vec<(String, MessageCommand)> {
     .collect()
 }
 
-/// The events of [`happy_path_commands`], decided in memory.
-pub fn happy_path_events(key: &str, policy: &RetryPolicy) -> anyhow::Result<Vec<MessageEvent>> {
+/// Accept, a 503, a retry that the carrier acks, delivered: four commands, five events.
+pub fn retried_commands(key: &str) -> Vec<(String, MessageCommand)> {
+    let (id, accept) = accept(key);
+    [
+        accept,
+        result(
+            1,
+            CarrierOutcome::Transient {
+                code: "503".into(),
+                retry_after: None,
+            },
+        ),
+        acked(2, key),
+        receipt(key, ReceiptKind::Delivered),
+    ]
+    .into_iter()
+    .map(|c| (id.clone(), c))
+    .collect()
+}
+
+/// The events `commands` produce on a new message, decided in memory by the aggregate.
+pub fn decide_all(
+    commands: Vec<(String, MessageCommand)>,
+    policy: &RetryPolicy,
+) -> anyhow::Result<Vec<MessageEvent>> {
     let mut m = Message::default();
     let mut out = vec![];
-    for (_, cmd) in happy_path_commands(key) {
+    for (_, cmd) in commands {
         for e in m.decide(cmd, policy)? {
             cqrs_es::Aggregate::apply(&mut m, e.clone());
             out.push(e);
         }
     }
     Ok(out)
+}
+
+/// The events of [`happy_path_commands`].
+pub fn happy_path_events(key: &str, policy: &RetryPolicy) -> anyhow::Result<Vec<MessageEvent>> {
+    decide_all(happy_path_commands(key), policy)
 }
 
 #[cfg(test)]
@@ -105,6 +135,13 @@ mod tests {
     fn the_happy_path_is_five_commands_and_five_events() {
         assert_eq!(happy_path_commands("k").len(), 5);
         let events = happy_path_events("k", &RetryPolicy::default()).expect("legal");
+        assert_eq!(events.len(), 5);
+    }
+
+    #[test]
+    fn the_retried_path_is_four_commands_and_five_events() {
+        assert_eq!(retried_commands("k").len(), 4);
+        let events = decide_all(retried_commands("k"), &RetryPolicy::default()).expect("legal");
         assert_eq!(events.len(), 5);
     }
 }

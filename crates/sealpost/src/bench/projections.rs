@@ -15,74 +15,25 @@ use std::time::Instant;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt;
-use sealpost_domain::{
-    CarrierOutcome, Message, MessageCommand, MessageEvent, ReceiptKind, RetryPolicy,
-};
+use sealpost_domain::{parse_aggregate_id, MessageEvent, RetryPolicy};
+use sealpost_eventstore::names::{EventSubject, Stream};
 use sealpost_eventstore::store::{HDR_CORRELATION_ID, HDR_EVENT_VERSION, HDR_SEQUENCE};
 use sealpost_projections::ProjectionName;
 
+use super::fixtures;
+use crate::app::connect;
 use crate::config::Config;
 
 const TARGET_EVENTS_PER_SEC: f64 = 50_000.0;
 
-fn commands(key: &str, i: usize) -> Vec<MessageCommand> {
-    let now = time::OffsetDateTime::now_utc;
-    let (_, accept) = crate::lifecycle::accept(key);
-    let result = |attempt, outcome| MessageCommand::RecordCarrierResult {
-        attempt,
-        carrier: "rbm".into(),
-        outcome,
-        at: now(),
-    };
-    let receipt = |kind| MessageCommand::RecordReceipt {
-        receipt_id: format!("{key}-{kind:?}"),
-        kind,
-        at: now(),
-    };
-    let acked = |attempt| {
-        result(
-            attempt,
-            CarrierOutcome::Acked {
-                carrier_message_id: key.to_owned(),
-            },
-        )
-    };
-    if i.is_multiple_of(4) {
-        // accepted, attempt_failed + retry_scheduled, carrier_acked, delivered
-        vec![
-            accept,
-            result(
-                1,
-                CarrierOutcome::Transient {
-                    code: "503".into(),
-                    retry_after: None,
-                },
-            ),
-            acked(2),
-            receipt(ReceiptKind::Delivered),
-        ]
-    } else {
-        // accepted, carrier_acked, delivered, displayed, purged
-        vec![
-            accept,
-            acked(1),
-            receipt(ReceiptKind::Delivered),
-            receipt(ReceiptKind::Displayed),
-            MessageCommand::Purge { at: now() },
-        ]
-    }
-}
-
+/// One message's events: a fourth of the messages go through a retry, the rest the happy path.
 fn events_of(key: &str, i: usize, policy: &RetryPolicy) -> anyhow::Result<Vec<MessageEvent>> {
-    let mut m = Message::default();
-    let mut out = vec![];
-    for cmd in commands(key, i) {
-        for e in m.decide(cmd, policy)? {
-            cqrs_es::Aggregate::apply(&mut m, e.clone());
-            out.push(e);
-        }
-    }
-    Ok(out)
+    let commands = if i.is_multiple_of(4) {
+        fixtures::retried_commands(key)
+    } else {
+        fixtures::happy_path_commands(key)
+    };
+    fixtures::decide_all(commands, policy)
 }
 
 fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
@@ -113,17 +64,19 @@ async fn write_events(js: &jetstream::Context, events: usize) -> anyhow::Result<
     let window = 4096;
     for i in 0..messages {
         let key = format!("{run}-{i}");
-        let (aggregate, _) = crate::lifecycle::accept(&key);
+        let (aggregate, _) = fixtures::accept(&key);
+        let (tenant, message_id) = parse_aggregate_id(&aggregate)?;
         for (n, e) in events_of(&key, i, &policy)?.into_iter().enumerate() {
             let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("{message_id}:{}", n + 1).as_str());
             h.insert(
-                "Nats-Msg-Id",
-                format!("{}:{}", aggregate.rsplit('.').next().unwrap_or(""), n + 1).as_str(),
+                HDR_EVENT_VERSION,
+                e.event_type().version().to_string().as_str(),
             );
-            h.insert(HDR_EVENT_VERSION, sealpost_domain::EVENT_VERSION);
             h.insert(HDR_SEQUENCE, (n + 1).to_string().as_str());
             h.insert(HDR_CORRELATION_ID, format!("corr-{key}").as_str());
-            let subject = format!("sealpost.evt.{aggregate}.{}", e.event_type());
+            let subject =
+                EventSubject::new(tenant.clone(), message_id.clone(), e.event_type()).to_string();
             let ack = js
                 .publish_with_headers(subject, h, e.to_body()?.into())
                 .await
@@ -201,8 +154,9 @@ async fn baseline(pool: &sqlx::PgPool, rows: u64, batch: usize) -> anyhow::Resul
     Ok(rate)
 }
 
+/// `sealpost bench projections`: see the module docs.
 pub async fn run(cfg: &Config, events: usize, write: bool) -> anyhow::Result<()> {
-    let client = crate::connect(cfg).await?;
+    let client = connect(cfg).await?;
     let version = sealpost_eventstore::provision::check_server(&client).await?;
     let js = jetstream::new(client.clone());
     sealpost_eventstore::provision::provision(
@@ -223,7 +177,7 @@ pub async fn run(cfg: &Config, events: usize, write: bool) -> anyhow::Result<()>
         );
     }
     let stream_events = js
-        .get_stream("SEALPOST_EVENTS")
+        .get_stream(Stream::Events.as_str())
         .await?
         .info()
         .await?

@@ -1,0 +1,475 @@
+//! Every name Sealpost's processes share on NATS, written once: the streams, the durable
+//! consumers, the roles that run them, and the subject layouts with a typed build and parse for
+//! each. A malformed subject is one [`SubjectError`], whoever parses it.
+//!
+//! | subject | meaning | type |
+//! |---|---|---|
+//! | `sealpost.evt.<tenant>.<message_id>.<event_type>` | one stored event | [`EventSubject`] |
+//! | `sealpost.cmd.<tenant>.send`, `sealpost.cmd.<tenant>.cancel` | commands (request/reply) | [`ServiceSubject`] |
+//! | `sealpost.qry.<tenant>.status` | queries (request/reply) | [`ServiceSubject`] |
+//! | `sealpost.rcpt.<carrier>` | a raw, verified carrier webhook | [`receipt_subject`] |
+//! | `sealpost.sched.<tenant>.<message_id>.expire` | an expiry timer (`Nats-Schedule`) | [`TimerSubject`] |
+//! | `sealpost.due.<tenant>.<message_id>.expire` | the timer, fired by the server | [`TimerSubject`] |
+//! | `sealpost.notice.<tenant>.<message_id>` | an in-app fallback notice (core NATS) | [`notice_subject`] |
+//! | `_INBOX_<tenant>.>` | a tenant's reply inbox | [`inbox_prefix`] |
+//!
+//! Tenant and message ids are token-safe (`[A-Za-z0-9_-]{1,64}`), so every token is unambiguous.
+//! The stream and consumer definitions themselves are the JSON files under `nats/`
+//! ([`crate::provision::embedded_definitions`]); a test checks that every [`Durable`] has its file
+//! and every file its [`Durable`].
+
+use std::fmt;
+
+use sealpost_domain::ids::IdError;
+use sealpost_domain::{wire_enum, EventType, MessageId, TenantId, UnknownName};
+
+wire_enum! {
+    /// The JetStream streams (`nats/streams/<name>.json`).
+    pub enum Stream: "stream" {
+        /// Every message event: the source of truth.
+        Events => "SEALPOST_EVENTS",
+        /// Raw carrier webhooks, stored before they are answered.
+        Receipts => "SEALPOST_RECEIPTS",
+        /// Expiry timers and their firings.
+        Schedules => "SEALPOST_SCHEDULES",
+    }
+}
+
+wire_enum! {
+    /// The durable pull consumers (`nats/consumers/<stream>/<name>.json`).
+    pub enum Durable: "durable consumer" {
+        /// Delivery jobs: `accepted` and `queued` events.
+        Delivery => "delivery",
+        /// `fallback_triggered` events: revoke, then send the neutral notice.
+        Fallback => "fallback",
+        /// Raw receipts to apply.
+        Receipts => "receipts",
+        /// Fired expiry timers.
+        Expiry => "expiry",
+        /// The `messages` view.
+        ProjMessages => "proj_messages",
+        /// The `compliance` view.
+        ProjCompliance => "proj_compliance",
+        /// The `metrics` view.
+        ProjMetrics => "proj_metrics",
+    }
+}
+
+impl Durable {
+    /// The stream the consumer reads.
+    pub const fn stream(self) -> Stream {
+        match self {
+            Durable::Delivery
+            | Durable::Fallback
+            | Durable::ProjMessages
+            | Durable::ProjCompliance
+            | Durable::ProjMetrics => Stream::Events,
+            Durable::Receipts => Stream::Receipts,
+            Durable::Expiry => Stream::Schedules,
+        }
+    }
+}
+
+wire_enum! {
+    /// What a `sealpost serve` process runs. Each role is stateless; run any mix of them in as
+    /// many processes as you like.
+    pub enum Role: "role" {
+        /// The NATS service `sealpost`, the HTTP API, receipt webhooks, `/metrics` and the dashboard.
+        Gateway => "gateway",
+        /// Carrier workers: submit, record the answer, retry by NAK delay.
+        Delivery => "delivery",
+        /// Applies stored carrier receipts.
+        Receipts => "receipts",
+        /// Fired expiry timers: revoke at the carrier, record `expired`.
+        Expiry => "expiry",
+        /// Revoke plus the neutral fallback notice.
+        Fallback => "fallback",
+        /// The Postgres views.
+        Projector => "projector",
+    }
+}
+
+impl Role {
+    /// The durable consumers the role pulls from (none for the gateway).
+    pub const fn durables(self) -> &'static [Durable] {
+        match self {
+            Role::Gateway => &[],
+            Role::Delivery => &[Durable::Delivery],
+            Role::Receipts => &[Durable::Receipts],
+            Role::Expiry => &[Durable::Expiry],
+            Role::Fallback => &[Durable::Fallback],
+            Role::Projector => &[
+                Durable::ProjMessages,
+                Durable::ProjCompliance,
+                Durable::ProjMetrics,
+            ],
+        }
+    }
+
+    /// One line for `--help` and the docs.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Role::Gateway => {
+                "NATS service `sealpost`, HTTP API, receipt webhooks, /metrics, dashboard"
+            }
+            Role::Delivery => "carrier workers: submit, record the answer, retry by NAK delay",
+            Role::Receipts => "apply stored carrier receipts (delivered, displayed, TTL)",
+            Role::Expiry => "fired expiry timers: revoke at the carrier, record expired",
+            Role::Fallback => "revoke, then send the neutral SMS or in-app notice",
+            Role::Projector => "the Postgres views (messages, compliance, metrics)",
+        }
+    }
+
+    /// The roles that carry a message to the carrier and back (`sealpost-delivery`).
+    pub const DELIVERY: [Role; 4] = [Role::Delivery, Role::Receipts, Role::Expiry, Role::Fallback];
+}
+
+/// The first two tokens of every event subject.
+pub const EVENTS_PREFIX: &str = "sealpost.evt";
+/// Every subject of [`Stream::Events`].
+pub const EVENTS_ALL: &str = "sealpost.evt.>";
+/// Every subject of [`Stream::Receipts`].
+pub const RECEIPTS_ALL: &str = "sealpost.rcpt.>";
+
+/// A subject that is not what its reader expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject '{subject}' is not {expected}")]
+    Shape {
+        subject: String,
+        expected: &'static str,
+    },
+    #[error("subject '{subject}' has an invalid id")]
+    Id {
+        subject: String,
+        #[source]
+        source: IdError,
+    },
+    #[error("subject '{subject}' names an unknown event type")]
+    EventType {
+        subject: String,
+        #[source]
+        source: UnknownName,
+    },
+}
+
+/// A subject, shortened for an error message.
+fn quoted(subject: &str) -> String {
+    subject.chars().take(160).collect()
+}
+
+fn tokens<'a, const N: usize>(
+    subject: &'a str,
+    prefix: &[&str],
+    expected: &'static str,
+) -> Result<[&'a str; N], SubjectError> {
+    let shape = || SubjectError::Shape {
+        subject: quoted(subject),
+        expected,
+    };
+    let mut it = subject.split('.');
+    for p in prefix {
+        if it.next() != Some(*p) {
+            return Err(shape());
+        }
+    }
+    let mut out = [""; N];
+    for slot in &mut out {
+        *slot = it.next().filter(|t| !t.is_empty()).ok_or_else(shape)?;
+    }
+    if it.next().is_some() {
+        return Err(shape());
+    }
+    Ok(out)
+}
+
+fn ids(subject: &str, tenant: &str, message: &str) -> Result<(TenantId, MessageId), SubjectError> {
+    let id = |source| SubjectError::Id {
+        subject: quoted(subject),
+        source,
+    };
+    Ok((
+        TenantId::new(tenant).map_err(id)?,
+        MessageId::new(message).map_err(id)?,
+    ))
+}
+
+/// `sealpost.evt.<tenant>.<message_id>.<event_type>`: one stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventSubject {
+    pub tenant: TenantId,
+    pub message_id: MessageId,
+    pub event_type: EventType,
+}
+
+impl EventSubject {
+    const EXPECTED: &'static str = "sealpost.evt.<tenant>.<message_id>.<event_type>";
+
+    pub fn new(tenant: TenantId, message_id: MessageId, event_type: EventType) -> Self {
+        Self {
+            tenant,
+            message_id,
+            event_type,
+        }
+    }
+
+    pub fn parse(subject: &str) -> Result<Self, SubjectError> {
+        let [tenant, message, ty] = tokens::<3>(subject, &["sealpost", "evt"], Self::EXPECTED)?;
+        let (tenant, message_id) = ids(subject, tenant, message)?;
+        let event_type = ty.parse().map_err(|source| SubjectError::EventType {
+            subject: quoted(subject),
+            source,
+        })?;
+        Ok(Self::new(tenant, message_id, event_type))
+    }
+
+    /// `sealpost.evt.<tenant or *>.<message or *>.>`: a tenant's, a message's or all events.
+    pub fn filter(tenant: Option<&TenantId>, message: Option<&MessageId>) -> String {
+        format!(
+            "{EVENTS_PREFIX}.{}.{}.>",
+            tenant.map_or("*", TenantId::as_str),
+            message.map_or("*", MessageId::as_str)
+        )
+    }
+
+    /// `sealpost.evt.*.*.<event_type>`: every event of one type (a consumer's filter).
+    pub fn of_type(event_type: EventType) -> String {
+        format!("{EVENTS_PREFIX}.*.*.{event_type}")
+    }
+
+    /// `sealpost.evt.*.<message_id>.<event_type>`: one message's events of one type, whatever
+    /// its tenant (a carrier names a message by id only).
+    pub fn of_message_any_tenant(message_id: &MessageId, event_type: EventType) -> String {
+        format!("{EVENTS_PREFIX}.*.{message_id}.{event_type}")
+    }
+}
+
+impl fmt::Display for EventSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{EVENTS_PREFIX}.{}.{}.{}",
+            self.tenant, self.message_id, self.event_type
+        )
+    }
+}
+
+wire_enum! {
+    /// The operations of the `sealpost` NATS service.
+    pub enum ServiceOp: "service operation" {
+        Send => "send",
+        Cancel => "cancel",
+        Status => "status",
+    }
+}
+
+impl ServiceOp {
+    /// `cmd` for commands, `qry` for queries: the second token of the subject.
+    pub const fn kind(self) -> &'static str {
+        match self {
+            ServiceOp::Send | ServiceOp::Cancel => "cmd",
+            ServiceOp::Status => "qry",
+        }
+    }
+
+    /// The endpoint's subscription: `sealpost.cmd.*.send`, ...
+    pub fn endpoint(self) -> String {
+        format!("sealpost.{}.*.{self}", self.kind())
+    }
+}
+
+/// `sealpost.cmd.<tenant>.<send|cancel>` or `sealpost.qry.<tenant>.status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSubject {
+    pub tenant: TenantId,
+    pub op: ServiceOp,
+}
+
+impl ServiceSubject {
+    const EXPECTED: &'static str =
+        "sealpost.cmd.<tenant>.<send|cancel> or sealpost.qry.<tenant>.status";
+
+    pub fn new(tenant: TenantId, op: ServiceOp) -> Self {
+        Self { tenant, op }
+    }
+
+    pub fn parse(subject: &str) -> Result<Self, SubjectError> {
+        let shape = || SubjectError::Shape {
+            subject: quoted(subject),
+            expected: Self::EXPECTED,
+        };
+        let [kind, tenant, op] = tokens::<3>(subject, &["sealpost"], Self::EXPECTED)?;
+        let op: ServiceOp = op.parse().map_err(|_| shape())?;
+        if op.kind() != kind {
+            return Err(shape());
+        }
+        let tenant = TenantId::new(tenant).map_err(|source| SubjectError::Id {
+            subject: quoted(subject),
+            source,
+        })?;
+        Ok(Self { tenant, op })
+    }
+
+    /// `sealpost.cmd.<tenant>.>` and `sealpost.qry.<tenant>.>`: what a tenant may publish to.
+    pub fn tenant_filters(tenant: &TenantId) -> [String; 2] {
+        [
+            format!("sealpost.cmd.{tenant}.>"),
+            format!("sealpost.qry.{tenant}.>"),
+        ]
+    }
+}
+
+impl fmt::Display for ServiceSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sealpost.{}.{}.{}", self.op.kind(), self.tenant, self.op)
+    }
+}
+
+/// `sealpost.rcpt.<carrier>`: where the gateway stores a carrier's verified webhook.
+pub fn receipt_subject(carrier: &str) -> String {
+    format!("sealpost.rcpt.{carrier}")
+}
+
+/// The expiry timer of one message: stored on `sealpost.sched.<tenant>.<message_id>.expire`
+/// with a `Nats-Schedule` header, published by the server onto `sealpost.due.…` when it fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerSubject {
+    pub tenant: TenantId,
+    pub message_id: MessageId,
+}
+
+impl TimerSubject {
+    const EXPECTED: &'static str = "sealpost.due.<tenant>.<message_id>.expire";
+
+    pub fn new(tenant: TenantId, message_id: MessageId) -> Self {
+        Self { tenant, message_id }
+    }
+
+    /// Where the timer is stored.
+    pub fn schedule(&self) -> String {
+        format!("sealpost.sched.{}.{}.expire", self.tenant, self.message_id)
+    }
+
+    /// Where the server publishes it when it fires.
+    pub fn due(&self) -> String {
+        format!("sealpost.due.{}.{}.expire", self.tenant, self.message_id)
+    }
+
+    /// Parses a fired timer's subject.
+    pub fn parse_due(subject: &str) -> Result<Self, SubjectError> {
+        let [tenant, message, what] = tokens::<3>(subject, &["sealpost", "due"], Self::EXPECTED)?;
+        if what != "expire" {
+            return Err(SubjectError::Shape {
+                subject: quoted(subject),
+                expected: Self::EXPECTED,
+            });
+        }
+        let (tenant, message_id) = ids(subject, tenant, message)?;
+        Ok(Self { tenant, message_id })
+    }
+}
+
+/// `sealpost.notice.<tenant>.<message_id>`: where an in-app fallback notice is published (core
+/// NATS, best effort) for the tenant's app backend.
+pub fn notice_subject(tenant: &TenantId, message_id: &MessageId) -> String {
+    format!("sealpost.notice.{tenant}.{message_id}")
+}
+
+/// A tenant's reply inbox prefix (`_INBOX_<tenant>`): its NATS user may subscribe only below it,
+/// so it can read no other tenant's replies. Clients set it with `custom_inbox_prefix`.
+pub fn inbox_prefix(tenant: &str) -> String {
+    format!("_INBOX_{tenant}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme() -> TenantId {
+        TenantId::new("acme").unwrap()
+    }
+
+    #[test]
+    fn event_subjects_round_trip_and_refuse_every_other_shape() {
+        let s = EventSubject::new(
+            acme(),
+            MessageId::new("m-1").unwrap(),
+            EventType::CarrierAcked,
+        );
+        assert_eq!(s.to_string(), "sealpost.evt.acme.m-1.carrier_acked");
+        assert_eq!(EventSubject::parse(&s.to_string()), Ok(s));
+        for bad in [
+            "sealpost.evt.acme.m-1",
+            "sealpost.evt.acme.m-1.accepted.x",
+            "sealpost.cmd.acme.m-1.accepted",
+            "bench.evt.acme.m-1.accepted",
+            "sealpost.evt..m-1.accepted",
+        ] {
+            assert!(
+                matches!(EventSubject::parse(bad), Err(SubjectError::Shape { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            EventSubject::parse("sealpost.evt.acme.m-1.teleported"),
+            Err(SubjectError::EventType { .. })
+        ));
+        assert!(matches!(
+            EventSubject::parse("sealpost.evt.a*.m-1.accepted"),
+            Err(SubjectError::Id { .. })
+        ));
+    }
+
+    #[test]
+    fn event_filters_name_a_tenant_a_message_or_a_type() {
+        let m = MessageId::new("m-1").unwrap();
+        assert_eq!(EventSubject::filter(None, None), "sealpost.evt.*.*.>");
+        assert_eq!(
+            EventSubject::filter(Some(&acme()), Some(&m)),
+            "sealpost.evt.acme.m-1.>"
+        );
+        assert_eq!(
+            EventSubject::of_type(EventType::Accepted),
+            "sealpost.evt.*.*.accepted"
+        );
+        assert_eq!(
+            EventSubject::of_message_any_tenant(&m, EventType::Accepted),
+            "sealpost.evt.*.m-1.accepted"
+        );
+    }
+
+    #[test]
+    fn service_subjects_pair_each_operation_with_its_kind() {
+        for &op in ServiceOp::ALL {
+            let s = ServiceSubject::new(acme(), op);
+            assert_eq!(ServiceSubject::parse(&s.to_string()), Ok(s));
+        }
+        assert_eq!(ServiceOp::Send.endpoint(), "sealpost.cmd.*.send");
+        assert_eq!(ServiceOp::Status.endpoint(), "sealpost.qry.*.status");
+        for bad in [
+            "sealpost.qry.acme.send",
+            "sealpost.cmd.acme.status",
+            "sealpost.cmd.acme",
+        ] {
+            assert!(ServiceSubject::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timer_subjects_are_stored_on_sched_and_fire_on_due() {
+        let t = TimerSubject::new(acme(), MessageId::new("m-1").unwrap());
+        assert_eq!(t.schedule(), "sealpost.sched.acme.m-1.expire");
+        assert_eq!(TimerSubject::parse_due(&t.due()), Ok(t));
+        assert!(TimerSubject::parse_due("sealpost.due.acme.m-1.other").is_err());
+    }
+
+    #[test]
+    fn every_role_names_its_consumers_and_every_consumer_has_one_role() {
+        let mut seen = vec![];
+        for &r in Role::ALL {
+            seen.extend_from_slice(r.durables());
+        }
+        seen.sort();
+        assert_eq!(seen, Durable::ALL.to_vec());
+    }
+}

@@ -1,0 +1,401 @@
+//! The production wiring: [`App::start`] turns a [`Config`] and a list of [`Role`]s into a
+//! [`Running`] process. `sealpost serve`, the demo, every bench and the integration tests start
+//! Sealpost through here, so the tests cover the wiring that ships.
+//!
+//! What each role gets:
+//! - **gateway:** the event store and command executor, the blob store (embedded S3 unless
+//!   `[s3] endpoint` is set), the tenants, receipt webhooks (`[carriers.rbm] client_token`), the
+//!   status source (the `messages` view when `[postgres] url` is set) and the dashboard, on the
+//!   NATS service `sealpost` and the HTTP API at `[gateway] http_listen`;
+//! - **delivery, receipts, expiry, fallback:** one `sealpost_delivery::Delivery` with the
+//!   configured carriers and throttles, and a state-cached executor;
+//! - **projector:** every projection on the configured Postgres, plus the gauges it reports;
+//! - a process without the gateway serves `/metrics` and `/healthz` on `[gateway] http_listen`.
+//!
+//! Every process checks the server version and the streams' flags first and refuses to run on a
+//! server that dropped one.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sealpost_blobstore::{BlobStore, EmbeddedS3};
+use sealpost_delivery::{CarrierSlot, Carriers, Delivery, GateConfig, RunningConsumers};
+use sealpost_domain::Message;
+use sealpost_eventstore::names::Role;
+use sealpost_eventstore::provision::{check_ready, embedded_definitions};
+use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
+use sealpost_gateway::{Gateway, RunningGateway, Tenants};
+use sealpost_projections::{ProjectionName, RunningProjector};
+
+use crate::config::Config;
+
+/// How many message states a delivery process keeps in memory (a miss costs one load).
+const DELIVERY_STATE_CACHE: usize = 100_000;
+
+/// Starts Sealpost's roles.
+#[derive(Debug)]
+pub struct App;
+
+/// A running process. Dropping it stops every role it started (unacked work is redelivered).
+pub struct Running {
+    roles: Vec<Role>,
+    http_addr: Option<SocketAddr>,
+    // Drop order: the consumers stop taking work first, then the gateway, then the rest.
+    delivery: Option<(Delivery, RunningConsumers)>,
+    projector: Option<RunningProjector>,
+    gateway: Option<RunningGateway>,
+    background: Vec<AbortOnDrop>,
+    blobs: Option<Blobs>,
+    /// Taken by [`Running::wait`]; in a mutex only so that `Running` is `Sync`.
+    shutdown: std::sync::Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("roles", &self.roles)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The object store of this process: the configured endpoint, or an embedded one.
+struct Blobs {
+    store: BlobStore,
+    /// Kept alive while the process serves; `None` when an external endpoint is configured.
+    embedded: Option<EmbeddedS3>,
+}
+
+/// A background task stopped with the process.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl App {
+    /// Starts `roles` with `cfg`; the returned [`Running`] serves until `shutdown` resolves
+    /// ([`Running::wait`]) or it is dropped. Fails, before anything serves, when NATS or a
+    /// stream is not ready, a role lacks its configuration, or a listener cannot bind.
+    pub async fn start(
+        cfg: Config,
+        roles: &[Role],
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Running> {
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let has = |r: Role| roles.contains(&r);
+        let delivery_roles: Vec<Role> = Role::DELIVERY.into_iter().filter(|r| has(*r)).collect();
+
+        let client = connect(&cfg).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        check_ready(&js, &embedded_definitions())
+            .await
+            .context("the streams are not ready; run `sealpost provision` first")?;
+
+        let mut running = Running {
+            roles: roles.clone(),
+            http_addr: None,
+            delivery: None,
+            projector: None,
+            gateway: None,
+            background: Vec::new(),
+            blobs: None,
+            shutdown: std::sync::Mutex::new(Some(Box::pin(shutdown))),
+        };
+        if has(Role::Projector) {
+            let (projector, gauges) = crate::views::start_projector(&cfg, js.clone()).await?;
+            running.projector = Some(projector);
+            running.background.push(AbortOnDrop(gauges));
+        }
+        // The object store only for the roles that read or write ciphertext.
+        if has(Role::Gateway) || !delivery_roles.is_empty() {
+            running.blobs = Some(blobs(&cfg).await?);
+        }
+        let store = running.blobs.as_ref().map(|b| b.store.clone());
+        if let (true, Some(store)) = (has(Role::Gateway), store.clone()) {
+            let gateway = gateway(&cfg, connect(&cfg).await?, store).await?;
+            running.http_addr = Some(gateway.http_addr);
+            running.gateway = Some(gateway);
+        }
+        if let (false, Some(store)) = (delivery_roles.is_empty(), store) {
+            let d = delivery(&cfg, connect(&cfg).await?, store)?;
+            let consumers = d.start(&delivery_roles);
+            running.delivery = Some((d, consumers));
+        }
+        running
+            .background
+            .push(AbortOnDrop(sealpost_telemetry::spawn_queue_depth_poller(
+                js,
+                Role::DELIVERY
+                    .iter()
+                    .flat_map(|r| r.durables())
+                    .map(|d| (d.stream().as_str().to_owned(), d.as_str().to_owned()))
+                    .collect(),
+            )));
+        if running.gateway.is_none() {
+            // /metrics and /healthz still need a port. A port conflict here must not stop the
+            // workers: they matter more than their metrics.
+            match metrics_only(cfg.gateway.http_listen).await {
+                Ok((addr, task)) => {
+                    running.http_addr = Some(addr);
+                    running.background.push(AbortOnDrop(task));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no /metrics listener; set [gateway] http_listen to a free address")
+                }
+            }
+        }
+        tracing::info!(roles = ?running.roles, http = ?running.http_addr, "running");
+        Ok(running)
+    }
+}
+
+impl Running {
+    /// The roles this process runs.
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
+    /// The HTTP API (gateway) or the `/metrics` listener (other roles), once bound.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The object store the gateway and delivery roles use.
+    pub fn blob_store(&self) -> Option<&BlobStore> {
+        self.blobs.as_ref().map(|b| &b.store)
+    }
+
+    /// The embedded S3 endpoint's URL, when this process runs one.
+    pub fn embedded_s3(&self) -> Option<String> {
+        self.blobs
+            .as_ref()
+            .and_then(|b| b.embedded.as_ref())
+            .map(|e| e.endpoint())
+    }
+
+    /// The projections this process maintains.
+    pub fn projections(&self) -> &[ProjectionName] {
+        self.projector
+            .as_ref()
+            .map_or(&[], |p| p.projections.as_slice())
+    }
+
+    /// Serves until the shutdown future resolves; fails when the gateway stops on its own.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let shutdown = self
+            .shutdown
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let shutdown = async move {
+            match shutdown {
+                Some(s) => s.await,
+                None => std::future::pending().await,
+            }
+        };
+        match self.gateway.as_mut() {
+            Some(g) => tokio::select! {
+                () = g.wait() => anyhow::bail!("the gateway stopped; see the log above"),
+                () = shutdown => Ok(()),
+            },
+            None => {
+                shutdown.await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Connects to the configured NATS server with the configured timeouts and credentials.
+pub async fn connect(cfg: &Config) -> anyhow::Result<async_nats::Client> {
+    connect_with(cfg, async_nats::ConnectOptions::new()).await
+}
+
+/// [`connect`] with extra options (a custom inbox prefix, an event callback).
+pub async fn connect_with(
+    cfg: &Config,
+    options: async_nats::ConnectOptions,
+) -> anyhow::Result<async_nats::Client> {
+    let options = if cfg.nats.nkey_seed.is_empty() {
+        options
+    } else {
+        options.nkey(cfg.nats.nkey_seed.expose().to_owned())
+    };
+    options
+        .name("sealpost")
+        .request_timeout(Some(cfg.nats.request_timeout))
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(&cfg.nats.url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to NATS at {}; set SEALPOST_NATS_URL (scripts/demo starts a private server)",
+                cfg.nats.url
+            )
+        })
+}
+
+/// The event store and command executor of the `Message` aggregate.
+pub fn executor(cfg: &Config, client: async_nats::Client) -> CommandExecutor<Message> {
+    let store = JetStreamEventStore::<Message>::new(
+        client,
+        StoreConfig {
+            timeout: cfg.nats.request_timeout,
+            ..StoreConfig::default()
+        },
+    );
+    CommandExecutor::new(store, cfg.retry_policy())
+}
+
+async fn blobs(cfg: &Config) -> anyhow::Result<Blobs> {
+    let (blob_cfg, embedded) = if cfg.s3.endpoint.is_empty() {
+        let dir = &cfg.s3.embedded_dir;
+        let e = EmbeddedS3::start(
+            dir,
+            cfg.s3.embedded_listen,
+            &cfg.s3.access_key_id,
+            cfg.s3.secret_access_key.expose(),
+        )
+        .await
+        .with_context(|| format!("starting the embedded S3 endpoint over {}", dir.display()))?;
+        tracing::info!(endpoint = %e.endpoint(), dir = %dir.display(), "embedded S3 endpoint");
+        (e.config(&cfg.s3.bucket), Some(e))
+    } else {
+        (cfg.s3.blob_config(Some(cfg.s3.endpoint.clone())), None)
+    };
+    let store = BlobStore::new(&blob_cfg)?;
+    store
+        .ensure_bucket()
+        .await
+        .with_context(|| format!("bucket '{}'", cfg.s3.bucket))?;
+    Ok(Blobs { store, embedded })
+}
+
+async fn gateway(
+    cfg: &Config,
+    client: async_nats::Client,
+    blobs: BlobStore,
+) -> anyhow::Result<RunningGateway> {
+    let tenants = Tenants::new(&cfg.tenants)?;
+    if tenants.is_empty() {
+        tracing::warn!("no [[tenants]] configured: every request will be refused as unauthorized");
+    }
+    let gateway = Gateway::new(
+        executor(cfg, client.clone()),
+        blobs,
+        tenants,
+        cfg.gateway.max_blob_bytes,
+    )
+    .with_receipts(sealpost_gateway::ReceiptConfig {
+        rbm_client_token: Some(cfg.carriers.rbm.client_token.clone()).filter(|t| !t.is_empty()),
+    });
+    let gateway = match crate::status::source(cfg) {
+        Some(source) => gateway.with_status_source(source),
+        None => gateway,
+    };
+    // The dashboard at `/` reads the Postgres views; without a database it answers 503.
+    let dashboard = crate::dashboard::Dashboard::lazy(
+        cfg.postgres.url(),
+        Some(async_nats::jetstream::new(client.clone())),
+    );
+    let addr = cfg.gateway.http_listen;
+    RunningGateway::start_with(client, gateway, addr, dashboard.router())
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// The configured carriers with their throttles.
+fn carriers(cfg: &Config) -> anyhow::Result<Carriers> {
+    use sealpost_carriers::{RbmCarrier, RbmConfig, SmsCarrier, SmsConfig};
+
+    let rbm = &cfg.carriers.rbm;
+    anyhow::ensure!(
+        !rbm.base_url.is_empty(),
+        "the delivery roles need an RBM endpoint: set [carriers.rbm] base_url (or SEALPOST_CARRIERS_RBM_BASE_URL); `sealpost carrier-sim` serves one for development"
+    );
+    let opaque = CarrierSlot::new(
+        Arc::new(RbmCarrier::new(RbmConfig {
+            base_url: rbm.base_url.clone(),
+            agent_id: rbm.agent_id.clone(),
+            bearer_token: rbm.bearer_token.clone(),
+            timeout: rbm.timeout,
+        })?),
+        GateConfig {
+            concurrency: rbm.concurrency,
+            rate_per_sec: rbm.rate_per_sec,
+            burst: rbm.burst,
+        },
+    );
+    let sms = &cfg.carriers.sms;
+    let notice = if sms.base_url.is_empty() {
+        None
+    } else {
+        Some(CarrierSlot::new(
+            Arc::new(SmsCarrier::new(SmsConfig {
+                base_url: sms.base_url.clone(),
+                api_key: sms.api_key.clone(),
+                sender: sms.sender.clone(),
+                timeout: sms.timeout,
+            })?),
+            GateConfig {
+                concurrency: sms.concurrency,
+                rate_per_sec: sms.rate_per_sec,
+                burst: sms.burst,
+            },
+        ))
+    };
+    Ok(Carriers { opaque, notice })
+}
+
+/// The delivery roles' shared context (not yet started).
+fn delivery(
+    cfg: &Config,
+    client: async_nats::Client,
+    blobs: BlobStore,
+) -> anyhow::Result<Delivery> {
+    let d = &cfg.delivery;
+    Ok(Delivery::new(
+        client.clone(),
+        executor(cfg, client).with_cache(DELIVERY_STATE_CACHE),
+        blobs,
+        carriers(cfg)?,
+        sealpost_delivery::DeliveryConfig {
+            concurrency: d.concurrency,
+            max_pause_wait: d.max_pause_wait,
+            payload_url_ttl: d.payload_url_ttl,
+            receipt_retry: d.receipt_retry,
+            carrier_ttl_grace: d.carrier_ttl_grace,
+            ..Default::default()
+        },
+    ))
+}
+
+/// `/metrics` and `/healthz` on `addr`, for processes without the gateway role.
+async fn metrics_only(
+    addr: SocketAddr,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for /metrics on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(sealpost_gateway::http::metrics),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok((bound, task))
+}
