@@ -25,7 +25,9 @@ use sealpost_blobstore::{BlobStore, EmbeddedS3};
 use sealpost_delivery::{CarrierSlot, Carriers, Delivery, GateConfig, RunningConsumers};
 use sealpost_domain::Message;
 use sealpost_eventstore::names::Role;
-use sealpost_eventstore::provision::{check_ready, embedded_definitions};
+use sealpost_eventstore::provision::{
+    check_ready, embedded_definitions, Definitions, StreamOverrides,
+};
 use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
 use sealpost_gateway::{Gateway, RunningGateway, Tenants};
 use sealpost_projections::{ProjectionName, RunningProjector};
@@ -212,6 +214,22 @@ impl Running {
             }
         }
     }
+}
+
+/// Creates or updates the streams and consumers of `defs` with the configured replicas and
+/// duplicate window, and verifies each stream's flags on the server (`sealpost provision`).
+pub async fn provision(
+    cfg: &Config,
+    defs: &Definitions,
+) -> anyhow::Result<sealpost_eventstore::provision::ProvisionReport> {
+    let js = async_nats::jetstream::new(connect(cfg).await?);
+    let overrides = StreamOverrides {
+        replicas: Some(cfg.nats.replicas),
+        duplicate_window: Some(cfg.nats.duplicate_window),
+    };
+    sealpost_eventstore::provision::provision(&js, defs, &overrides)
+        .await
+        .context("provisioning the streams and consumers")
 }
 
 /// Connects to the configured NATS server with the configured timeouts and credentials.

@@ -8,9 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sealpost_domain::{MessageId, TenantId};
 use sealpost_eventstore::names::ServiceOp;
-use sealpost_eventstore::provision::{
-    embedded_definitions, provision, Definitions, StreamOverrides,
-};
+use sealpost_eventstore::provision::{embedded_definitions, Definitions};
 use sealpost_projections::ProjectionName;
 
 use crate::app::{connect, App};
@@ -282,16 +280,7 @@ async fn provision_streams(cfg: &Config, dir: Option<PathBuf>) -> anyhow::Result
         Some(d) => Definitions::from_dir(&d)?,
         None => embedded_definitions(),
     };
-    let js = async_nats::jetstream::new(connect(cfg).await?);
-    let report = provision(
-        &js,
-        &defs,
-        &StreamOverrides {
-            replicas: Some(cfg.nats.replicas),
-            duplicate_window: Some(cfg.nats.duplicate_window),
-        },
-    )
-    .await?;
+    let report = crate::app::provision(cfg, &defs).await?;
     for s in &report.streams {
         println!("stream   {s}: ok (flags verified on the server)");
     }

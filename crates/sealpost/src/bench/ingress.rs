@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use async_nats::jetstream;
 use sealpost_eventstore::names::{EventSubject, Role, ServiceOp, ServiceSubject, Stream};
-use sealpost_eventstore::provision::check_server;
+use sealpost_eventstore::provision::{check_server, embedded_definitions};
 
 use super::{bench_tenant, measure, private_stream, raw_publishes_phase, Phase};
 use crate::app::{connect, App};
@@ -44,6 +44,7 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     let raw = raw?;
 
     let (cfg, tenant, api_key) = bench_tenant(cfg, "ingress", &run)?;
+    crate::app::provision(&cfg, &embedded_definitions()).await?;
     let gateway = App::start(cfg.clone(), &[Role::Gateway], std::future::pending()).await?;
     let http = gateway
         .http_addr()

@@ -159,12 +159,7 @@ pub async fn run(cfg: &Config, events: usize, write: bool) -> anyhow::Result<()>
     let client = connect(cfg).await?;
     let version = sealpost_eventstore::provision::check_server(&client).await?;
     let js = jetstream::new(client.clone());
-    sealpost_eventstore::provision::provision(
-        &js,
-        &sealpost_eventstore::provision::embedded_definitions(),
-        &sealpost_eventstore::provision::StreamOverrides::default(),
-    )
-    .await?;
+    crate::app::provision(cfg, &sealpost_eventstore::provision::embedded_definitions()).await?;
     let pool = crate::views::pool(cfg).await?;
     sealpost_projections::migrate(&pool).await?;
     if write {

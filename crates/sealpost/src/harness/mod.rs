@@ -23,7 +23,7 @@ use indicatif::ProgressBar;
 use sealpost_carrier_sim::{CarrierSim, RunningSim, SimConfig, SimStats};
 use sealpost_domain::{Secret, TenantId};
 use sealpost_eventstore::names::{EventSubject, Role, ServiceOp, ServiceSubject, Stream};
-use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
+use sealpost_eventstore::provision::embedded_definitions;
 
 use crate::app::{connect, App, Running};
 use crate::config::Config;
@@ -100,18 +100,8 @@ impl Harness {
         let api_key = format!("harness-key-{run}");
         let mut cfg = base.clone();
 
-        let client = connect(&cfg).await?;
-        let js = jetstream::new(client.clone());
-        provision(
-            &js,
-            &embedded_definitions(),
-            &StreamOverrides {
-                replicas: Some(cfg.nats.replicas),
-                duplicate_window: Some(cfg.nats.duplicate_window),
-            },
-        )
-        .await
-        .context("provisioning the streams and consumers")?;
+        crate::app::provision(&cfg, &embedded_definitions()).await?;
+        let js = jetstream::new(connect(&cfg).await?);
 
         // The simulator, with tokens the config's carriers and receipt check will share.
         let mut sim_cfg = opts.sim.clone();
