@@ -1,7 +1,9 @@
 //! `sealpost bench ingress`: accepted sends/s over NATS and over HTTP through a gateway started
 //! with [`App::start`] (its own NATS connection and HTTP port, a tenant of this run), the payload
 //! already uploaded, next to raw JetStream publishes of an `accepted` event's size measured first
-//! on a private stream in the same run.
+//! on a private stream in the same run. The streams are provisioned without their durable
+//! consumers (run it on a server of its own, as `scripts/bench ingress` does), so the figures are
+//! the ingress path's alone.
 
 use std::time::Instant;
 
@@ -44,7 +46,11 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     let raw = raw?;
 
     let (cfg, tenant, api_key) = bench_tenant(cfg, "ingress", &run)?;
-    crate::app::provision(&cfg, &embedded_definitions()).await?;
+    // The streams without the durable consumers: the bench measures ingress alone, not the
+    // server's work for the delivery and projection consumers that filter the events.
+    let mut streams_only = embedded_definitions();
+    streams_only.consumers.clear();
+    crate::app::provision(&cfg, &streams_only).await?;
     let gateway = App::start(cfg.clone(), &[Role::Gateway], std::future::pending()).await?;
     let http = gateway
         .http_addr()
