@@ -14,7 +14,7 @@ use sealpost_domain::{Message, TenantId};
 use sealpost_gateway::{hash_api_key, TenantConfig};
 use serde_json::{json, Value};
 
-use crate::support::{store_on, Env};
+use crate::support::Env;
 // Older call sites name the binary through this module.
 pub use crate::support::sealpost_binary;
 
@@ -152,7 +152,7 @@ pub fn send_body(tenant: &str, key: &str, blob: &StoredBlob) -> Value {
     })
 }
 
-fn bytes(v: &Value) -> Vec<u8> {
+pub fn bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap()
 }
 
@@ -703,182 +703,6 @@ async fn killing_the_gateway_mid_stream_loses_no_answered_send_and_accepts_each_
         .state
         .messages;
     assert_eq!(total, N as u64, "nothing extra, nothing missing");
-}
-
-/// A tenant's NATS client with its nkey and its own inbox prefix; server errors (permission
-/// violations) are collected.
-async fn tenant_client(
-    url: &str,
-    tenant: &str,
-    seed: String,
-) -> (async_nats::Client, Arc<std::sync::Mutex<Vec<String>>>) {
-    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = errors.clone();
-    let client = async_nats::ConnectOptions::with_nkey(seed)
-        .custom_inbox_prefix(sealpost_eventstore::names::inbox_prefix(tenant))
-        .request_timeout(Some(Duration::from_millis(700)))
-        .event_callback(move |event| {
-            let sink = sink.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    sink.lock().unwrap().push(e.to_string());
-                }
-            }
-        })
-        .connect(url)
-        .await
-        .expect("tenant connects with its nkey");
-    (client, errors)
-}
-
-#[tokio::test]
-async fn a_tenants_nats_user_can_reach_only_its_own_subjects() {
-    let service = nkeys::KeyPair::new_user();
-    let acme_kp = nkeys::KeyPair::new_user();
-    let beta_kp = nkeys::KeyPair::new_user();
-    let mut acme = tenant_config(ACME);
-    acme.nats_nkey = Some(acme_kp.public_key());
-    let mut beta = tenant_config(BETA);
-    beta.nats_nkey = Some(beta_kp.public_key());
-    let tenants = vec![acme, beta];
-
-    // The server config is exactly what `sealpost tenants nats-config` prints.
-    let (dir, server, svc) = crate::support::server_from_nats_config(&tenants, &service).await;
-    let mut cfg = crate::support::app_config(&server.url(), dir.path(), tenants.clone());
-    cfg.nats.nkey_seed = service.seed().unwrap().into();
-    let running = sealpost::App::start(cfg, &[sealpost::Role::Gateway], std::future::pending())
-        .await
-        .unwrap();
-    let blobs = running.blob_store().unwrap().clone();
-    let upload = |t: &str| {
-        let blobs = blobs.clone();
-        let t = TenantId::new(t).unwrap();
-        async move {
-            blobs
-                .put_stream(
-                    &t,
-                    futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
-                        b"x",
-                    ))]),
-                    16,
-                )
-                .await
-                .unwrap()
-        }
-    };
-    let acme_blob = upload(ACME).await;
-    let beta_blob = upload(BETA).await;
-
-    let (a, a_errors) = tenant_client(&server.url(), ACME, acme_kp.seed().unwrap()).await;
-    let (b, _) = tenant_client(&server.url(), BETA, beta_kp.seed().unwrap()).await;
-
-    // Each tenant can use its own subjects (the control).
-    let r = a
-        .request(
-            format!("sealpost.cmd.{ACME}.send"),
-            bytes(&send_body(ACME, "own", &acme_blob)).into(),
-        )
-        .await
-        .expect("acme's own send");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&r.payload).unwrap()["status"],
-        "accepted"
-    );
-    let r = b
-        .request(
-            format!("sealpost.cmd.{BETA}.send"),
-            bytes(&send_body(BETA, "own", &beta_blob)).into(),
-        )
-        .await
-        .expect("beta's own send");
-    let beta_id = serde_json::from_slice::<Value>(&r.payload).unwrap()["message_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    // Acme cannot publish to beta's command or query subjects...
-    let forged = bytes(&send_body(BETA, "forged", &beta_blob));
-    assert!(a
-        .request(format!("sealpost.cmd.{BETA}.send"), forged.into())
-        .await
-        .is_err());
-    assert!(a
-        .request(
-            format!("sealpost.qry.{BETA}.status"),
-            bytes(&json!({"message_id": beta_id})).into()
-        )
-        .await
-        .is_err());
-    // ...nor read beta's events, by subscription or through the JetStream API...
-    let mut sub = a.subscribe(format!("sealpost.evt.{BETA}.>")).await.unwrap();
-    assert!(a
-        .request(
-            "$JS.API.DIRECT.GET.SEALPOST_EVENTS",
-            bytes(&json!({"last_by_subj": format!("sealpost.evt.{BETA}.{beta_id}.accepted")}))
-                .into()
-        )
-        .await
-        .is_err());
-    assert!(a
-        .request("$JS.API.STREAM.INFO.SEALPOST_EVENTS", "".into())
-        .await
-        .is_err());
-    // ...nor beta's replies.
-    let _peek = a
-        .subscribe(format!(
-            "{}.>",
-            sealpost_eventstore::names::inbox_prefix(BETA)
-        ))
-        .await
-        .unwrap();
-    let r = b
-        .request(
-            format!("sealpost.qry.{BETA}.status"),
-            bytes(&json!({"message_id": beta_id})).into(),
-        )
-        .await
-        .expect("beta's status");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&r.payload).unwrap()["tenant"],
-        BETA
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
-        "acme's subscription to beta's events receives nothing"
-    );
-
-    let errors = sealpost_testkit::eventually(Duration::from_secs(5), "permission errors", || {
-        let errs = a_errors.lock().unwrap().clone();
-        async move {
-            (errs
-                .iter()
-                .filter(|e| e.contains("Permissions Violation"))
-                .count()
-                >= 5)
-                .then_some(errs)
-        }
-    })
-    .await
-    .expect("the server reported each refused operation");
-    for what in [
-        "Publish to \"sealpost.cmd.beta-co.send\"",
-        "Subscription to \"sealpost.evt.beta-co.>\"",
-        "Subscription to \"_INBOX_beta-co.>\"",
-    ] {
-        assert!(
-            errors.iter().any(|e| e.contains(what)),
-            "no violation for {what}: {errors:?}"
-        );
-    }
-
-    // Beta's history holds only beta's own send.
-    let raw = store_on(&svc)
-        .direct_get_all(&format!("sealpost.evt.{BETA}.>"))
-        .await
-        .unwrap();
-    assert_eq!(raw.len(), 1);
 }
 
 /// A resend under a used idempotency key is a duplicate only when every field of the request is

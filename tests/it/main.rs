@@ -11,3 +11,4 @@ mod leaks;
 mod projections;
 mod schemas;
 mod support;
+mod tenancy;

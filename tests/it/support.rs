@@ -199,35 +199,50 @@ impl ServeProcess {
     }
 }
 
-/// A nats-server whose authorization block is exactly what `sealpost tenants nats-config`
-/// prints for `tenants` and the `service` user, with the streams provisioned as the service.
-/// Returns the temp dir (holding the config), the server and the service's connection.
+/// A nats-server whose accounts are exactly what `sealpost tenants nats-config` prints for
+/// `tenants` and the `service` user, provisioned as the service with `sealpost::app::provision`
+/// (streams, consumers and each tenant's source consumer). Returns the temp dir (holding the
+/// config and the embedded S3 store), the server, the service's connection and the service's
+/// config.
 pub async fn server_from_nats_config(
     tenants: &[sealpost_gateway::TenantConfig],
     service: &nkeys::KeyPair,
-) -> (tempfile::TempDir, NatsServer, async_nats::Client) {
+) -> (
+    tempfile::TempDir,
+    NatsServer,
+    async_nats::Client,
+    sealpost::Config,
+) {
+    let (dir, server, cfg) = unprovisioned_accounts_server(tenants, service).await;
+    sealpost::app::provision(&cfg, &embedded_definitions())
+        .await
+        .expect("provision as the service user");
+    let svc = server.connect().await.expect("service user connects");
+    (dir, server, svc, cfg)
+}
+
+/// [`server_from_nats_config`] before `sealpost provision`.
+pub async fn unprovisioned_accounts_server(
+    tenants: &[sealpost_gateway::TenantConfig],
+    service: &nkeys::KeyPair,
+) -> (tempfile::TempDir, NatsServer, sealpost::Config) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("auth.conf");
+    let conf = dir.path().join("accounts.conf");
     std::fs::write(
         &conf,
         sealpost_gateway::nats_config(tenants, &service.public_key()),
     )
-    .expect("write auth.conf");
+    .expect("write accounts.conf");
+    let seed = service.seed().expect("service seed");
     let server = NatsServer::start_authenticated(
         &["-c", conf.to_str().expect("utf-8 path")],
-        Some(service.seed().expect("service seed")),
+        Some(seed.clone()),
     )
     .await
-    .expect("server with tenant users");
-    let svc = server.connect().await.expect("service user connects");
-    provision(
-        &async_nats::jetstream::new(svc.clone()),
-        &embedded_definitions(),
-        &StreamOverrides::default(),
-    )
-    .await
-    .expect("provision as the service user");
-    (dir, server, svc)
+    .expect("server with tenant accounts");
+    let mut cfg = app_config(&server.url(), &dir.path().join("s3"), tenants.to_vec());
+    cfg.nats.nkey_seed = seed.into();
+    (dir, server, cfg)
 }
 
 /// The command instant tests use.

@@ -11,7 +11,8 @@
 //! | `sealpost.sched.<tenant>.<message_id>.expire` | an expiry timer (`Nats-Schedule`) | [`TimerSubject`] |
 //! | `sealpost.due.<tenant>.<message_id>.expire` | the timer, fired by the server | [`TimerSubject`] |
 //! | `sealpost.notice.<tenant>.<message_id>` | an in-app fallback notice (core NATS) | [`notice_subject`] |
-//! | `_INBOX_<tenant>.>` | a tenant's reply inbox | [`inbox_prefix`] |
+//! | `sealpost.keys.<tenant>.changed` | a key-change alert | [`TenantAccount::published_to_tenant`] |
+//! | `sealpost.deliver.<tenant>.events` | the tenant's events, to its own account | [`TenantAccount`] |
 //!
 //! Tenant and message ids are token-safe (`[A-Za-z0-9_-]{1,64}`), so every token is unambiguous.
 //! The stream and consumer definitions themselves are the JSON files under `nats/`
@@ -375,10 +376,72 @@ pub fn notice_subject(tenant: &TenantId, message_id: &MessageId) -> String {
     format!("sealpost.notice.{tenant}.{message_id}")
 }
 
-/// A tenant's reply inbox prefix (`_INBOX_<tenant>`): its NATS user may subscribe only below it,
-/// so it can read no other tenant's replies. Clients set it with `custom_inbox_prefix`.
-pub fn inbox_prefix(tenant: &str) -> String {
-    format!("_INBOX_{tenant}")
+/// The NATS account of Sealpost's own processes: it holds every stream and serves every tenant.
+pub const SERVICE_ACCOUNT: &str = "SEALPOST";
+
+/// How a tenant's account reaches its own events in the service account: a durable push
+/// consumer on [`Stream::Events`] filtered on the tenant's subjects, which a stream in the
+/// tenant's account sources from (cross-account, the only crossing besides the tenant's own
+/// commands, queries and notices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantAccount {
+    pub tenant: TenantId,
+}
+
+impl TenantAccount {
+    /// Local subject prefix, in the tenant's account, of the service's JetStream API (only the
+    /// reset of the tenant's own source consumer is imported under it).
+    pub const SERVICE_API: &'static str = "sealpost.service.api";
+
+    pub fn new(tenant: TenantId) -> Self {
+        Self { tenant }
+    }
+
+    /// The tenant's NATS account: `TENANT_<tenant>`.
+    pub fn account(&self) -> String {
+        format!("TENANT_{}", self.tenant)
+    }
+
+    /// The durable consumer on `SEALPOST_EVENTS` that feeds the tenant's stream: `tenant_<id>`.
+    pub fn source_durable(&self) -> String {
+        format!("tenant_{}", self.tenant)
+    }
+
+    /// Where that consumer delivers (exported to the tenant's account only).
+    pub fn deliver_subject(&self) -> String {
+        format!("sealpost.deliver.{}.events", self.tenant)
+    }
+
+    /// The tenant's events: `sealpost.evt.<tenant>.>`.
+    pub fn events(&self) -> String {
+        EventSubject::filter(Some(&self.tenant), None)
+    }
+
+    /// Per-tenant subjects the service publishes and the tenant's account receives (stream
+    /// exports): in-app notices and key-change alerts. A new per-tenant subject family is added
+    /// here, and `sealpost tenants nats-config` exports it to that tenant alone.
+    pub fn published_to_tenant(&self) -> Vec<String> {
+        vec![
+            format!("sealpost.notice.{}.>", self.tenant),
+            format!("sealpost.keys.{}.>", self.tenant),
+        ]
+    }
+
+    /// Per-tenant request subjects the service answers (service exports): commands and queries.
+    pub fn served_to_tenant(&self) -> Vec<String> {
+        ServiceSubject::tenant_filters(&self.tenant).to_vec()
+    }
+
+    /// The service's JetStream API subjects the tenant's stream uses to source its events: the
+    /// reset of its own consumer, and that consumer's flow-control replies, which acknowledge
+    /// what the tenant's stream stored (`tests/it/tenancy.rs` fails without them).
+    pub fn source_api(&self) -> [String; 2] {
+        let (stream, durable) = (Stream::Events, self.source_durable());
+        [
+            format!("$JS.API.CONSUMER.RESET.{stream}.{durable}"),
+            format!("$JS.FC.{stream}.{durable}.*"),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 
 use crate::error::{StoreError, StoreErrorKind};
-use crate::names::{Durable, Stream};
+use crate::names::{Durable, Stream, TenantAccount};
 
 /// The oldest server with atomic batches, per-message TTL and message schedules.
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
@@ -324,6 +324,91 @@ pub async fn check_ready(js: &jetstream::Context, defs: &Definitions) -> Result<
     check_server(&js.client()).await?;
     for (file, json) in &defs.streams {
         verify_stream(js, &parse_stream(file, json)?).await?;
+    }
+    Ok(())
+}
+
+/// The oldest server with durable stream sourcing (`ack_policy: flow_control`), which a tenant's
+/// account uses to receive its own events.
+pub const MIN_TENANT_SOURCE_VERSION: (u64, u64, u64) = (2, 14, 0);
+
+/// How often the source consumer sends a heartbeat (which also advances its ack floor when idle).
+const SOURCE_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// The JetStream API body that creates (or updates) a tenant's source consumer on
+/// `SEALPOST_EVENTS`: a durable push consumer, filtered on the tenant's events, delivering to the
+/// subject exported to that tenant's account alone, with the flow-control ack policy that durable
+/// stream sourcing requires (nats-server ADR-58: flow control and a heartbeat, no ack wait, no
+/// back-off, unlimited deliveries).
+pub fn tenant_source_request(tenant: &TenantAccount) -> serde_json::Value {
+    let durable = tenant.source_durable();
+    serde_json::json!({
+        "stream_name": Stream::Events.as_str(),
+        "config": {
+            "durable_name": durable,
+            "name": durable,
+            "description": format!("the events of tenant {}, sourced by its account", tenant.tenant),
+            "deliver_subject": tenant.deliver_subject(),
+            "filter_subject": tenant.events(),
+            "deliver_policy": "all",
+            "ack_policy": "flow_control",
+            "flow_control": true,
+            "idle_heartbeat": SOURCE_HEARTBEAT.as_nanos() as u64,
+            "max_deliver": -1,
+            "replay_policy": "instant",
+        }
+    })
+}
+
+/// Creates or updates the source consumer of each tenant that has a NATS account (see
+/// `sealpost_gateway::accounts`). Idempotent: an existing consumer keeps its position.
+pub async fn provision_tenant_sources(
+    js: &jetstream::Context,
+    tenants: &[TenantAccount],
+    report: &mut ProvisionReport,
+) -> Result<(), StoreError> {
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    let info = js.client().server_info();
+    if parse_version(&info.version).is_none_or(|v| v < MIN_TENANT_SOURCE_VERSION) {
+        return Err(StoreError::new(
+            StoreErrorKind::Unsupported,
+            format!(
+                "NATS server {} cannot serve tenant accounts: durable stream sourcing needs \
+                 nats-server >= 2.14 (or give no tenant a nats_nkey); {INSTALL_HINT}",
+                info.version
+            ),
+        ));
+    }
+    for t in tenants {
+        let durable = t.source_durable();
+        let subject = format!("CONSUMER.CREATE.{}.{durable}", Stream::Events);
+        let response: jetstream::response::Response<serde_json::Value> = js
+            .request(subject, &tenant_source_request(t))
+            .await
+            .map_err(|e| {
+                StoreError::with_source(
+                    StoreErrorKind::Unavailable,
+                    format!(
+                        "creating the source consumer {durable} of tenant {}",
+                        t.tenant
+                    ),
+                    e,
+                )
+            })?;
+        if let jetstream::response::Response::Err { error } = response {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!(
+                    "the server refused the source consumer {durable} of tenant {}: {error}",
+                    t.tenant
+                ),
+            ));
+        }
+        report
+            .consumers
+            .push(format!("{}/{durable}", Stream::Events));
     }
     Ok(())
 }

@@ -161,8 +161,8 @@ impl Gateway {
         &self.inner.blobs
     }
 
-    /// The tenant named by a NATS subject token. NATS permissions already limit each tenant user
-    /// to its own subjects; an unconfigured tenant is refused here.
+    /// The tenant named by a NATS subject token. Each tenant's NATS account already imports only
+    /// its own subjects; an unconfigured tenant is refused here.
     pub fn tenant(&self, id: &str) -> Result<&Tenant, ApiError> {
         self.inner.tenants.get(id)
     }

@@ -6,7 +6,7 @@
 //! **Owns:** the public send/cancel/status contract and its error codes ([`error`]), the
 //! OpenAPI description generated from the HTTP routes ([`openapi`]), validation
 //! of every rule of the send command ([`send`]), tenants with their API-key hashes, rate limits,
-//! daily quotas and generated NATS permissions ([`tenants`]), the check that a payload reference
+//! daily quotas ([`tenants`]), the NATS accounts that isolate tenants ([`accounts`]), the check that a payload reference
 //! lies in the tenant's prefix and the object exists with its digest, and idempotent acceptance
 //! through the event store.
 //!
@@ -16,6 +16,7 @@
 //! lifecycle rules (that is `sealpost-domain`); submit to carriers (it only receives their
 //! signed receipts, [`receipts`]).
 
+pub mod accounts;
 pub mod error;
 pub mod gateway;
 pub mod http;
@@ -27,9 +28,10 @@ pub mod server;
 pub mod tenants;
 pub mod view;
 
+pub use accounts::{nats_config, tenant_accounts};
 pub use error::{ApiError, ErrorCode};
 pub use gateway::{CancelReply, Gateway, SendReply, SendStatus};
 pub use receipts::ReceiptConfig;
 pub use server::RunningGateway;
-pub use tenants::{hash_api_key, nats_config, TenantConfig, Tenants};
+pub use tenants::{hash_api_key, TenantConfig, Tenants};
 pub use view::StatusSource;

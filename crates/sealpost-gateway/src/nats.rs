@@ -80,8 +80,8 @@ fn json<T: Serialize>(v: &T) -> Result<Bytes, ApiError> {
 }
 
 async fn handle(gateway: &Gateway, message: &async_nats::Message) -> Result<Bytes, ApiError> {
-    // The subject names the tenant and the operation. NATS permissions limit each tenant's user
-    // to its own subjects.
+    // The subject names the tenant and the operation. Each tenant's NATS account imports only its
+    // own subjects (see `accounts`).
     let subject = ServiceSubject::parse(&message.subject)
         .map_err(|_| ApiError::new(ErrorCode::Unauthorized, "unknown tenant or operation"))?;
     let tenant = gateway.tenant(subject.tenant.as_str())?;

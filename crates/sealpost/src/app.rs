@@ -217,7 +217,8 @@ impl Running {
 }
 
 /// Creates or updates the streams and consumers of `defs` with the configured replicas and
-/// duplicate window, and verifies each stream's flags on the server (`sealpost provision`).
+/// duplicate window, verifies each stream's flags on the server, and creates the source consumer
+/// of every tenant with a NATS account (`sealpost provision`).
 pub async fn provision(
     cfg: &Config,
     defs: &Definitions,
@@ -227,9 +228,17 @@ pub async fn provision(
         replicas: Some(cfg.nats.replicas),
         duplicate_window: Some(cfg.nats.duplicate_window),
     };
-    sealpost_eventstore::provision::provision(&js, defs, &overrides)
+    let mut report = sealpost_eventstore::provision::provision(&js, defs, &overrides)
         .await
-        .context("provisioning the streams and consumers")
+        .context("provisioning the streams and consumers")?;
+    let tenants: Vec<_> = sealpost_gateway::tenant_accounts(&cfg.tenants)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    sealpost_eventstore::provision::provision_tenant_sources(&js, &tenants, &mut report)
+        .await
+        .context("provisioning the tenants' source consumers")?;
+    Ok(report)
 }
 
 /// Connects to the configured NATS server with the configured timeouts and credentials.

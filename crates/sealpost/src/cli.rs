@@ -120,7 +120,8 @@ pub struct ReplayArgs {
     /// Start at stream sequence 1 (a rebuild always does; required with --projection).
     #[arg(long)]
     from_start: bool,
-    /// Without --projection: replay only this tenant's events (its NATS user may read no other).
+    /// Without --projection: replay only this tenant's events. With the tenant's own credentials
+    /// it reads (and on first use creates) the tenant's stream in the tenant's account.
     #[arg(long)]
     tenant: Option<TenantId>,
     /// Without --projection: replay only this message's events.
@@ -150,8 +151,9 @@ pub enum ReplayFormat {
 pub enum TenantsCommand {
     /// Print the SHA-256 of an API key, for `api_key_sha256` (read from stdin when omitted).
     HashKey { key: Option<String> },
-    /// Print a nats-server `authorization` block: the service user plus one user per tenant,
-    /// limited to its own subjects and inbox.
+    /// Print a nats-server `accounts` block: the service's account (`SEALPOST`, every stream)
+    /// and one account per tenant with an nkey, importing only that tenant's subjects and
+    /// events. Regenerate, reload the server and run `sealpost provision` when a tenant is added.
     NatsConfig {
         /// The public nkey (U...) of the Sealpost processes' own NATS user.
         #[arg(long)]

@@ -2,10 +2,18 @@
 //! `--verify` audit them ([`verify`]: per-aggregate sequence continuity, schema validity,
 //! lifecycle order).
 //!
-//! Reads through a named ordered pull consumer created with the filtered-create API form, so a
-//! tenant's NATS user (see `sealpost_gateway::nats_config`) can replay its own events and no
-//! one else's.
+//! Reads `SEALPOST_EVENTS` in the account it connects to, through an ordered pull consumer:
+//!
+//! - with the service's credentials, the service's stream (every tenant, or `--tenant`'s);
+//! - with a tenant's credentials, the tenant's own `SEALPOST_EVENTS` in its own account, which
+//!   sources the tenant's events from the service's stream through the tenant's source consumer
+//!   (see `sealpost_gateway::accounts`). The first replay creates that stream (after rewinding
+//!   the source consumer so it starts from the tenant's first event); every replay first waits
+//!   until it has caught up. Events keep their subjects, headers and bodies; `stream_seq` is the
+//!   sequence in the service's stream (from the `Nats-Stream-Source` header) and `time` the
+//!   instant the tenant's stream stored the event.
 
+mod tenant;
 mod verify;
 
 use std::io::Write as _;
@@ -14,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use futures::StreamExt;
 use sealpost_domain::{MessageId, TenantId};
-use sealpost_eventstore::names::{inbox_prefix, EventSubject, Stream, SubjectError};
+use sealpost_eventstore::names::{EventSubject, Stream, SubjectError};
 use sealpost_eventstore::store::{HDR_CORRELATION_ID, HDR_EVENT_VERSION, HDR_SEQUENCE};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -51,16 +59,12 @@ pub fn parse_instant(s: &str) -> Result<OffsetDateTime, BadInstant> {
     })
 }
 
-/// Connects like [`crate::app::connect`], but with the tenant's inbox prefix when `--tenant` is
-/// given (a tenant's user may only receive on `_INBOX_<tenant>.>`), and collects the server's
-/// errors (permission violations) for the failure message.
-async fn connect(
-    cfg: &Config,
-    tenant: Option<&TenantId>,
-) -> anyhow::Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
+/// Connects like [`crate::app::connect`], and collects the server's errors (permission
+/// violations) for the failure message.
+async fn connect(cfg: &Config) -> anyhow::Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = errors.clone();
-    let mut options = async_nats::ConnectOptions::new().event_callback(move |event| {
+    let options = async_nats::ConnectOptions::new().event_callback(move |event| {
         let sink = sink.clone();
         async move {
             if let async_nats::Event::ServerError(e) = event {
@@ -70,20 +74,16 @@ async fn connect(
             }
         }
     });
-    if let Some(t) = tenant {
-        options = options.custom_inbox_prefix(inbox_prefix(t.as_str()));
-    }
     let client = crate::app::connect_with(cfg, options).await?;
     Ok((client, errors))
 }
 
 /// Runs the replay: NDJSON on stdout, progress and the verification report on stderr.
 pub async fn run(cfg: &Config, opts: &Options) -> anyhow::Result<()> {
-    let (client, server_errors) = connect(cfg, opts.tenant.as_ref()).await?;
+    let (client, server_errors) = connect(cfg).await?;
     let mut js = async_nats::jetstream::new(client.clone());
     js.set_timeout(cfg.nats.request_timeout);
-    // No STREAM.INFO: a tenant's user may not read the stream's info.
-    let stream = js.get_stream_no_info(STREAM.as_str()).await?;
+    let (stream, sourced) = tenant::open_stream(&js, opts.tenant.as_ref()).await?;
     let filter = EventSubject::filter(opts.tenant.as_ref(), opts.message.as_ref());
     let deliver_policy = match opts.since {
         Some(start_time) => DeliverPolicy::ByStartTime { start_time },
@@ -91,8 +91,6 @@ pub async fn run(cfg: &Config, opts: &Options) -> anyhow::Result<()> {
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
-            // A name makes the client use the filtered-create subject, which carries the filter
-            // the tenant permissions match on.
             name: Some(format!("replay_{}", nuid::next())),
             filter_subject: filter.clone(),
             deliver_policy,
@@ -141,7 +139,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> anyhow::Result<()> {
             if opts.until.is_some_and(|u| published > u) {
                 break;
             }
-            let event = Event::from_message(&msg, stream_seq, published);
+            let event = Event::from_message(&msg, stream_seq, published, sourced);
             writeln!(out, "{}", event.to_json())?;
             if let Some(a) = audit.as_mut() {
                 a.check(&event);
@@ -190,6 +188,7 @@ impl Event {
         msg: &async_nats::jetstream::Message,
         stream_seq: u64,
         time: OffsetDateTime,
+        sourced: bool,
     ) -> Self {
         let header = |name: &str| {
             msg.headers
@@ -197,6 +196,11 @@ impl Event {
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_owned())
         };
+        // A tenant's stream sources its events: the header names the service stream's sequence.
+        let stream_seq = header(tenant::SOURCE_HEADER)
+            .filter(|_| sourced)
+            .and_then(|h| tenant::source_sequence(&h))
+            .unwrap_or(stream_seq);
         Event {
             stream_seq,
             raw_subject: msg.subject.to_string(),
