@@ -174,7 +174,12 @@ impl Deployment {
     }
 
     fn body(&self, key: &str, recipient: &str, ttl: u64) -> Vec<u8> {
-        serde_json::to_vec(&json!({
+        self.body_with(key, recipient, ttl, true)
+    }
+
+    /// A send body, with or without the SMS fallback.
+    fn body_with(&self, key: &str, recipient: &str, ttl: u64, fallback: bool) -> Vec<u8> {
+        let mut v = json!({
             "idempotency_key": key,
             "recipient": recipient,
             "encrypted_payload_reference": self.blob.reference,
@@ -183,17 +188,25 @@ impl Deployment {
             "metadata": {"tenant_id": ACME, "message_type": "transactional", "correlation_id": format!("corr-{key}")},
             "ttl_seconds": ttl,
             "fallback": {"channel": "sms", "notice_template": "secure_message_waiting"}
-        }))
-        .unwrap()
+        });
+        if !fallback {
+            v.as_object_mut().unwrap().remove("fallback");
+        }
+        serde_json::to_vec(&v).unwrap()
     }
 
     /// Sends over NATS; returns the message id.
     async fn send(&self, key: &str, recipient: &str, ttl: u64) -> String {
+        self.send_with(key, recipient, ttl, true).await
+    }
+
+    /// [`Self::send`], with or without the SMS fallback.
+    async fn send_with(&self, key: &str, recipient: &str, ttl: u64, fallback: bool) -> String {
         let reply = self
             .client
             .request(
                 format!("sealpost.cmd.{ACME}.send"),
-                self.body(key, recipient, ttl).into(),
+                self.body_with(key, recipient, ttl, fallback).into(),
             )
             .await
             .expect("the gateway answers");
@@ -274,19 +287,44 @@ impl Deployment {
     }
 
     /// Sends to a recipient the carrier accepts but never reaches, and waits until the message
-    /// is acked and then expired: its history ends in `expired` with the carrier's copy revoked.
-    async fn expire_offline(&self, key: &str, to: &str, ttl: u64) -> String {
+    /// is acked and then ends at its TTL with the carrier's copy revoked: `expired`, or with a
+    /// fallback requested `fallback_triggered` (reason `expired`, the revoke recorded) and
+    /// exactly one SMS notice.
+    async fn expire_offline(&self, key: &str, to: &str, ttl: u64, fallback: bool) -> String {
         self.sim.script(to, vec![Scripted::AcceptOffline]);
-        let id = self.send(key, to, ttl).await;
+        let id = self.send_with(key, to, ttl, fallback).await;
         self.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
             .await;
-        self.wait_for(&id, Duration::from_secs(20), |s| s == Status::Expired)
+        let (end, last) = if fallback {
+            (Status::FallbackTriggered, "fallback_triggered")
+        } else {
+            (Status::Expired, "expired")
+        };
+        self.wait_for(&id, Duration::from_secs(20), |s| s == end)
             .await;
-        assert_eq!(
-            self.types(&id).await,
-            ["accepted", "carrier_acked", "expired"]
-        );
-        assert_eq!(self.event_body(&id, "expired").await["revoke"], "revoked");
+        assert_eq!(self.types(&id).await, ["accepted", "carrier_acked", last]);
+        let body = self.event_body(&id, last).await;
+        assert_eq!(body["revoke"], "revoked");
+        if fallback {
+            assert_eq!(body["reason"], "expired");
+            let sms = sealpost_testkit::eventually(Duration::from_secs(10), "the notice", || {
+                let n = self
+                    .sim
+                    .notices()
+                    .iter()
+                    .filter(|n| n.message_id == id)
+                    .count();
+                async move { (n > 0).then_some(n) }
+            })
+            .await
+            .unwrap();
+            assert_eq!(sms, 1, "one notice");
+            assert_eq!(
+                self.sim.stats().sms_duplicates,
+                0,
+                "and no second attempt at one"
+            );
+        }
         assert!(self.sim.revoked(&id), "the carrier still holds the message");
         id
     }
@@ -491,7 +529,10 @@ async fn a_recipient_without_rcs_gets_one_neutral_sms_notice() {
 #[tokio::test]
 async fn at_its_ttl_an_undelivered_message_expires_and_is_revoked_at_the_carrier() {
     let p = Deployment::start(Options::default()).await;
-    let id = p.expire_offline("ttl-1", "+15550001007", 2).await;
+    let id = p.expire_offline("ttl-1", "+15550001007", 2, false).await;
+    // With a fallback requested, the same expiry falls back: revoked first, then one notice.
+    p.expire_offline("ttl-fallback-1", "+15550001027", 2, true)
+        .await;
     // The server fired the timer: it published onto the due subject.
     let js = async_nats::jetstream::new(p.client.clone());
     js.get_stream("SEALPOST_SCHEDULES")
@@ -513,7 +554,9 @@ async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
         ..Options::default()
     })
     .await;
-    let id = p.expire_offline("carrier-ttl-1", "+15550001017", 1).await;
+    let id = p
+        .expire_offline("carrier-ttl-1", "+15550001017", 1, false)
+        .await;
     // The webhook was stored raw before it was applied.
     let js = async_nats::jetstream::new(p.client.clone());
     let stored = js

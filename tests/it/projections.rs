@@ -252,10 +252,13 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     assert_eq!(r.fallback_channel.map(|v| v.as_str()), Some("sms"));
     assert_eq!(r.last_error_class.map(|v| v.as_str()), Some("not_capable"));
     assert!(r.fallback_at.is_some());
-    // Expiry after the carrier ack.
+    // Expiry after the carrier ack, with a fallback requested: the fallback, with why and what
+    // the expiry did.
     let r = row(4).await;
-    assert_eq!(r.status.as_str(), "expired");
+    assert_eq!(r.status.as_str(), "fallback_triggered");
+    assert_eq!(r.end_reason.map(|v| v.as_str()), Some("expired"));
     assert_eq!(r.revoke_outcome.map(|v| v.as_str()), Some("revoked"));
+    assert!(r.fallback_at.is_some() && r.expired_at.is_none());
     // Cancel.
     let r = row(5).await;
     assert_eq!(r.status.as_str(), "cancelled");

@@ -492,10 +492,24 @@ fn every_variant() -> Vec<(MessageEvent, bool)> {
             at: T1,
         })
     };
+    let fallback_triggered = |full: bool| {
+        E::FallbackTriggered(FallbackTriggered {
+            channel: FallbackChannel::Sms,
+            notice_template: "secure_message_waiting".into(),
+            reason: if full {
+                EndReason::Expired
+            } else {
+                EndReason::NotCapable
+            },
+            revoke: full.then_some(RevokeOutcome::Revoked),
+            at: T1,
+        })
+    };
     let mut out = Vec::new();
     for full in [true, false] {
         out.push((accepted(full), full));
         out.push((attempt_failed(full), full));
+        out.push((fallback_triggered(full), full));
     }
     // Variants without optional fields: "full" and "bare" are the same body.
     let fixed = [
@@ -518,12 +532,6 @@ fn every_variant() -> Vec<(MessageEvent, bool)> {
         }),
         E::Failed(Failed {
             reason: EndReason::RetryWindowExhausted,
-            at: T1,
-        }),
-        E::FallbackTriggered(FallbackTriggered {
-            channel: FallbackChannel::Sms,
-            notice_template: "secure_message_waiting".into(),
-            reason: EndReason::NotCapable,
             at: T1,
         }),
         E::Delivered(Delivered {
@@ -796,8 +804,16 @@ fn every_event_the_aggregate_writes_validates_against_its_current_schema() -> Re
             MessageCommand::TriggerFallback { at: T1 },
         ],
         vec![accept("cancel", false), MessageCommand::Cancel { at: T1 }],
+        // Expiry with a fallback requested (fallback_triggered, reason expired) and without.
         vec![
-            accept("expire", true),
+            accept("expire-fallback", true),
+            MessageCommand::Expire {
+                revoke: RevokeOutcome::NotSubmitted,
+                at: after_expiry,
+            },
+        ],
+        vec![
+            accept("expire", false),
             MessageCommand::Expire {
                 revoke: RevokeOutcome::NotSubmitted,
                 at: after_expiry,
@@ -950,35 +966,35 @@ fn the_status_row_schema_lists_exactly_the_domains_names() -> Result<()> {
     use sealpost_domain::{RowSource, Status};
     let list = |all: Vec<&'static str>| names(&all);
     ensure!(
-        enum_of("status_row.v1.json", "status")?
+        enum_of("status_row.v2.json", "status")?
             == list(Status::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "last_event_type")?
+        enum_of("status_row.v2.json", "last_event_type")?
             == list(EventType::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "message_type")?
+        enum_of("status_row.v2.json", "message_type")?
             == list(MessageType::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "fallback_channel")?
+        enum_of("status_row.v2.json", "fallback_channel")?
             == list(FallbackChannel::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "last_error_class")?
+        enum_of("status_row.v2.json", "last_error_class")?
             == list(ErrorClass::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "end_reason")?
+        enum_of("status_row.v2.json", "end_reason")?
             == list(EndReason::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "revoke_outcome")?
+        enum_of("status_row.v2.json", "revoke_outcome")?
             == list(RevokeOutcome::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v1.json", "source")?
+        enum_of("status_row.v2.json", "source")?
             == list(RowSource::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
@@ -992,7 +1008,7 @@ fn the_status_row_schema_lists_exactly_the_domains_names() -> Result<()> {
 fn every_status_row_the_fold_builds_validates_against_its_schema() -> Result<()> {
     use sealpost_domain::{RowSource, StatusRow};
     let schema = validator(&read_json(
-        &schemas_dir().join("commands").join("status_row.v1.json"),
+        &schemas_dir().join("commands").join("status_row.v2.json"),
     )?)?;
     let mut checked = 0;
     for (event, _) in every_variant() {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use sealpost_carriers::{Content, Submission};
-use sealpost_domain::events::{EndReason, FallbackChannel, FallbackTriggered};
+use sealpost_domain::events::{EndReason, FallbackChannel, FallbackTriggered, RevokeOutcome};
 use sealpost_domain::{CarrierOutcome, EventType, MessageEvent};
 use sealpost_eventstore::names::{Durable, EventSubject};
 use sealpost_eventstore::store::HDR_EVENT_VERSION;
@@ -66,12 +66,14 @@ impl Delivery {
             return JobEnd::Term;
         };
         let recipient = accepted.recipient.expose();
-        // Revoke first: the notice must never race a late RCS delivery. Not needed only when
-        // the single attempt was refused outright (nothing reached the carrier).
+        // Revoke first: the notice must never race a late RCS delivery. Not needed when the
+        // single attempt was refused outright (nothing reached the carrier), or when the expiry
+        // that triggered the fallback has revoked it already.
         let refused_outright =
             matches!(fb.reason, EndReason::NotCapable | EndReason::PermanentError)
                 && state.next_attempt <= 2;
-        if !refused_outright {
+        let revoked_by_expiry = fb.revoke == Some(RevokeOutcome::Revoked);
+        if !refused_outright && !revoked_by_expiry {
             let r = self
                 .inner
                 .carriers

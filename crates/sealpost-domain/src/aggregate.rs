@@ -151,13 +151,23 @@ impl Message {
                         expires_at: accepted.expires_at.to_string(),
                     });
                 }
-                match self.status {
+                // Ends the message as the retry policy would have had it been first: the deadline
+                // that passed first names the reason, and the fallback applies either way.
+                let reason = match self.status {
+                    // Still waiting for a submission: its retry window closed before the TTL,
+                    // or the TTL itself ended it.
+                    Status::Queued | Status::RetryScheduled
+                        if accepted.retry_until < accepted.expires_at =>
+                    {
+                        EndReason::RetryWindowExhausted
+                    }
                     Status::Queued | Status::RetryScheduled | Status::CarrierAcked => {
-                        Ok(vec![MessageEvent::Expired(Expired { revoke, at })])
+                        EndReason::Expired
                     }
                     // Delivered before the deadline, or already ended: the check is moot.
-                    _ => Ok(vec![]),
-                }
+                    _ => return Ok(vec![]),
+                };
+                Ok(vec![end_undelivered(accepted, reason, Some(revoke), at)])
             }
             C::Cancel { at } => {
                 self.accepted()?;
@@ -205,7 +215,12 @@ impl Message {
                     .ok_or(MessageError::NoFallbackConfigured)?;
                 match self.status {
                     Status::Queued | Status::RetryScheduled | Status::CarrierAcked => {
-                        Ok(vec![fallback_event(fallback, EndReason::Requested, at)])
+                        Ok(vec![fallback_event(
+                            fallback,
+                            EndReason::Requested,
+                            None,
+                            at,
+                        )])
                     }
                     Status::FallbackTriggered => Ok(vec![]),
                     s => Err(MessageError::AlreadyFinal(s)),
@@ -341,6 +356,7 @@ impl Message {
             class,
             retry_after,
             retry_until: accepted.retry_until,
+            expires_at: accepted.expires_at,
             now: at,
         });
         let next = match decision {
@@ -352,14 +368,14 @@ impl Message {
                     at,
                 })
             }
-            // A permanent error means the request itself is wrong; a notice would not help.
-            RetryDecision::GiveUp(reason @ EndReason::PermanentError) => {
-                MessageEvent::Failed(Failed { reason, at })
-            }
-            RetryDecision::GiveUp(reason) => match &accepted.fallback {
-                Some(fallback) => fallback_event(fallback, reason, at),
-                None => MessageEvent::Failed(Failed { reason, at }),
-            },
+            RetryDecision::GiveUp(reason) => end_undelivered(accepted, reason, None, at),
+            // The expiry ends it at `expires_at`; until then no attempt is due.
+            RetryDecision::AwaitExpiry => MessageEvent::RetryScheduled(RetryScheduled {
+                attempt: attempt + 1,
+                delay_ms: until_ms(at, accepted.expires_at),
+                not_before: accepted.expires_at.max(at),
+                at,
+            }),
         };
         Ok(vec![failed, next])
     }
@@ -401,13 +417,45 @@ impl Message {
     }
 }
 
-fn fallback_event(fallback: &Fallback, reason: EndReason, at: OffsetDateTime) -> MessageEvent {
+fn fallback_event(
+    fallback: &Fallback,
+    reason: EndReason,
+    revoke: Option<RevokeOutcome>,
+    at: OffsetDateTime,
+) -> MessageEvent {
     MessageEvent::FallbackTriggered(FallbackTriggered {
         channel: fallback.channel,
         notice_template: fallback.notice_template.clone(),
         reason,
+        revoke,
         at,
     })
+}
+
+/// How a message ends undelivered for `reason`, the one rule for the retry policy and the expiry
+/// timer alike: the requested fallback if there is one; otherwise `expired` when the TTL ended it
+/// (with what the expiry did at the carrier), else `failed`.
+fn end_undelivered(
+    accepted: &Accepted,
+    reason: EndReason,
+    revoke: Option<RevokeOutcome>,
+    at: OffsetDateTime,
+) -> MessageEvent {
+    match (&accepted.fallback, reason) {
+        // A permanent error means the request itself is wrong; a notice would not help.
+        (_, EndReason::PermanentError) => MessageEvent::Failed(Failed { reason, at }),
+        (Some(fallback), _) => fallback_event(fallback, reason, revoke, at),
+        (None, EndReason::Expired) => MessageEvent::Expired(Expired {
+            revoke: revoke.unwrap_or(RevokeOutcome::NotSubmitted),
+            at,
+        }),
+        (None, _) => MessageEvent::Failed(Failed { reason, at }),
+    }
+}
+
+/// Milliseconds from `from` to `to`, 0 when `to` is not later.
+fn until_ms(from: OffsetDateTime, to: OffsetDateTime) -> u64 {
+    u64::try_from((to - from).whole_milliseconds()).unwrap_or(0)
 }
 
 impl Aggregate for Message {

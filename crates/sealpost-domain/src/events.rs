@@ -37,6 +37,8 @@ impl EventType {
         match self {
             // v2 adds `request_sha256`, the digest of the whole send request (idempotency).
             EventType::Accepted => 2,
+            // v2 adds the reason `expired` and the expiry's `revoke` outcome.
+            EventType::FallbackTriggered => 2,
             _ => 1,
         }
     }
@@ -106,6 +108,8 @@ wire_enum! {
         MaxAttempts => "max_attempts",
         /// Fallback asked for explicitly (operator or tenant policy).
         Requested => "requested",
+        /// The TTL (`expires_at`) passed, or no retry fit before it, without a delivery.
+        Expired => "expired",
     }
 }
 
@@ -205,6 +209,9 @@ pub struct FallbackTriggered {
     pub channel: FallbackChannel,
     pub notice_template: String,
     pub reason: EndReason,
+    /// When the expiry timer ended the message: what it did at the carrier first (since v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke: Option<RevokeOutcome>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

@@ -46,7 +46,7 @@
 //! | receipt displayed | not_accepted | not_yet_acked (retry) | `delivered`(implied),`displayed` | `displayed` | — | — | — | — |
 //! | receipt with a seen id | not_accepted | — | — | — | — | — | — | — |
 //! | expire, before `expires_at` | not_accepted | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired | not_yet_expired |
-//! | expire, at/after `expires_at` | not_accepted | `expired` | `expired` | — | — | — | — | — |
+//! | expire, at/after `expires_at` | not_accepted | ends undelivered (below) | ends undelivered, reason `expired` | — | — | — | — | — |
 //! | cancel | not_accepted | `cancelled` | already_submitted | already_submitted | already_submitted | already_final | already_final | — |
 //! | trigger fallback (fallback set) | not_accepted | `fallback_triggered` | `fallback_triggered` | already_final | already_final | already_final | — | already_final |
 //! | trigger fallback (none set) | not_accepted | no_fallback | no_fallback | no_fallback | no_fallback | no_fallback | no_fallback | no_fallback |
@@ -63,7 +63,27 @@
 //!   either `retry_scheduled` (not before Retry-After) or, when the window or attempts are
 //!   exhausted, `fallback_triggered` if the message has a fallback, else `failed`;
 //! - permanent (other 4xx) → `attempt_failed`, `failed`;
-//! - not RCS-capable (RBM 404) → `attempt_failed`, then `fallback_triggered` or `failed`.
+//! - not RCS-capable (RBM 404) → `attempt_failed`, then `fallback_triggered` or `failed`;
+//! - transient or throttled when the next retry would pass `retry_until` and `retry_until` is the
+//!   TTL itself (`expires_at`) → `attempt_failed`, `retry_scheduled` with `not_before =
+//!   expires_at`: no attempt is due any more, and the expiry ends the message.
+//!
+//! ## Ending undelivered
+//!
+//! One rule, whichever of the retry policy and the expiry timer gets there first and after any
+//! number of redeliveries (the property tests in `tests.rs` check it over random interleavings):
+//!
+//! | why it ends | fallback requested | no fallback |
+//! |---|---|---|
+//! | permanent error | `failed` (`permanent_error`) | `failed` (`permanent_error`) |
+//! | not RCS-capable | `fallback_triggered` (`not_capable`) | `failed` (`not_capable`) |
+//! | attempts exhausted | `fallback_triggered` (`max_attempts`) | `failed` (`max_attempts`) |
+//! | retry window closed before the TTL | `fallback_triggered` (`retry_window_exhausted`) | `failed` (`retry_window_exhausted`) |
+//! | the TTL passed (queued, retrying or acked without a receipt) | `fallback_triggered` (`expired`, with the expiry's `revoke`) | `expired` (with `revoke`) |
+//!
+//! The expiry names the deadline that passed first: a message still waiting for a submission
+//! whose retry window closed before its TTL ends as the policy would have ended it
+//! (`retry_window_exhausted`), so a job redelivered late cannot turn `failed` into `expired`.
 
 #[macro_use]
 pub mod wire;
@@ -91,3 +111,6 @@ pub use wire::UnknownName;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

@@ -3,7 +3,9 @@
 //! Backoff for failed attempt `n` (1-based) is `min(base · 2^(n-1), max) · (0.5 + r)`, where `r` in
 //! `[0, 1)` comes from SHA-256 of (message id, n): jittered, yet the same on every replay. A
 //! Retry-After from the carrier is a floor on the delay. No retry is scheduled past the message's
-//! `retry_until`, nor after `max_attempts` attempts.
+//! `retry_until`, nor after `max_attempts` attempts. When `retry_until` is the TTL itself
+//! (`expires_at`), a retry that no longer fits does not end the message: it waits for its expiry,
+//! which decides how it ends (see the crate docs), so the timer and the policy never race.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,6 +79,9 @@ pub enum RetryDecision {
         delay: Duration,
     },
     GiveUp(EndReason),
+    /// No retry fits before the TTL: attempt no more and let the expiry at `expires_at` end the
+    /// message (with its fallback, if one was requested).
+    AwaitExpiry,
 }
 
 impl RetryPolicy {
@@ -115,6 +120,9 @@ impl RetryPolicy {
         }
         let not_before = f.now + delay;
         if not_before > f.retry_until {
+            if f.retry_until >= f.expires_at {
+                return RetryDecision::AwaitExpiry;
+            }
             return RetryDecision::GiveUp(EndReason::RetryWindowExhausted);
         }
         RetryDecision::RetryAt { not_before, delay }
@@ -129,6 +137,8 @@ pub struct FailedAttempt<'a> {
     pub class: ErrorClass,
     pub retry_after: Option<Duration>,
     pub retry_until: OffsetDateTime,
+    /// The TTL deadline; when `retry_until` reaches it, the expiry ends the message.
+    pub expires_at: OffsetDateTime,
     pub now: OffsetDateTime,
 }
 
@@ -177,6 +187,7 @@ mod tests {
             class,
             retry_after: None,
             retry_until: datetime!(2026-01-04 00:00 UTC),
+            expires_at: datetime!(2026-01-05 00:00 UTC),
             now: datetime!(2026-01-01 00:00 UTC),
         }
     }

@@ -58,9 +58,10 @@ pub struct StatusRow {
     pub last_error_class: Option<ErrorClass>,
     /// Of the last failed attempt: the carrier's status or error code, e.g. `503`.
     pub last_error_code: Option<String>,
-    /// Why delivery ended without an ack (`failed` / `fallback_triggered`).
+    /// Why delivery ended undelivered (`failed`, `fallback_triggered`, `expired`).
     pub end_reason: Option<EndReason>,
-    /// For `expired`: what the revoke at the carrier achieved.
+    /// When the expiry ended the message (`expired`, or a fallback with the reason `expired`):
+    /// what the revoke at the carrier achieved.
     pub revoke_outcome: Option<RevokeOutcome>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub accepted_at: Option<OffsetDateTime>,
@@ -219,6 +220,7 @@ impl StatusRow {
             E::FallbackTriggered(f) => {
                 self.fallback_at = Some(f.at);
                 self.end_reason = Some(f.reason);
+                self.revoke_outcome = f.revoke;
                 self.fallback_channel = Some(f.channel);
                 self.next_attempt_at = None;
             }
@@ -226,6 +228,7 @@ impl StatusRow {
             E::Displayed(d) => self.displayed_at = Some(d.at),
             E::Expired(x) => {
                 self.expired_at = Some(x.at);
+                self.end_reason = Some(EndReason::Expired);
                 self.revoke_outcome = Some(x.revoke);
                 self.next_attempt_at = None;
             }

@@ -135,12 +135,33 @@ fn displayed(id: &str) -> MessageEvent {
 }
 
 fn fallback_triggered(reason: EndReason, at: OffsetDateTime) -> MessageEvent {
+    fallback_after(reason, None, at)
+}
+
+fn fallback_after(
+    reason: EndReason,
+    revoke: Option<RevokeOutcome>,
+    at: OffsetDateTime,
+) -> MessageEvent {
     MessageEvent::FallbackTriggered(FallbackTriggered {
         channel: FallbackChannel::Sms,
         notice_template: "secure_message_waiting".into(),
         reason,
+        revoke,
         at,
     })
+}
+
+/// When the retry window closes (`retry_until`) in the examples whose window is shorter than
+/// the TTL.
+const WINDOW_END: OffsetDateTime = datetime!(2026-01-01 00:30 UTC);
+
+/// `history` for a message whose retry window closes at [`WINDOW_END`], before its TTL.
+fn window_bound(mut history: Vec<MessageEvent>) -> Vec<MessageEvent> {
+    if let Some(MessageEvent::Accepted(a)) = history.first_mut() {
+        a.retry_until = WINDOW_END;
+    }
+    history
 }
 
 fn retry_scheduled(attempt: u32) -> MessageEvent {
@@ -622,7 +643,7 @@ fn not_capable_falls_back_when_a_fallback_is_set_and_fails_otherwise() {
 
 #[test]
 fn retry_window_exhausted_falls_back_or_fails() {
-    // A 429 asking to wait past retry_until (T0 + 1 h) ends the retries.
+    // A 429 asking to wait past retry_until (T0 + 30 min, before the TTL) ends the retries.
     let cmd = || {
         result(
             1,
@@ -637,14 +658,14 @@ fn retry_window_exhausted_falls_back_or_fails() {
         f.retry_after_ms = Some(7_200_000);
     }
     assert_eq!(
-        when(history(Status::Queued, true), cmd()),
+        when(window_bound(history(Status::Queued, true)), cmd()),
         Ok(vec![
             failed.clone(),
             fallback_triggered(EndReason::RetryWindowExhausted, T1)
         ])
     );
     assert_eq!(
-        when(history(Status::Queued, false), cmd()),
+        when(window_bound(history(Status::Queued, false)), cmd()),
         Ok(vec![
             failed,
             MessageEvent::Failed(Failed {
@@ -653,6 +674,35 @@ fn retry_window_exhausted_falls_back_or_fails() {
             }),
         ])
     );
+}
+
+#[test]
+fn a_retry_that_would_pass_the_ttl_waits_for_the_expiry_instead_of_ending_the_message() {
+    // retry_until is the TTL (T0 + 1 h): the 429's two hours do not fit, and the expiry at
+    // T0 + 1 h ends the message the same way whether or not it comes first.
+    let cmd = result(
+        1,
+        CarrierOutcome::Throttled {
+            code: "429".into(),
+            retry_after: Some(Duration::from_secs(2 * 3600)),
+        },
+    );
+    let mut failed = attempt_failed(1, ErrorClass::Throttled, "429");
+    if let MessageEvent::AttemptFailed(f) = &mut failed {
+        f.retry_after_ms = Some(7_200_000);
+    }
+    let wait = MessageEvent::RetryScheduled(RetryScheduled {
+        attempt: 2,
+        delay_ms: (T0 + TTL - T1).whole_milliseconds() as u64,
+        not_before: T0 + TTL,
+        at: T1,
+    });
+    for with_fallback in [true, false] {
+        assert_eq!(
+            when(history(Status::Queued, with_fallback), cmd.clone()),
+            Ok(vec![failed.clone(), wait.clone()])
+        );
+    }
 }
 
 #[test]
@@ -761,20 +811,25 @@ fn expire_before_the_deadline_is_refused_in_every_accepted_status() {
     );
 }
 
+fn expire() -> MessageCommand {
+    MessageCommand::Expire {
+        revoke: RevokeOutcome::Revoked,
+        at: AFTER_EXPIRY,
+    }
+}
+
 #[test]
-fn expire_after_the_deadline_in_every_status() {
+fn expire_after_the_deadline_in_every_status_falls_back_when_a_fallback_was_requested() {
     for_every_status(
-        |_| MessageCommand::Expire {
-            revoke: RevokeOutcome::Revoked,
-            at: AFTER_EXPIRY,
-        },
+        |_| expire(),
         |s| match s {
             Status::New => Err(MessageError::NotAccepted),
             Status::Queued | Status::RetryScheduled | Status::CarrierAcked => {
-                Ok(vec![MessageEvent::Expired(Expired {
-                    revoke: RevokeOutcome::Revoked,
-                    at: AFTER_EXPIRY,
-                })])
+                Ok(vec![fallback_after(
+                    EndReason::Expired,
+                    Some(RevokeOutcome::Revoked),
+                    AFTER_EXPIRY,
+                )])
             }
             // Delivered in time, or already ended: the scheduled check is moot.
             _ => NONE,
@@ -783,19 +838,89 @@ fn expire_after_the_deadline_in_every_status() {
 }
 
 #[test]
-fn expire_records_a_failed_revoke() {
-    assert_eq!(
-        when(
-            given(Status::CarrierAcked),
-            MessageCommand::Expire {
-                revoke: RevokeOutcome::RevokeFailed,
-                at: AFTER_EXPIRY
+fn expire_after_the_deadline_without_a_fallback_is_expired_with_the_revoke() {
+    for s in ALL {
+        let expected = match s {
+            Status::New => Err(MessageError::NotAccepted),
+            Status::Queued | Status::RetryScheduled | Status::CarrierAcked => {
+                Ok(vec![MessageEvent::Expired(Expired {
+                    revoke: RevokeOutcome::Revoked,
+                    at: AFTER_EXPIRY,
+                })])
             }
-        ),
+            _ => NONE,
+        };
+        assert_eq!(when(history(s, false), expire()), expected, "given {s}");
+    }
+}
+
+#[test]
+fn expire_of_a_message_whose_retry_window_closed_first_ends_as_the_policy_would_have() {
+    // A late job never made the attempt that would have given up at the window's end; the
+    // expiry names the deadline that passed first, so the outcome does not depend on which ran.
+    for with_fallback in [true, false] {
+        for s in [Status::Queued, Status::RetryScheduled] {
+            let expected = if with_fallback {
+                fallback_after(
+                    EndReason::RetryWindowExhausted,
+                    Some(RevokeOutcome::Revoked),
+                    AFTER_EXPIRY,
+                )
+            } else {
+                MessageEvent::Failed(Failed {
+                    reason: EndReason::RetryWindowExhausted,
+                    at: AFTER_EXPIRY,
+                })
+            };
+            assert_eq!(
+                when(window_bound(history(s, with_fallback)), expire()),
+                Ok(vec![expected]),
+                "given {s}, fallback {with_fallback}"
+            );
+        }
+        // Acked without a receipt by the TTL: the window no longer matters.
+        let expected = if with_fallback {
+            fallback_after(
+                EndReason::Expired,
+                Some(RevokeOutcome::Revoked),
+                AFTER_EXPIRY,
+            )
+        } else {
+            MessageEvent::Expired(Expired {
+                revoke: RevokeOutcome::Revoked,
+                at: AFTER_EXPIRY,
+            })
+        };
+        assert_eq!(
+            when(
+                window_bound(history(Status::CarrierAcked, with_fallback)),
+                expire()
+            ),
+            Ok(vec![expected])
+        );
+    }
+}
+
+#[test]
+fn expire_records_a_failed_revoke() {
+    let cmd = MessageCommand::Expire {
+        revoke: RevokeOutcome::RevokeFailed,
+        at: AFTER_EXPIRY,
+    };
+    assert_eq!(
+        when(history(Status::CarrierAcked, false), cmd.clone()),
         Ok(vec![MessageEvent::Expired(Expired {
             revoke: RevokeOutcome::RevokeFailed,
             at: AFTER_EXPIRY
         })])
+    );
+    assert_eq!(
+        when(given(Status::CarrierAcked), cmd),
+        Ok(vec![fallback_after(
+            EndReason::Expired,
+            Some(RevokeOutcome::RevokeFailed),
+            AFTER_EXPIRY
+        )])
     );
 }
 

@@ -13,6 +13,10 @@
 //!   aggregate then compares a resend by payload digest only, as v1 did; so v1 → v2 changes
 //!   nothing in the body.
 //!
+//! `fallback_triggered` has two: v2 adds the reason `expired` (the message expired undelivered
+//! and a fallback was requested) and the optional `revoke` (what the expiry did at the carrier);
+//! a v1 body is a valid v2 body.
+//!
 //! Every other type is at v1.
 
 use serde_json::Value;
@@ -42,6 +46,8 @@ pub fn to_current(event_type: EventType, version: &str, body: Value) -> Result<V
             }
             // v2 only adds a field that v1 events do not have.
             (EventType::Accepted, 1) => body,
+            // v2 only adds a reason and an optional field: every v1 body is a v2 body.
+            (EventType::FallbackTriggered, 1) => body,
             _ => return Err(unknown()),
         };
         v += 1;

@@ -30,7 +30,7 @@ pub const CONTRACT_SCHEMAS: &[(&str, &str)] = &[
     ),
     (
         "StatusRow",
-        include_str!("../../../schemas/commands/status_row.v1.json"),
+        include_str!("../../../schemas/commands/status_row.v2.json"),
     ),
     (
         "CancelReply",
