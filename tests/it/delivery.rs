@@ -329,6 +329,37 @@ impl Deployment {
         id
     }
 
+    /// The delivery roles as a real `sealpost serve` process (to `kill -9`), configured by a file
+    /// in `dir` to reach this deployment's S3, simulator and server.
+    fn delivery_process(&self, dir: &std::path::Path) -> crate::support::ServeProcess {
+        let sim = SimConfig::default();
+        let config = dir.join("sealpost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"{ak}\"\nsecret_access_key = \"{sk}\"\n\
+                 [retry]\nbase_ms = 100\nmax_ms = 1000\n\
+                 [delivery]\nconcurrency = 256\n\
+                 [carriers.rbm]\nbase_url = \"{url}\"\nagent_id = \"{agent}\"\nbearer_token = \"{bearer}\"\nclient_token = \"{client}\"\n\
+                 [carriers.sms]\nbase_url = \"{url}\"\napi_key = \"{sms}\"\n",
+                s3 = self.cfg.s3.endpoint,
+                ak = self.cfg.s3.access_key_id,
+                sk = self.cfg.s3.secret_access_key.expose(),
+                url = self.sim.base_url(),
+                agent = sim.agent_id,
+                bearer = sim.bearer_token.expose(),
+                client = sim.client_token.expose(),
+                sms = sim.sms_api_key.expose(),
+            ),
+        )
+        .unwrap();
+        crate::support::ServeProcess::new(
+            "delivery,receipts,expiry,fallback",
+            config,
+            self.server.url(),
+        )
+    }
+
     async fn event_body(&self, message_id: &str, event_type: &str) -> Value {
         let h = self.history(message_id).await;
         let r = h
@@ -707,33 +738,8 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
         ..Options::default()
     })
     .await;
-    let sim = SimConfig::default();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sealpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[s3]\nendpoint = \"{s3}\"\naccess_key_id = \"{ak}\"\nsecret_access_key = \"{sk}\"\n\
-             [retry]\nbase_ms = 100\nmax_ms = 1000\n\
-             [delivery]\nconcurrency = 256\n\
-             [carriers.rbm]\nbase_url = \"{url}\"\nagent_id = \"{agent}\"\nbearer_token = \"{bearer}\"\nclient_token = \"{client}\"\n\
-             [carriers.sms]\nbase_url = \"{url}\"\napi_key = \"{sms}\"\n",
-            s3 = p.cfg.s3.endpoint,
-            ak = p.cfg.s3.access_key_id,
-            sk = p.cfg.s3.secret_access_key.expose(),
-            url = p.sim.base_url(),
-            agent = sim.agent_id,
-            bearer = sim.bearer_token.expose(),
-            client = sim.client_token.expose(),
-            sms = sim.sms_api_key.expose(),
-        ),
-    )
-    .unwrap();
-    let mut workers = crate::support::ServeProcess::new(
-        "delivery,receipts,expiry,fallback",
-        config,
-        p.server.url(),
-    );
+    let mut workers = p.delivery_process(dir.path());
     workers.spawn();
 
     const N: usize = 2000;
@@ -966,4 +972,162 @@ async fn status_answers_from_the_messages_view_and_from_events_until_the_view_ha
         .await
         .unwrap();
     assert!(other.status().is_client_error());
+}
+
+/// The report of the expiry-versus-fallback issue, end to end: every message asks for an SMS
+/// fallback; a fifth go to recipients without RCS and a fifth to recipients whose carrier always
+/// answers 503, with a 4 s TTL; the delivery process is `kill -9`ed whenever it has work in
+/// flight. Every failing message ends `fallback_triggered` with exactly one SMS notice counted at
+/// the simulator's SMS API (the 503s with the reason `expired`, the others `not_capable`), and
+/// none ends otherwise, although the kills make the expiry timer and redelivered jobs race.
+#[tokio::test]
+async fn killing_the_delivery_process_never_changes_how_a_failing_message_ends() {
+    let p = Deployment::start(Options {
+        start_delivery: false,
+        ..Options::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut workers = p.delivery_process(dir.path());
+    workers.spawn();
+
+    const N: usize = 150;
+    // Message ids derive from (tenant, key), so the failing ones are known before they are sent.
+    let id_of = |i: usize| {
+        sealpost_domain::MessageId::derive(&TenantId::new(ACME).unwrap(), &format!("fb-{i}"))
+            .to_string()
+    };
+    let failing: Vec<(usize, String)> = (0..N)
+        .filter(|i| i % 5 < 2)
+        .map(|i| (i, id_of(i)))
+        .collect();
+    let mut bodies = Vec::new();
+    for i in 0..N {
+        let to = format!("+1555200{i:04}");
+        let ttl = match i % 5 {
+            0 => {
+                p.sim.script(&to, vec![Scripted::NotCapable]);
+                3600
+            }
+            1 => {
+                let always_503 = Scripted::Status {
+                    code: 503,
+                    retry_after_secs: None,
+                };
+                p.sim.script(&to, vec![always_503; 200]);
+                4
+            }
+            _ => 3600,
+        };
+        bodies.push((i, p.body(&format!("fb-{i}"), &to, ttl)));
+    }
+    let client = p.client.clone();
+    let sends = tokio::spawn(async move {
+        futures::stream::iter(bodies)
+            .map(|(i, body)| {
+                let client = client.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    let reply = client
+                        .request(format!("sealpost.cmd.{ACME}.send"), body.into())
+                        .await
+                        .expect("the in-process gateway answers");
+                    let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+                    (i, v["message_id"].as_str().expect("accepted").to_owned())
+                }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await
+    });
+
+    // Kill whenever the carrier has seen more requests since the last kill (work in flight),
+    // and count the kills that found a failing message still unsettled.
+    let requests = || p.sim.stats().sends;
+    let (mut kills, mut kills_mid_retry, mut last) = (0, 0, 0);
+    while kills < 8 {
+        let seen = sealpost_testkit::eventually(Duration::from_secs(10), "carrier traffic", || {
+            let n = requests();
+            async move { (n >= last + 10).then_some(n) }
+        })
+        .await;
+        let Ok(seen) = seen else { break };
+        last = seen;
+        let unsettled = {
+            let store = store_on(&p.client);
+            let mut n = 0;
+            for (_, id) in failing.iter() {
+                if let Ok(l) = store.load(&format!("{ACME}.{id}")).await {
+                    n += usize::from(!l.aggregate.status.is_final());
+                }
+            }
+            n
+        };
+        if unsettled == 0 && sends.is_finished() {
+            break;
+        }
+        workers.kill9().await;
+        kills += 1;
+        kills_mid_retry += usize::from(unsettled > 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        workers.spawn();
+    }
+    let ids = sends.await.unwrap();
+    assert!(ids.iter().all(|(i, id)| *id == id_of(*i)));
+    assert!(kills >= 3, "only {kills} kills landed");
+    assert!(
+        kills_mid_retry > 0,
+        "no kill found a failing message unsettled; the test did not race the expiry"
+    );
+
+    for (i, id) in &failing {
+        p.wait_for(id, Duration::from_secs(60), Status::is_final)
+            .await;
+        let types = p.types(id).await;
+        assert_eq!(
+            types.iter().filter(|t| *t == "fallback_triggered").count(),
+            1,
+            "message {i}: {types:?}"
+        );
+        assert_eq!(
+            p.state(id).await.status,
+            Status::FallbackTriggered,
+            "{types:?}"
+        );
+        let reason = p.event_body(id, "fallback_triggered").await["reason"].clone();
+        let want = if i % 5 == 0 { "not_capable" } else { "expired" };
+        assert_eq!(reason, want, "message {i}: {types:?}");
+    }
+    let notices_for = |id: &str| {
+        p.sim
+            .notices()
+            .iter()
+            .filter(|n| n.message_id == id)
+            .count()
+    };
+    sealpost_testkit::eventually(Duration::from_secs(60), "every notice", || {
+        let done = failing.iter().all(|(_, id)| notices_for(id) >= 1);
+        async move { done.then_some(()) }
+    })
+    .await
+    .expect("every failing message got its notice");
+    for (i, id) in &failing {
+        assert_eq!(notices_for(id), 1, "message {i}: exactly one SMS notice");
+    }
+    // The others were delivered; nobody else was sent a notice.
+    let others: Vec<String> = ids
+        .iter()
+        .filter(|(i, _)| i % 5 >= 2)
+        .map(|(_, id)| id.clone())
+        .collect();
+    p.wait_all_displayed(&others, Duration::from_secs(120))
+        .await;
+    assert_eq!(p.sim.notices().len(), failing.len());
+    workers.kill9().await;
+    eprintln!(
+        "{} delivery processes, {kills} kills ({kills_mid_retry} with a failing message unsettled); \
+         SMS resubmissions answered as duplicates: {}",
+        workers.spawned,
+        p.sim.stats().sms_duplicates
+    );
 }
