@@ -4,10 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sealpost_domain::events::{EncryptionMetadata, Fallback, FallbackChannel, MessageType};
 use sealpost_domain::{
-    aggregate_id, AcceptMessage, Message, MessageCommand, MessageId, Recipient, RetryPolicy,
-    Sha256Hex, TenantId,
+    aggregate_id, AcceptMessage, Message, MessageCommand, MessageId, RetryPolicy, TenantId,
 };
 use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
 use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
@@ -63,27 +61,7 @@ pub fn tenant() -> TenantId {
 }
 
 pub fn accept(key: &str) -> AcceptMessage {
-    AcceptMessage {
-        tenant_id: tenant(),
-        idempotency_key: key.to_owned(),
-        recipient: Recipient::new("+15551234567").expect("recipient"),
-        payload_ref: format!("s3://sealpost/tenants/acme-corp/{key}.enc"),
-        payload_sha256: Sha256Hex::of(key.as_bytes()),
-        payload_size: Some(1024),
-        encryption: EncryptionMetadata {
-            mls_version: "1".into(),
-            cipher: "XChaCha20-Poly1305".into(),
-            key_id: "user-public-key-v2".into(),
-        },
-        message_type: MessageType::Transactional,
-        correlation_id: Some(format!("corr-{key}")),
-        ttl: Some(Duration::from_secs(3600)),
-        fallback: Some(Fallback {
-            channel: FallbackChannel::Sms,
-            notice_template: "secure_message_waiting".into(),
-        }),
-        at: OffsetDateTime::now_utc(),
-    }
+    sealpost::bench::fixtures::accept_message(&tenant(), key, "+15551234567")
 }
 
 /// (aggregate id, accept command) for an idempotency key.

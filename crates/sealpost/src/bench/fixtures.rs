@@ -20,11 +20,19 @@ pub const TENANT: &str = "demo-tenant";
 pub fn accept(key: &str) -> (String, MessageCommand) {
     let tenant = TenantId::new(TENANT).expect("the demo tenant id is token-safe");
     let id = aggregate_id(&tenant, &MessageId::derive(&tenant, key));
-    let cmd = MessageCommand::Accept(Box::new(AcceptMessage {
-        tenant_id: tenant,
+    let cmd = accept_message(&tenant, key, "+15550100100");
+    (id, MessageCommand::Accept(Box::new(cmd)))
+}
+
+/// A transactional send of `tenant` under idempotency key `key` to `recipient` (E.164): a 2 KiB
+/// payload named after the key, a one-hour TTL and an SMS fallback, accepted now. The
+/// integration tests use it too.
+pub fn accept_message(tenant: &TenantId, key: &str, recipient: &str) -> AcceptMessage {
+    AcceptMessage {
+        tenant_id: tenant.clone(),
         idempotency_key: key.to_owned(),
-        recipient: Recipient::new("+15550100100").expect("a valid E.164 number"),
-        payload_ref: format!("s3://sealpost/tenants/{TENANT}/{key}.enc"),
+        recipient: Recipient::new(recipient).expect("a valid E.164 number"),
+        payload_ref: format!("s3://sealpost/tenants/{tenant}/{key}.enc"),
         payload_sha256: Sha256Hex::of(key.as_bytes()),
         payload_size: Some(2048),
         encryption: EncryptionMetadata {
@@ -40,8 +48,7 @@ pub fn accept(key: &str) -> (String, MessageCommand) {
             notice_template: "secure_message_waiting".into(),
         }),
         at: OffsetDateTime::now_utc(),
-    }));
-    (id, cmd)
+    }
 }
 
 fn result(attempt: u32, outcome: CarrierOutcome) -> MessageCommand {

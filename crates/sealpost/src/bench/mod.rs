@@ -9,7 +9,7 @@
 
 pub mod delivery;
 pub mod eventstore;
-pub(crate) mod fixtures;
+pub mod fixtures;
 pub mod ingress;
 pub mod projections;
 
