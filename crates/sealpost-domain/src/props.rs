@@ -462,13 +462,12 @@ impl<'a> Sim<'a> {
             Action::Job => self.job(now),
             Action::Command(cmd) => self.command(now, cmd),
             Action::Timer => {
-                // The expiry role's revoke: where a copy may be at the carrier.
-                let revoke = match self.state.status {
-                    Status::CarrierAcked => RevokeOutcome::Revoked,
-                    Status::Queued | Status::RetryScheduled if self.state.next_attempt > 1 => {
-                        RevokeOutcome::NotSubmitted
-                    }
-                    _ => RevokeOutcome::NotSubmitted,
+                // The expiry role's revoke: an acked copy is taken back; a failed attempt left
+                // nothing at the carrier in this model.
+                let revoke = if self.state.status == Status::CarrierAcked {
+                    RevokeOutcome::Revoked
+                } else {
+                    RevokeOutcome::NotSubmitted
                 };
                 self.command(
                     now,
