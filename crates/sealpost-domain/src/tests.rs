@@ -854,43 +854,38 @@ fn expire_after_the_deadline_without_a_fallback_is_expired_with_the_revoke() {
     }
 }
 
+/// What [`expire`] writes for `reason`: the fallback with the revoke, or `expired` / `failed`.
+fn ended_by_expiry(with_fallback: bool, reason: EndReason) -> MessageEvent {
+    match (with_fallback, reason) {
+        (true, _) => fallback_after(reason, Some(RevokeOutcome::Revoked), AFTER_EXPIRY),
+        (false, EndReason::Expired) => MessageEvent::Expired(Expired {
+            revoke: RevokeOutcome::Revoked,
+            at: AFTER_EXPIRY,
+        }),
+        (false, _) => MessageEvent::Failed(Failed {
+            reason,
+            at: AFTER_EXPIRY,
+        }),
+    }
+}
+
 #[test]
 fn expire_of_a_message_whose_retry_window_closed_first_ends_as_the_policy_would_have() {
     // A late job never made the attempt that would have given up at the window's end; the
     // expiry names the deadline that passed first, so the outcome does not depend on which ran.
     for with_fallback in [true, false] {
         for s in [Status::Queued, Status::RetryScheduled] {
-            let expected = if with_fallback {
-                fallback_after(
-                    EndReason::RetryWindowExhausted,
-                    Some(RevokeOutcome::Revoked),
-                    AFTER_EXPIRY,
-                )
-            } else {
-                MessageEvent::Failed(Failed {
-                    reason: EndReason::RetryWindowExhausted,
-                    at: AFTER_EXPIRY,
-                })
-            };
             assert_eq!(
                 when(window_bound(history(s, with_fallback)), expire()),
-                Ok(vec![expected]),
+                Ok(vec![ended_by_expiry(
+                    with_fallback,
+                    EndReason::RetryWindowExhausted
+                )]),
                 "given {s}, fallback {with_fallback}"
             );
         }
         // Acked without a receipt by the TTL: the window no longer matters.
-        let expected = if with_fallback {
-            fallback_after(
-                EndReason::Expired,
-                Some(RevokeOutcome::Revoked),
-                AFTER_EXPIRY,
-            )
-        } else {
-            MessageEvent::Expired(Expired {
-                revoke: RevokeOutcome::Revoked,
-                at: AFTER_EXPIRY,
-            })
-        };
+        let expected = ended_by_expiry(with_fallback, EndReason::Expired);
         assert_eq!(
             when(
                 window_bound(history(Status::CarrierAcked, with_fallback)),
