@@ -155,12 +155,7 @@ impl BlobStore {
         sha256: Option<&Sha256Hex>,
         expires_in: Duration,
     ) -> Result<PresignedPut, BlobError> {
-        if expires_in.is_zero() || expires_in > MAX_PRESIGN {
-            return Err(BlobError::other(format!(
-                "a presigned URL must expire after 1 s to 7 days, not {expires_in:?}; ask for a \
-                 shorter lifetime"
-            )));
-        }
+        check_lifetime(expires_in)?;
         let r = self.new_ref(tenant);
         // Taken before signing, so it is never later than the URL's real expiry.
         let now = time::OffsetDateTime::now_utc();
@@ -196,12 +191,7 @@ impl BlobStore {
         r: &BlobRef,
         expires_in: Duration,
     ) -> Result<String, BlobError> {
-        if expires_in.is_zero() || expires_in > MAX_PRESIGN {
-            return Err(BlobError::other(format!(
-                "a presigned URL must expire after 1 s to 7 days, not {expires_in:?}; ask for a \
-                 shorter lifetime"
-            )));
-        }
+        check_lifetime(expires_in)?;
         match &self.get_signer {
             Some(signer) if signer.bucket() == r.bucket => {
                 signer.presign(&r.key, expires_in, std::time::SystemTime::now())
@@ -250,6 +240,17 @@ impl BlobStore {
         };
         self.presign_get_through_sdk(&r, expires_in, start).await
     }
+}
+
+/// A presigned URL lives 1 s to 7 days ([`MAX_PRESIGN`]).
+fn check_lifetime(expires_in: Duration) -> Result<(), BlobError> {
+    if expires_in.is_zero() || expires_in > MAX_PRESIGN {
+        return Err(BlobError::other(format!(
+            "a presigned URL must expire after 1 s to 7 days, not {expires_in:?}; ask for a \
+             shorter lifetime"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -641,31 +641,35 @@ fn not_capable_falls_back_when_a_fallback_is_set_and_fails_otherwise() {
     );
 }
 
-#[test]
-fn retry_window_exhausted_falls_back_or_fails() {
-    // A 429 asking to wait past retry_until (T0 + 30 min, before the TTL) ends the retries.
-    let cmd = || {
-        result(
-            1,
-            CarrierOutcome::Throttled {
-                code: "429".into(),
-                retry_after: Some(Duration::from_secs(2 * 3600)),
-            },
-        )
-    };
+/// Attempt 1 answered 429 with a two-hour Retry-After, and the `attempt_failed` it records.
+fn throttled_for_two_hours() -> (MessageCommand, MessageEvent) {
+    let cmd = result(
+        1,
+        CarrierOutcome::Throttled {
+            code: "429".into(),
+            retry_after: Some(Duration::from_secs(2 * 3600)),
+        },
+    );
     let mut failed = attempt_failed(1, ErrorClass::Throttled, "429");
     if let MessageEvent::AttemptFailed(f) = &mut failed {
         f.retry_after_ms = Some(7_200_000);
     }
+    (cmd, failed)
+}
+
+#[test]
+fn retry_window_exhausted_falls_back_or_fails() {
+    // A 429 asking to wait past retry_until (T0 + 30 min, before the TTL) ends the retries.
+    let (cmd, failed) = throttled_for_two_hours();
     assert_eq!(
-        when(window_bound(history(Status::Queued, true)), cmd()),
+        when(window_bound(history(Status::Queued, true)), cmd.clone()),
         Ok(vec![
             failed.clone(),
             fallback_triggered(EndReason::RetryWindowExhausted, T1)
         ])
     );
     assert_eq!(
-        when(window_bound(history(Status::Queued, false)), cmd()),
+        when(window_bound(history(Status::Queued, false)), cmd.clone()),
         Ok(vec![
             failed,
             MessageEvent::Failed(Failed {
@@ -680,17 +684,7 @@ fn retry_window_exhausted_falls_back_or_fails() {
 fn a_retry_that_would_pass_the_ttl_waits_for_the_expiry_instead_of_ending_the_message() {
     // retry_until is the TTL (T0 + 1 h): the 429's two hours do not fit, and the expiry at
     // T0 + 1 h ends the message the same way whether or not it comes first.
-    let cmd = result(
-        1,
-        CarrierOutcome::Throttled {
-            code: "429".into(),
-            retry_after: Some(Duration::from_secs(2 * 3600)),
-        },
-    );
-    let mut failed = attempt_failed(1, ErrorClass::Throttled, "429");
-    if let MessageEvent::AttemptFailed(f) = &mut failed {
-        f.retry_after_ms = Some(7_200_000);
-    }
+    let (cmd, failed) = throttled_for_two_hours();
     let wait = MessageEvent::RetryScheduled(RetryScheduled {
         attempt: 2,
         delay_ms: (T0 + TTL - T1).whole_milliseconds() as u64,
