@@ -15,7 +15,7 @@
 //! - Receipts: signed (`X-Goog-Signature`) Pub/Sub-style pushes of DELIVERED, READ and
 //!   TTL_EXPIRATION_REVOKED to the webhook URL, retried with backoff until a 2xx (at least once,
 //!   so they survive a receiver restart), with duplicate and out-of-order faults.
-//! - Introspection for assertions: [`RunningSim::stats`], [`RunningSim::accepted_counts`],
+//! - Introspection for assertions: [`RunningSim::stats`], [`RunningSim::accepted_ids`],
 //!   [`RunningSim::requests_for`], [`RunningSim::notices`], [`RunningSim::revoked`].
 //!
 //! **Must not:** fetch the `fileUrl` (a presigned URL to ciphertext) or log it; log full phone
@@ -26,7 +26,7 @@ mod rng;
 mod server;
 mod webhooks;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -124,15 +124,11 @@ impl RunningSim {
         self.shared.lock().stats.clone()
     }
 
-    /// Message id → number of sends accepted as new (409s are not counted): more than 1 would
-    /// mean the simulator's dedup failed, so this is 1 for every accepted message.
-    pub fn accepted_counts(&self) -> HashMap<String, u32> {
-        self.shared
-            .lock()
-            .messages
-            .iter()
-            .map(|(id, m)| (id.clone(), m.accepted))
-            .collect()
+    /// The message ids accepted as new. The simulator dedups by message id (a resubmission is
+    /// answered 409), so whether a sender submitted a message twice shows only in
+    /// [`RunningSim::requests_for`].
+    pub fn accepted_ids(&self) -> HashSet<String> {
+        self.shared.lock().messages.keys().cloned().collect()
     }
 
     /// Every RBM send for `message_id`, in arrival order.

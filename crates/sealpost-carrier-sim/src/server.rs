@@ -133,7 +133,6 @@ impl SimState {
 pub(crate) struct Msg {
     pub(crate) recipient: Arc<str>,
     pub(crate) phase: Phase,
-    pub(crate) accepted: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +282,6 @@ async fn send(
                 Msg {
                     recipient: recipient.clone(),
                     phase: Phase::Pending,
-                    accepted: 1,
                 },
             );
         }

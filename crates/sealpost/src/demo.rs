@@ -53,11 +53,20 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
 
     let pb = harness::progress_bar("delivering");
     let s = p.drive(messages, concurrency, Some(pb)).await?;
-    let counts = p.sim.accepted_counts();
     let acked = p.acked_ids();
+    // Submissions the carrier accepted as new, per message (its dedup answers a resubmission
+    // 409, which is counted in the report, not here).
     let not_once: Vec<(&String, u32)> = acked
         .iter()
-        .map(|id| (id, counts.get(id).copied().unwrap_or(0)))
+        .map(|id| {
+            let accepted = p
+                .sim
+                .requests_for(id)
+                .iter()
+                .filter(|r| r.status == 200)
+                .count();
+            (id, u32::try_from(accepted).unwrap_or(u32::MAX))
+        })
         .filter(|(_, c)| *c != 1)
         .collect();
 
