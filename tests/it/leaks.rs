@@ -156,18 +156,37 @@ burst = 10000
             .unwrap();
         ids.push(v["message_id"].as_str().expect("accepted").to_owned());
     }
-    // Refused sends must not echo what they were given either.
-    for bad in ["+44770093133", "447700931337", "+4477009313370000000"] {
+    let mut refused: Vec<String> = vec![];
+    // Refused sends must not echo what they were given either. Each is a complete send, so
+    // it gets past JSON parsing to the recipient check, and the answer says so.
+    for (i, bad) in ["+04477009313", "447700931337", "+4477009313370000000"]
+        .into_iter()
+        .enumerate()
+    {
+        let body = json!({
+            "idempotency_key": format!("bad-{i}"),
+            "recipient": bad,
+            "encrypted_payload_reference": blob["reference"],
+            "payload_sha256": blob["sha256"],
+            "encryption_metadata": {"mls_version": "1", "cipher": "XChaCha20-Poly1305", "key_id": "user-public-key-v2"},
+            "metadata": {"tenant_id": TENANT, "message_type": "transactional"},
+            "ttl_seconds": 3600
+        });
         let res = http
             .post(format!("{base}/v1/messages"))
             .bearer_auth(API_KEY)
-            .json(&json!({"idempotency_key": "bad", "recipient": bad}))
+            .json(&body)
             .send()
             .await
             .unwrap();
         assert_eq!(res.status().as_u16(), 400);
         let text = res.text().await.unwrap();
+        assert!(
+            text.contains("recipient must be an E.164 number"),
+            "refused by the recipient check: {text}"
+        );
         assert!(!text.contains(bad), "the error echoed the number: {text}");
+        refused.push(bad.to_owned());
     }
     let wrong_key = http
         .post(format!("{base}/v1/messages"))
@@ -199,14 +218,20 @@ burst = 10000
         assert!(Instant::now() < deadline, "{open} messages still open");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Queue depth is polled every 5 s; let one poll land.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    // Queue depth is polled every 5 s: scan /metrics once a poll has landed (a sample with
+    // its labels, not only the HELP line).
+    let metrics =
+        sealpost_testkit::eventually(Duration::from_secs(30), "a queue-depth poll", || async {
+            let text = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("sealpost_queue_depth{").then_some(text)
+        })
         .await
         .unwrap();
     child.start_kill().unwrap();
@@ -234,7 +259,7 @@ burst = 10000
         metrics.contains("sealpost_delivery_outcomes_total"),
         "{metrics}"
     );
-    assert!(metrics.contains("sealpost_queue_depth"), "{metrics}");
+    assert!(metrics.contains("sealpost_queue_depth{"), "{metrics}");
 
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut canaries: Vec<(String, String)> = vec![
@@ -267,6 +292,9 @@ burst = 10000
         canaries.push(("phone number".into(), p.clone()));
         canaries.push(("phone number without +".into(), p[1..].to_owned()));
         canaries.push(("phone number, url-encoded".into(), p.replace('+', "%2B")));
+    }
+    for r in &refused {
+        canaries.push(("refused recipient".into(), r.clone()));
     }
     for (what, needle) in &canaries {
         assert!(!logs.contains(needle.as_str()), "the log leaks the {what}");
