@@ -241,10 +241,7 @@ impl Deployment {
     }
 
     /// The durable consumer's state on its stream.
-    async fn consumer_info(
-        &self,
-        durable: Durable,
-    ) -> async_nats::jetstream::consumer::Info {
+    async fn consumer_info(&self, durable: Durable) -> async_nats::jetstream::consumer::Info {
         let js = async_nats::jetstream::new(self.client.clone());
         let stream = js.get_stream(durable.stream().as_str()).await.unwrap();
         let mut consumer: async_nats::jetstream::consumer::PullConsumer =
@@ -257,7 +254,9 @@ impl Deployment {
     async fn wait_consumer_done(&self, durable: Durable) -> async_nats::jetstream::consumer::Info {
         sealpost_testkit::eventually(Duration::from_secs(20), durable.as_str(), || async {
             let info = self.consumer_info(durable).await;
-            (info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0)
+            (info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence > 0)
                 .then_some(info)
         })
         .await
@@ -407,7 +406,11 @@ async fn a_message_goes_from_accepted_to_displayed_with_one_submission_and_its_c
         ["accepted", "carrier_acked", "delivered", "displayed"]
     );
     let requests: Vec<u16> = p.sim.requests_for(&id).iter().map(|r| r.status).collect();
-    assert_eq!(requests, [200], "one submission reached the carrier, and no resubmission");
+    assert_eq!(
+        requests,
+        [200],
+        "one submission reached the carrier, and no resubmission"
+    );
     let acked = p.history(&id).await.into_iter().nth(1).unwrap();
     assert_eq!(
         acked.header("Sealpost-Correlation-Id"),
@@ -749,7 +752,10 @@ async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() 
     )
     .await
     .unwrap();
-    assert_eq!(info.ack_floor.stream_sequence, 0, "a receipt was dropped: {info:?}");
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "a receipt was dropped: {info:?}"
+    );
     assert_eq!(p.types(&id).await, ["accepted"]);
     drop(receipts_only);
     // Now the worker records the ack and the stored receipts apply.
@@ -1208,5 +1214,497 @@ async fn killing_the_delivery_process_never_changes_how_a_failing_message_ends()
          SMS resubmissions answered as duplicates: {}",
         workers.spawned,
         p.sim.stats().sms_duplicates
+    );
+}
+
+// ---------------------------------------------------------------- README claims (issue 18)
+
+/// A signed RBM webhook body for `message_id`.
+fn signed_rbm_event(kind: &str, event_id: &str, message_id: &str) -> (Vec<u8>, String) {
+    let body =
+        sealpost_carriers::webhook::event_envelope(&sealpost_carriers::webhook::RbmEventWire {
+            agent_id: None,
+            sender_phone_number: None,
+            event_type: Some(kind.into()),
+            event_id: Some(event_id.into()),
+            message_id: Some(message_id.into()),
+            send_time: None,
+        });
+    let signature =
+        sealpost_carriers::webhook::sign(&body, SimConfig::default().client_token.expose());
+    (body, signature)
+}
+
+/// How many messages `stream` holds on exactly `subject`.
+async fn messages_on_subject(client: &async_nats::Client, stream: Stream, subject: &str) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let s = js.get_stream(stream.as_str()).await.unwrap();
+    let info = s.info_with_subjects(subject).await.unwrap();
+    let mut n = 0;
+    let mut subjects = std::pin::pin!(info);
+    while let Some(entry) = subjects.next().await {
+        let (name, count) = entry.unwrap();
+        if name == subject {
+            n += count as u64;
+        }
+    }
+    n
+}
+
+/// README, Delivery: "fallback | revokes the RCS copy if one may exist, then sends the neutral
+/// SMS notice". Attempt 1 is refused (503); attempt 2 is accepted by the carrier but its answer
+/// is lost (a timeout), and with `max_attempts` 2 the message falls back. A copy is now at the
+/// carrier, undelivered. The SMS API is reached through a proxy that notes, as each notice
+/// arrives, how many revokes the carrier has taken: the one revoke came first.
+#[tokio::test]
+async fn the_fallback_role_revokes_the_rcs_copy_at_the_carrier_before_it_sends_the_sms() {
+    let mut p = Deployment::start(Options {
+        start_delivery: false,
+        rbm_timeout: Duration::from_millis(300),
+        sim: SimConfig {
+            // The carrier holds the copy undelivered for the whole test, so a revoke takes it.
+            receipt_delay: Duration::from_secs(120),
+            faults: sealpost_carrier_sim::FaultMix {
+                hang_ms: 1000,
+                ..Default::default()
+            },
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+
+    // The SMS proxy: (client_ref, carrier revokes so far) per notice, then the simulator's answer.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>> = Default::default();
+    let sim_url = p.sim.base_url();
+    let proxy = {
+        let seen = seen.clone();
+        let http = reqwest::Client::new();
+        axum::Router::new().route(
+            "/sms/v1/messages",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: bytes::Bytes| async move {
+                    let stats: Value = http
+                        .get(format!("{sim_url}/sim/stats"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let req: Value = serde_json::from_slice(&body).unwrap();
+                    seen.lock().unwrap().push((
+                        req["client_ref"].as_str().unwrap().to_owned(),
+                        stats["revokes"].as_u64().unwrap(),
+                    ));
+                    let mut forward = http
+                        .post(format!("{sim_url}/sms/v1/messages"))
+                        .header("content-type", "application/json")
+                        .body(body);
+                    if let Some(auth) = headers.get("authorization") {
+                        forward = forward.header("authorization", auth.to_str().unwrap());
+                    }
+                    let res = forward.send().await.unwrap();
+                    let status = axum::http::StatusCode::from_u16(res.status().as_u16()).unwrap();
+                    (status, res.bytes().await.unwrap().to_vec())
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let _proxy = tokio::spawn(async move { axum::serve(listener, proxy).await });
+    p.cfg.carriers.sms.base_url = proxy_url;
+    p.cfg.retry.max_attempts = 2;
+    p.start_delivery().await;
+
+    let to = "+15550002001";
+    p.sim.script(
+        to,
+        vec![
+            Scripted::Status {
+                code: 503,
+                retry_after_secs: None,
+            },
+            Scripted::Timeout,
+        ],
+    );
+    let id = p.send("revoke-then-sms", to, 3600).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| {
+        s == Status::FallbackTriggered
+    })
+    .await;
+    assert_eq!(
+        p.types(&id).await,
+        [
+            "accepted",
+            "attempt_failed",
+            "retry_scheduled",
+            "attempt_failed",
+            "fallback_triggered"
+        ]
+    );
+    assert_eq!(
+        p.event_body(&id, "fallback_triggered").await["reason"],
+        "max_attempts"
+    );
+    // The second attempt reached the carrier (accepted, answer lost): a copy may be there.
+    let statuses: Vec<u16> = p.sim.requests_for(&id).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 200]);
+
+    sealpost_testkit::eventually(Duration::from_secs(10), "the SMS notice", || async {
+        p.sim
+            .notices()
+            .iter()
+            .any(|n| n.message_id == id)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(id.clone(), 1)],
+        "one notice, sent after the carrier had taken the copy back"
+    );
+    assert!(p.sim.revoked(&id), "the RCS copy was revoked");
+    assert_eq!(p.sim.stats().revokes, 1);
+    assert!(!p.sim.delivered(&id));
+}
+
+/// README, Delivery: "The `in_app` channel is published on core NATS
+/// (`sealpost.notice.<tenant>.<id>`) for the tenant's backend". A recipient without RCS, with an
+/// `in_app` fallback: the fallback role publishes the neutral notice there (the template id, no
+/// content, no number) and sends no SMS.
+#[tokio::test]
+async fn an_in_app_fallback_publishes_a_neutral_notice_for_the_tenant_and_sends_no_sms() {
+    let p = Deployment::start(Options::default()).await;
+    let to = "+15550002002";
+    p.sim.script(to, vec![Scripted::NotCapable]);
+    let mut notices = p
+        .client
+        .subscribe(format!("sealpost.notice.{ACME}.>"))
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+
+    let mut body: Value = serde_json::from_slice(&p.body("in-app-1", to, 3600)).unwrap();
+    body["fallback"]["channel"] = json!("in_app");
+    let reply = p
+        .client
+        .request(
+            format!("sealpost.cmd.{ACME}.send"),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(sent["status"], "accepted", "{sent}");
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+
+    p.wait_for(&id, Duration::from_secs(20), |s| {
+        s == Status::FallbackTriggered
+    })
+    .await;
+    let fallback = p.event_body(&id, "fallback_triggered").await;
+    assert_eq!(fallback["channel"], "in_app", "{fallback}");
+    assert_eq!(fallback["reason"], "not_capable", "{fallback}");
+
+    let notice = tokio::time::timeout(Duration::from_secs(10), notices.next())
+        .await
+        .expect("the in-app notice is published")
+        .unwrap();
+    assert_eq!(
+        notice.subject.as_str(),
+        sealpost_eventstore::names::notice_subject(
+            &TenantId::new(ACME).unwrap(),
+            &sealpost_domain::MessageId::new(&id).unwrap()
+        )
+    );
+    let v: Value = serde_json::from_slice(&notice.payload).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["at", "message_id", "notice_template"], "{v}");
+    assert_eq!(v["message_id"], id.as_str());
+    assert_eq!(v["notice_template"], "secure_message_waiting");
+    let raw = String::from_utf8_lossy(&notice.payload).into_owned();
+    for secret in [&to[1..], p.blob.reference.as_str(), p.blob.sha256.as_str()] {
+        assert!(!raw.contains(secret), "the notice carries {secret}: {raw}");
+    }
+    // The same job sent no SMS.
+    assert!(p.sim.notices().iter().all(|n| n.message_id != id));
+    assert_eq!(p.sim.stats().sms_accepted, 0);
+}
+
+/// README, Delivery: "A job that would wait longer than `max_pause_wait_ms` is NAKed until the
+/// pause ends." A 429 with Retry-After 5 s pauses the carrier; `max_pause_wait` is 500 ms. A
+/// message sent during the pause is put back (the server reports the NAK of its job, first
+/// delivery, while the pause lasts), comes back, and reaches the carrier only after the pause.
+#[tokio::test]
+async fn a_job_facing_a_pause_longer_than_max_pause_wait_is_put_back_until_the_pause_ends() {
+    let mut p = Deployment::start(Options {
+        start_delivery: false,
+        ..Options::default()
+    })
+    .await;
+    p.cfg.delivery.max_pause_wait = Duration::from_millis(500);
+    p.start_delivery().await;
+    let mut naks = p
+        .client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{}.{}",
+            Stream::Events.as_str(),
+            sealpost_eventstore::names::Durable::Delivery.as_str()
+        ))
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+
+    let throttled_to = "+15550002003";
+    p.sim.script(
+        throttled_to,
+        vec![Scripted::Status {
+            code: 429,
+            retry_after_secs: Some(5),
+        }],
+    );
+    let a = p.send("pause-a", throttled_to, 3600).await;
+    sealpost_testkit::eventually(Duration::from_secs(10), "the throttled request", || async {
+        (!p.sim.requests_for(&a).is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    let pause_ends = p.sim.requests_for(&a)[0].at + Duration::from_secs(5);
+    let b = p.send("pause-b", "+15550002004", 3600).await;
+    let b_seq = p.history(&b).await[0].stream_seq;
+
+    // The server reports B's job NAKed on its first delivery, while the carrier is paused.
+    let nak = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = naks.next().await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v["stream_seq"] == b_seq {
+                return v;
+            }
+        }
+        panic!("the advisory subscription ended");
+    })
+    .await
+    .expect("the paused job is NAKed, not held");
+    assert!(
+        Instant::now() < pause_ends,
+        "the NAK came after the pause; it was not the put-back"
+    );
+    assert_eq!(nak["deliveries"], 1, "{nak}");
+
+    p.wait_for(&b, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    p.wait_for(&a, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    let b_requests = p.sim.requests_for(&b);
+    assert_eq!(b_requests.len(), 1, "B reached the carrier once");
+    assert!(
+        b_requests[0].at >= pause_ends,
+        "B reached the carrier inside the pause"
+    );
+    assert_eq!(p.sim.throttle_violations(), 0);
+    assert_eq!(
+        p.types(&b).await,
+        ["accepted", "carrier_acked", "delivered", "displayed"],
+        "the put-back wrote nothing"
+    );
+}
+
+/// README, Delivery: the gateway writes a genuine receipt raw to `SEALPOST_RECEIPTS`,
+/// "deduplicated by RBM's event id". A DELIVERED pushed twice (as Pub/Sub redelivers) is stored
+/// once; another body under the same event id is not stored either; a fresh event id is. The
+/// event id arriving again after the stream's duplicate window (published straight into the
+/// stream under another `Nats-Msg-Id`) is applied by the receipts role and writes nothing.
+#[tokio::test]
+async fn receipts_are_deduplicated_by_the_carriers_event_id() {
+    let p = Deployment::start(Options {
+        receipts_from_sim: false,
+        ..Options::default()
+    })
+    .await;
+    let id = p.send("receipt-dedupe", "+15550002005", 3600).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::CarrierAcked)
+        .await;
+    let url = format!("http://{}/v1/receipts/rbm", p.gateway.http_addr().unwrap());
+    let http = reqwest::Client::new();
+    let push = |(body, signature): (Vec<u8>, String)| {
+        let req = http
+            .post(&url)
+            .header("X-Goog-Signature", signature)
+            .body(body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let js = async_nats::jetstream::new(p.client.clone());
+    let stored = || async {
+        js.get_stream(Stream::Receipts.as_str())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    };
+
+    let delivered = signed_rbm_event("DELIVERED", "evt-delivered-1", &id);
+    assert_eq!(push(delivered.clone()).await, 200);
+    assert_eq!(
+        push(delivered.clone()).await,
+        200,
+        "a redelivery is answered 200"
+    );
+    assert_eq!(stored().await, 1, "and stored once");
+    // Another body under the same event id is the same receipt.
+    assert_eq!(
+        push(signed_rbm_event("READ", "evt-delivered-1", &id)).await,
+        200
+    );
+    assert_eq!(stored().await, 1);
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Delivered)
+        .await;
+
+    // After the duplicate window the stream would store that body: the receipts role applies
+    // it, and the message, which remembers the receipt ids it applied, writes no `displayed`
+    // for an id it has seen (a READ under a fresh id does, below).
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "rbm:evt-delivered-1:after-the-window");
+    let ack = js
+        .publish_with_headers(
+            receipt_subject("rbm"),
+            headers,
+            signed_rbm_event("READ", "evt-delivered-1", &id).0.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!ack.duplicate);
+    sealpost_testkit::eventually(
+        Duration::from_secs(20),
+        "the receipts role acks the late copy",
+        || async {
+            let mut c: async_nats::jetstream::consumer::PullConsumer = js
+                .get_stream(Stream::Receipts.as_str())
+                .await
+                .unwrap()
+                .get_consumer(sealpost_eventstore::names::Durable::Receipts.as_str())
+                .await
+                .unwrap();
+            let info = c.info().await.unwrap();
+            (info.ack_floor.stream_sequence >= ack.sequence).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.types(&id).await,
+        ["accepted", "carrier_acked", "delivered"]
+    );
+
+    // A fresh event id is a new receipt: stored and applied.
+    assert_eq!(push(signed_rbm_event("READ", "evt-read-1", &id)).await, 200);
+    assert_eq!(stored().await, 3);
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::Displayed)
+        .await;
+    assert_eq!(
+        p.types(&id).await,
+        ["accepted", "carrier_acked", "delivered", "displayed"]
+    );
+    assert_eq!(
+        p.event_body(&id, "delivered").await["receipt_id"],
+        "evt-delivered-1"
+    );
+    assert_eq!(
+        p.event_body(&id, "displayed").await["receipt_id"],
+        "evt-read-1"
+    );
+}
+
+/// README, Delivery: "A schedule's subject is its identity, so a redelivered first attempt
+/// replaces the timer instead of adding one." The delivery process stops while the carrier holds
+/// its first attempt; the job comes back after `ack_wait`, attempt 1 runs again (the carrier
+/// answers 409) and stores the timer again. The schedules stream's duplicate window is cut to
+/// 1 s first, so the second store is not dropped as a `Nats-Msg-Id` duplicate: it replaces the
+/// first. One timer is left, and it fires once.
+#[tokio::test]
+async fn a_redelivered_first_attempt_replaces_the_expiry_timer_instead_of_adding_one() {
+    let p = Deployment::start(Options {
+        start_delivery: false,
+        rbm_timeout: Duration::from_secs(20),
+        sim: SimConfig {
+            // Undelivered until long after the TTL: the timer ends the message.
+            receipt_delay: Duration::from_secs(120),
+            faults: sealpost_carrier_sim::FaultMix {
+                hang_ms: 30_000,
+                ..Default::default()
+            },
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let js = async_nats::jetstream::new(p.client.clone());
+    let mut schedules = js.get_stream(Stream::Schedules.as_str()).await.unwrap();
+    let mut config = schedules.info().await.unwrap().config.clone();
+    config.duplicate_window = Duration::from_secs(1);
+    js.update_stream(config).await.unwrap();
+
+    let first_process = p.start_roles(&Role::DELIVERY).await;
+    let to = "+15550002006";
+    p.sim.script(to, vec![Scripted::Timeout]);
+    let id = p.send_with("one-timer", to, 10, false).await;
+    let timer = timer(&id);
+    sealpost_testkit::eventually(
+        Duration::from_secs(10),
+        "attempt 1 at the carrier",
+        || async { (!p.sim.requests_for(&id).is_empty()).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let first = schedules
+        .get_last_raw_message_by_subject(&timer.schedule())
+        .await
+        .expect("the timer stored by attempt 1")
+        .sequence;
+    // The process goes away while the carrier still holds attempt 1 unanswered.
+    drop(first_process);
+    assert_eq!(p.types(&id).await, ["accepted"]);
+
+    let _second_process = p.start_roles(&Role::DELIVERY).await;
+    p.wait_for(&id, Duration::from_secs(20), |s| s == Status::CarrierAcked)
+        .await;
+    let statuses: Vec<u16> = p.sim.requests_for(&id).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 409], "attempt 1 ran twice");
+    let second = schedules
+        .get_last_raw_message_by_subject(&timer.schedule())
+        .await
+        .expect("the timer")
+        .sequence;
+    assert!(
+        second > first,
+        "the redelivered attempt stored its timer again"
+    );
+    assert_eq!(
+        messages_on_subject(&p.client, Stream::Schedules, &timer.schedule()).await,
+        1,
+        "the second timer replaced the first"
+    );
+
+    p.wait_for(&id, Duration::from_secs(30), |s| s == Status::Expired)
+        .await;
+    assert_eq!(p.event_body(&id, "expired").await["revoke"], "revoked");
+    assert_eq!(p.types(&id).await, ["accepted", "carrier_acked", "expired"]);
+    // Fired once, and no timer is left to fire again.
+    assert_eq!(
+        messages_on_subject(&p.client, Stream::Schedules, &timer.due()).await,
+        1
+    );
+    assert_eq!(
+        messages_on_subject(&p.client, Stream::Schedules, &timer.schedule()).await,
+        0
     );
 }

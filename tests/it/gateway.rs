@@ -885,3 +885,379 @@ async fn reusing_a_key_with_any_field_changed_is_a_conflict_on_nats_and_http() {
     // One `accepted` per key; neither the duplicates nor the conflicts wrote anything.
     assert_eq!(ing.events().await - events_before, 2 * changes.len() as u64);
 }
+
+// ---------------------------------------------------------------- README claims (issue 18)
+
+/// A NATS request to the service: (`Nats-Service-Error`, `Nats-Service-Error-Code`, JSON body).
+async fn nats_request_with_error_headers(
+    ing: &Ingress,
+    subject: &str,
+    body: Vec<u8>,
+) -> (Option<String>, Option<String>, Value) {
+    let reply = ing
+        .env
+        .client
+        .request(subject.to_owned(), body.into())
+        .await
+        .expect("the service answers");
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    (
+        header("Nats-Service-Error"),
+        header("Nats-Service-Error-Code"),
+        serde_json::from_slice(&reply.payload).expect("JSON reply"),
+    )
+}
+
+/// The event types of an ACME message, in order.
+async fn event_types_of(ing: &Ingress, id: &str) -> Vec<String> {
+    ing.env
+        .store()
+        .load_raw(&format!("{ACME}.{id}"))
+        .await
+        .expect("load")
+        .iter()
+        .map(|r| r.event_type().to_owned())
+        .collect()
+}
+
+/// README, Ingress: `POST /v1/messages/{id}/cancel` over HTTP, and `invalid_state` (409, "e.g.
+/// cancel after submission") on both transports. A queued message is cancelled once (a second
+/// cancel answers the same status and writes nothing); another tenant's key or no key reaches
+/// nothing; once the carrier's ack is recorded, cancel is refused with `invalid_state` and
+/// changes nothing.
+#[tokio::test]
+async fn cancel_over_http_ends_a_queued_message_and_after_submission_answers_invalid_state() {
+    let ing = Ingress::default().await;
+    let blob = ing.upload(ACME, b"sealed bytes").await;
+    let key = format!("{ACME}-key");
+    let (status, _, sent) = ing
+        .post(
+            "/v1/messages",
+            Some(&key),
+            bytes(&send_body(ACME, "http-cancel", &blob)),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+    let cancel = format!("/v1/messages/{id}/cancel");
+
+    // Refused before anything is decided: another tenant's key, and no key at all.
+    let (status, _, r) = ing.post(&cancel, Some("beta-co-key"), vec![]).await;
+    assert_eq!(
+        (status, &r["error"]["code"]),
+        (404, &json!("not_found")),
+        "{r}"
+    );
+    let (status, _, r) = ing.post(&cancel, None, vec![]).await;
+    assert_eq!(
+        (status, &r["error"]["code"]),
+        (401, &json!("unauthorized")),
+        "{r}"
+    );
+    assert_eq!(event_types_of(&ing, &id).await, ["accepted"]);
+
+    let (status, _, r) = ing.post(&cancel, Some(&key), vec![]).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r, json!({"message_id": id, "status": "cancelled"}));
+    assert_eq!(event_types_of(&ing, &id).await, ["accepted", "cancelled"]);
+    let row: Value = ing
+        .http
+        .get(ing.url(&format!("/v1/messages/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(row["status"], "cancelled", "{row}");
+    // Cancelling again answers the same status and writes nothing.
+    let (status, _, r) = ing.post(&cancel, Some(&key), vec![]).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "cancelled");
+    assert_eq!(event_types_of(&ing, &id).await, ["accepted", "cancelled"]);
+
+    // A second message is submitted: the carrier's ack is recorded through the same command the
+    // delivery worker executes.
+    let (status, _, sent) = ing
+        .post(
+            "/v1/messages",
+            Some(&key),
+            bytes(&send_body(ACME, "http-cancel-late", &blob)),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let late = sent["message_id"].as_str().unwrap().to_owned();
+    ing.env
+        .executor()
+        .execute(
+            &format!("{ACME}.{late}"),
+            crate::support::result(
+                1,
+                sealpost_domain::CarrierOutcome::Acked {
+                    carrier_message_id: late.clone(),
+                },
+            ),
+            &crate::support::meta("gw-cancel-late"),
+        )
+        .await
+        .expect("the carrier ack is recorded");
+    assert_eq!(
+        event_types_of(&ing, &late).await,
+        ["accepted", "carrier_acked"]
+    );
+
+    let (status, _, r) = ing
+        .post(&format!("/v1/messages/{late}/cancel"), Some(&key), vec![])
+        .await;
+    assert_eq!(status, 409, "{r}");
+    assert_eq!(r["error"]["code"], "invalid_state", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("already submitted"), "{msg}");
+    let (error, code, r) = nats_request_with_error_headers(
+        &ing,
+        &format!("sealpost.cmd.{ACME}.cancel"),
+        bytes(&json!({"message_id": late})),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "invalid_state", "{r}");
+    assert_eq!(error.as_deref(), Some("invalid_state"));
+    assert_eq!(code.as_deref(), Some("409"));
+    // Neither refused cancel changed the message.
+    assert_eq!(
+        event_types_of(&ing, &late).await,
+        ["accepted", "carrier_acked"]
+    );
+}
+
+/// README, Ingress: `not_found` (404) for status and cancel, over NATS, for an id no one sent and
+/// for another tenant's message; and every NATS error carries `Nats-Service-Error` (the code) and
+/// `Nats-Service-Error-Code` (the HTTP status), while a success carries neither.
+#[tokio::test]
+async fn status_and_cancel_over_nats_answer_not_found_with_the_service_error_headers() {
+    let ing = Ingress::default().await;
+    let blob = ing.upload(ACME, b"sealed bytes").await;
+    let (error, code, sent) = nats_request_with_error_headers(
+        &ing,
+        &format!("sealpost.cmd.{ACME}.send"),
+        bytes(&send_body(ACME, "nats-not-found", &blob)),
+    )
+    .await;
+    assert_eq!((error, code), (None, None), "{sent}");
+    assert_eq!(sent["status"], "accepted");
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+
+    // The same query under the owner's subject finds it, without error headers.
+    let (error, code, row) = nats_request_with_error_headers(
+        &ing,
+        &format!("sealpost.qry.{ACME}.status"),
+        bytes(&json!({"message_id": id})),
+    )
+    .await;
+    assert_eq!((error, code), (None, None), "{row}");
+    assert_eq!(row["message_id"], id.as_str());
+
+    let unknown =
+        sealpost_domain::MessageId::derive(&TenantId::new(ACME).unwrap(), "never-sent").to_string();
+    for (tenant, asked, whose) in [
+        (ACME, unknown.as_str(), "an id never sent"),
+        (BETA, id.as_str(), "another tenant's message"),
+    ] {
+        for op in ["qry.{t}.status", "cmd.{t}.cancel"] {
+            let subject = format!("sealpost.{}", op.replace("{t}", tenant));
+            let (error, code, r) = nats_request_with_error_headers(
+                &ing,
+                &subject,
+                bytes(&json!({"message_id": asked})),
+            )
+            .await;
+            assert_eq!(r["error"]["code"], "not_found", "{subject}, {whose}: {r}");
+            assert_eq!(error.as_deref(), Some("not_found"), "{subject}, {whose}");
+            assert_eq!(code.as_deref(), Some("404"), "{subject}, {whose}");
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("message_id"),
+                "{r}"
+            );
+        }
+    }
+
+    // The headers name the code and status of every other error too.
+    let mut changed = send_body(ACME, "nats-not-found", &blob);
+    changed["recipient"] = json!("+15559999999");
+    let cases = [
+        (
+            format!("sealpost.qry.{ACME}.status"),
+            b"{}".to_vec(),
+            "invalid_request",
+            "400",
+        ),
+        (
+            "sealpost.qry.nobody.status".to_owned(),
+            bytes(&json!({"message_id": id})),
+            "unauthorized",
+            "401",
+        ),
+        (
+            format!("sealpost.cmd.{ACME}.send"),
+            bytes(&changed),
+            "idempotency_conflict",
+            "409",
+        ),
+    ];
+    for (subject, body, want, status) in cases {
+        let (error, code, r) = nats_request_with_error_headers(&ing, &subject, body).await;
+        assert_eq!(r["error"]["code"], want, "{subject}: {r}");
+        assert_eq!(error.as_deref(), Some(want), "{subject}");
+        assert_eq!(code.as_deref(), Some(status), "{subject}");
+    }
+
+    // No refused cancel wrote anything: the one message is still queued, alone in the stream.
+    assert_eq!(ing.events().await, 1);
+    assert_eq!(event_types_of(&ing, &id).await, ["accepted"]);
+}
+
+/// README, Ingress: `POST /v1/messages` takes an optional `Idempotency-Key` header. End to end
+/// over HTTP it stands for the body's `idempotency_key`: the message id derives from it, a resend
+/// under it is a duplicate, a different header is a different message, and a header that
+/// contradicts the body's key is refused without writing.
+#[tokio::test]
+async fn the_idempotency_key_header_over_http_names_the_message_and_makes_resends_duplicates() {
+    let ing = Ingress::default().await;
+    let blob = ing.upload(ACME, b"sealed bytes").await;
+    let post = |header: Option<&'static str>, body: Value| {
+        let mut req = ing
+            .http
+            .post(ing.url("/v1/messages"))
+            .bearer_auth(format!("{ACME}-key"))
+            .body(bytes(&body));
+        if let Some(h) = header {
+            req = req.header("Idempotency-Key", h);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let mut keyless = send_body(ACME, "unused", &blob);
+    keyless.as_object_mut().unwrap().remove("idempotency_key");
+    let derived = |key: &str| {
+        sealpost_domain::MessageId::derive(&TenantId::new(ACME).unwrap(), key).to_string()
+    };
+
+    let (status, first) = post(Some("header-key-1"), keyless.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["status"], "accepted");
+    let id = first["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        id,
+        derived("header-key-1"),
+        "the id derives from the header"
+    );
+    let raw = ing
+        .env
+        .store()
+        .load_raw(&format!("{ACME}.{id}"))
+        .await
+        .unwrap();
+    let accepted: Value = serde_json::from_slice(&raw[0].body).unwrap();
+    assert_eq!(accepted["idempotency_key"], "header-key-1");
+
+    // The same header again, and the same key in the body instead: the same message.
+    let (status, again) = post(Some("header-key-1"), keyless.clone()).await;
+    assert_eq!(
+        (status, &again["status"]),
+        (202, &json!("duplicate")),
+        "{again}"
+    );
+    assert_eq!(again["message_id"], id.as_str());
+    let (status, in_body) = post(None, send_body(ACME, "header-key-1", &blob)).await;
+    assert_eq!(
+        (status, &in_body["status"]),
+        (202, &json!("duplicate")),
+        "{in_body}"
+    );
+    assert_eq!(in_body["message_id"], id.as_str());
+    // Header and body naming the same key agree.
+    let (status, both) = post(Some("header-key-1"), send_body(ACME, "header-key-1", &blob)).await;
+    assert_eq!(
+        (status, &both["status"]),
+        (202, &json!("duplicate")),
+        "{both}"
+    );
+
+    // Another header is another message.
+    let (status, other) = post(Some("header-key-2"), keyless.clone()).await;
+    assert_eq!(
+        (status, &other["status"]),
+        (202, &json!("accepted")),
+        "{other}"
+    );
+    assert_eq!(other["message_id"], derived("header-key-2").as_str());
+
+    // A header contradicting the body's key, and no key anywhere, are refused.
+    let (status, r) = post(Some("header-key-3"), send_body(ACME, "body-key-3", &blob)).await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["code"], "invalid_request");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("differ"),
+        "{r}"
+    );
+    let (status, r) = post(None, keyless).await;
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{r}"
+    );
+    assert_eq!(ing.events().await, 2, "one accepted event per key");
+}
+
+/// README, Ingress: `/readyz`. It answers 503, saying NATS's state, while the gateway has lost
+/// its NATS connection (liveness, `/healthz`, stays 200), and 200 again once it is back.
+#[tokio::test]
+async fn readyz_answers_503_while_nats_is_down_and_200_once_it_is_back() {
+    let mut ing = Ingress::default().await;
+    let http = ing.http.clone();
+    let (readyz, healthz) = (ing.url("/readyz"), ing.url("/healthz"));
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(get(readyz.clone()).await, (200, "ready".to_owned()));
+
+    ing.env.server.kill();
+    let (_, text) = sealpost_testkit::eventually(Duration::from_secs(20), "/readyz 503", || {
+        let r = get(readyz.clone());
+        async move {
+            let (status, text) = r.await;
+            (status == 503).then_some((status, text))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("not ready: NATS is "), "{text}");
+    assert!(!text.contains("Connected"), "{text}");
+    assert_eq!(get(healthz).await, (200, "ok".to_owned()));
+
+    ing.env.server.restart().await.expect("the server restarts");
+    sealpost_testkit::eventually(Duration::from_secs(30), "/readyz 200 again", || {
+        let r = get(readyz.clone());
+        async move { (r.await == (200, "ready".to_owned())).then_some(()) }
+    })
+    .await
+    .unwrap();
+}

@@ -112,5 +112,9 @@ pub use wire::UnknownName;
 #[cfg(test)]
 mod tests;
 
+/// Histories generated from the real aggregate for property tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 #[cfg(test)]
 mod props;

@@ -412,23 +412,11 @@ where
         metadata: &HashMap<String, String>,
     ) -> Result<async_nats::jetstream::publish::PublishAck, StoreError> {
         let last_index = events.len() - 1;
-        let msg_id_base = loaded
-            .aggregate_id
-            .split_once('.')
-            .map_or(loaded.aggregate_id.as_str(), |(_, m)| m);
         let batch_id = (events.len() > 1).then(|| nuid::next().to_string());
+        let correlation_id = metadata.get(META_CORRELATION_ID).map(String::as_str);
         for (i, (event, body)) in events.iter().zip(bodies).enumerate() {
             let seq = loaded.version + i + 1;
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Msg-Id", format!("{msg_id_base}:{seq}").as_str());
-            h.insert(
-                HDR_EVENT_VERSION,
-                event.schema_version().to_string().as_str(),
-            );
-            h.insert(HDR_SEQUENCE, seq.to_string().as_str());
-            if let Some(c) = metadata.get(META_CORRELATION_ID) {
-                h.insert(HDR_CORRELATION_ID, c.as_str());
-            }
+            let mut h = event_headers(&loaded.aggregate_id, seq, event, correlation_id);
             if i == 0 {
                 h.insert(
                     "Nats-Expected-Last-Subject-Sequence",
@@ -472,6 +460,35 @@ where
         }
         unreachable!("the loop returns at the last event")
     }
+}
+
+/// The headers an event is stored with: `Nats-Msg-Id` (`<message id>:<aggregate sequence>`, the
+/// server's duplicate window), [`HDR_EVENT_VERSION`], [`HDR_SEQUENCE`] (1-based within the
+/// aggregate) and, when known, [`HDR_CORRELATION_ID`]. An append adds the optimistic-concurrency
+/// and batch headers, which only the server reads.
+pub fn event_headers<E: StoredEvent>(
+    aggregate_id: &str,
+    aggregate_seq: usize,
+    event: &E,
+    correlation_id: Option<&str>,
+) -> HeaderMap {
+    let msg_id_base = aggregate_id
+        .split_once('.')
+        .map_or(aggregate_id, |(_, m)| m);
+    let mut h = HeaderMap::new();
+    h.insert(
+        "Nats-Msg-Id",
+        format!("{msg_id_base}:{aggregate_seq}").as_str(),
+    );
+    h.insert(
+        HDR_EVENT_VERSION,
+        event.schema_version().to_string().as_str(),
+    );
+    h.insert(HDR_SEQUENCE, aggregate_seq.to_string().as_str());
+    if let Some(c) = correlation_id {
+        h.insert(HDR_CORRELATION_ID, c);
+    }
+    h
 }
 
 /// JetStream's error code for an atomic batch that repeats a message id inside the duplicate

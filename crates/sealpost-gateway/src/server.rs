@@ -34,28 +34,42 @@ impl RunningGateway {
         http_listen: SocketAddr,
         extra: axum::Router,
     ) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(http_listen).await?;
-        let http_addr = listener.local_addr()?;
-        let router = crate::http::router(gateway.clone(), client.clone()).merge(extra);
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
-        // The service must be registered before start returns, so a caller can send at once.
+        // The NATS service is registered before HTTP listens, so `/readyz` never answers
+        // `ready` (nor a caller sends) before the service can take requests.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let nats_task = tokio::spawn(async move {
-            if let Err(e) =
-                crate::nats::serve(client, gateway, Some(ready_tx), std::future::pending()).await
-            {
-                tracing::error!(error = %e, "NATS service stopped");
-            }
-        });
+        let nats_task = {
+            let (client, gateway) = (client.clone(), gateway.clone());
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::nats::serve(client, gateway, Some(ready_tx), std::future::pending())
+                        .await
+                {
+                    tracing::error!(error = %e, "NATS service stopped");
+                }
+            })
+        };
         if ready_rx.await.is_err() {
             return Err(std::io::Error::other(
                 "the NATS service could not start; check the connection and permissions",
             ));
         }
+        let bound = match tokio::net::TcpListener::bind(http_listen).await {
+            Ok(l) => l.local_addr().map(|a| (l, a)),
+            Err(e) => Err(e),
+        };
+        let (listener, http_addr) = match bound {
+            Ok(b) => b,
+            Err(e) => {
+                nats_task.abort();
+                return Err(e);
+            }
+        };
+        let router = crate::http::router(gateway, client).merge(extra);
+        let http_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
         Ok(Self {
             http_addr,
             nats_task,

@@ -13,6 +13,8 @@
 //!   sequence in the service's stream (from the `Nats-Stream-Source` header) and `time` the
 //!   instant the tenant's stream stored the event.
 
+#[cfg(test)]
+mod props;
 mod tenant;
 mod verify;
 
@@ -190,9 +192,27 @@ impl Event {
         time: OffsetDateTime,
         sourced: bool,
     ) -> Self {
+        Self::from_parts(
+            &msg.subject,
+            msg.headers.as_ref(),
+            &msg.payload,
+            stream_seq,
+            time,
+            sourced,
+        )
+    }
+
+    /// A stored message's subject, headers and body, with where and when the stream stored it.
+    fn from_parts(
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        stream_seq: u64,
+        time: OffsetDateTime,
+        sourced: bool,
+    ) -> Self {
         let header = |name: &str| {
-            msg.headers
-                .as_ref()
+            headers
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_owned())
         };
@@ -203,13 +223,13 @@ impl Event {
             .unwrap_or(stream_seq);
         Event {
             stream_seq,
-            raw_subject: msg.subject.to_string(),
-            subject: EventSubject::parse(&msg.subject),
+            raw_subject: subject.to_owned(),
+            subject: EventSubject::parse(subject),
             version: header(HDR_EVENT_VERSION),
             aggregate_seq: header(HDR_SEQUENCE),
             correlation_id: header(HDR_CORRELATION_ID),
             time,
-            body: serde_json::from_slice(&msg.payload),
+            body: serde_json::from_slice(payload),
         }
     }
 

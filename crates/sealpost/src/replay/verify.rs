@@ -23,10 +23,12 @@ pub(crate) mod schemas {
 /// One thing wrong with the history.
 #[derive(Debug)]
 pub(crate) struct Problem {
-    stream_seq: u64,
-    message_id: String,
-    kind: &'static str,
-    what: String,
+    pub(crate) stream_seq: u64,
+    /// `<tenant>/<message id>`.
+    pub(crate) message_id: String,
+    /// `subject`, `sequence`, `schema` or `order`.
+    pub(crate) kind: &'static str,
+    pub(crate) what: String,
 }
 
 #[derive(Debug, Default)]
@@ -111,8 +113,9 @@ impl Audit {
         let expected = match state.last_seq {
             Some(last) => Some(last + 1),
             // From the start of the stream every aggregate starts at 1; with --since only the
-            // continuity after the first event seen is checked.
-            None if relative => None,
+            // continuity after the first event seen is checked, except that an `accepted` seen
+            // first is a message's first event wherever the replay starts.
+            None if relative && subject.event_type != EventType::Accepted => None,
             None => Some(1),
         };
         state.last_seq = Some(state.last_seq.map_or(seq, |l| l.max(seq)));
