@@ -14,3 +14,4 @@ mod replay;
 mod schemas;
 mod support;
 mod tenancy;
+mod tlog;
