@@ -7,6 +7,7 @@ mod dashboard;
 mod delivery;
 mod eventstore;
 mod gateway;
+mod keys;
 mod leaks;
 mod metrics;
 mod projections;

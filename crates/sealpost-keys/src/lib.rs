@@ -1,0 +1,19 @@
+//! # sealpost-keys
+//!
+//! The key directory (in progress, issue 13): one auditable key directory (WhatsApp's `akd`)
+//! per tenant, whose storage is Postgres through akd's [`akd::storage::Database`] trait.
+//!
+//! **Owns:** [`PgAkdStorage`] (the `Database` implementation on the `akd_records` and
+//! `akd_values` tables of `migrations/`), and [`Directory`], a tenant's directory with Sealpost's
+//! configuration: akd's experimental configuration with the domain label
+//! [`DOMAIN_LABEL`], and its VRF key.
+//!
+//! **Must not:** see a phone number (labels are keyed hashes computed before they reach the
+//! directory), implement any cryptography itself (the tree, VRF and proofs are akd's), or hold a
+//! directory's state outside its storage (a restart reads it back).
+
+mod directory;
+mod storage;
+
+pub use directory::{Config, Directory, SealpostDomain, VrfSecret, DOMAIN_LABEL};
+pub use storage::PgAkdStorage;
