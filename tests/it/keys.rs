@@ -143,3 +143,253 @@ async fn a_directory_on_postgres_publishes_the_epochs_of_akds_in_memory_one_and_
     assert_eq!(other.epoch().await.unwrap().epoch(), 0);
     assert!(other.lookup(label(3)).await.is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signed epochs: the split-view gap closed
+
+use sealpost_keys::{verify_lookup, ClientState, EpochError, PublishedDirectory, VerifiableLookup};
+use sealpost_testkit::NatsServer;
+use sealpost_tlog::{JetStreamLog, LogLocation, LogSigner};
+
+const LOG_STREAM: &str = "SEALPOST_KEYS_LOG_TEST";
+
+async fn epoch_log(js: &async_nats::jetstream::Context, subject: &str) -> JetStreamLog {
+    JetStreamLog::open(
+        js.clone(),
+        LogLocation {
+            stream: LOG_STREAM.into(),
+            subject: subject.into(),
+        },
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap()
+}
+
+struct Published {
+    _db: PgDatabase,
+    _server: NatsServer,
+    js: async_nats::jetstream::Context,
+    pool: sqlx::PgPool,
+    dir: PublishedDirectory,
+    signer: LogSigner,
+}
+
+async fn published(signer: LogSigner) -> Published {
+    let (db, pool) = pool().await;
+    let server = NatsServer::start().await.unwrap();
+    let js = async_nats::jetstream::new(server.connect().await.unwrap());
+    js.create_stream(sealpost_tlog::stream_config(
+        LOG_STREAM,
+        vec!["sealpost.keylog.>".into()],
+    ))
+    .await
+    .unwrap();
+    let directory = Directory::open(PgAkdStorage::new(pool.clone(), "acme-corp"), vrf())
+        .await
+        .unwrap();
+    let log = epoch_log(&js, "sealpost.keylog.acme-corp").await;
+    let dir = PublishedDirectory::open(
+        directory,
+        "acme-corp",
+        log,
+        LogSigner::from_secret(&signer.secret()).unwrap(),
+    )
+    .await
+    .unwrap();
+    Published {
+        _db: db,
+        _server: server,
+        js,
+        pool,
+        dir,
+        signer,
+    }
+}
+
+fn check(
+    p: &Published,
+    vrf_pk: &[u8],
+    answer: &VerifiableLookup,
+    consistency: &[sealpost_tlog::Hash],
+    state: &mut ClientState,
+) -> Result<akd::VerifyResult, EpochError> {
+    verify_lookup(
+        vrf_pk,
+        &p.signer.verifier(),
+        "acme-corp",
+        label(3),
+        answer,
+        consistency,
+        state,
+    )
+}
+
+#[tokio::test]
+async fn a_lookup_verifies_against_the_signed_epoch_log_and_each_forgery_is_refused() {
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let mut p = published(signer).await;
+    let vrf_pk = p.dir.directory().vrf_public_key().await.unwrap();
+    let mut state = ClientState::default();
+    for epoch in 1..=3u64 {
+        let updates = (0..10).map(|i| (label(i), value(i, epoch))).collect();
+        let (published, _checkpoint) = p.dir.publish(updates).await.unwrap();
+        assert_eq!(published.epoch(), epoch);
+        // A client that follows every epoch: each answer extends the last checkpoint it saw.
+        let answer = p.dir.lookup(label(3)).await.unwrap();
+        let old = state.last.as_ref().map_or(0, |c| c.size);
+        let consistency = p.dir.consistency(old, epoch).unwrap();
+        let verified = check(&p, vrf_pk.as_bytes(), &answer, &consistency, &mut state).unwrap();
+        assert_eq!(verified.value, value(3, epoch));
+        assert_eq!(state.last.as_ref().unwrap().size, epoch);
+    }
+    let answer = p.dir.lookup(label(3)).await.unwrap();
+    let fresh = || ClientState::default();
+
+    // A forged lookup proof: another value for the label.
+    let mut forged = answer.clone();
+    forged.proof.value = akd::AkdValue(b"an attacker's key".to_vec());
+    let e = check(&p, vrf_pk.as_bytes(), &forged, &[], &mut fresh()).unwrap_err();
+    assert!(e.to_string().contains("the lookup proof"), "{e}");
+
+    // A tampered checkpoint signature.
+    let mut tampered = answer.clone();
+    let text = String::from_utf8(tampered.checkpoint.0.clone()).unwrap();
+    let (body, sig) = text.rsplit_once(' ').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+    tampered.checkpoint.0 = [body.as_bytes(), b" ", &sig].concat();
+    let e = check(&p, vrf_pk.as_bytes(), &tampered, &[], &mut fresh()).unwrap_err();
+    assert!(e.to_string().contains("the checkpoint"), "{e}");
+
+    // An epoch entry the log does not hold (another root).
+    let mut swapped = answer.clone();
+    swapped.record.root[0] ^= 1;
+    let e = check(&p, vrf_pk.as_bytes(), &swapped, &[], &mut fresh()).unwrap_err();
+    assert!(e.to_string().contains("not in the signed log"), "{e}");
+
+    // Nothing refused moved the client; the genuine answer still verifies for it.
+    assert_eq!(state.last.as_ref().unwrap().size, 3);
+    check(&p, vrf_pk.as_bytes(), &answer, &[], &mut state).unwrap();
+}
+
+#[tokio::test]
+async fn a_split_view_is_refused_by_a_client_that_saw_the_other_history() {
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let mut honest = published(signer).await;
+    let vrf_pk = honest.dir.directory().vrf_public_key().await.unwrap();
+    // A directory that shows some clients another history, under the same signing key and VRF.
+    let mut evil = published(LogSigner::from_secret(&honest.signer.secret()).unwrap()).await;
+    for epoch in 1..=2u64 {
+        let updates: Vec<_> = (0..10).map(|i| (label(i), value(i, epoch))).collect();
+        honest.dir.publish(updates.clone()).await.unwrap();
+        evil.dir.publish(updates).await.unwrap();
+    }
+    // Epoch 3 differs: the evil view swaps label 3's key.
+    honest
+        .dir
+        .publish(vec![(label(3), value(3, 3))])
+        .await
+        .unwrap();
+    evil.dir
+        .publish(vec![(
+            label(3),
+            akd::AkdValue(b"an attacker's key".to_vec()),
+        )])
+        .await
+        .unwrap();
+    honest
+        .dir
+        .publish(vec![(label(4), value(4, 4))])
+        .await
+        .unwrap();
+
+    // The client saw the honest checkpoint of size 4.
+    let mut state = ClientState::default();
+    let answer = honest.dir.lookup(label(3)).await.unwrap();
+    check(&honest, vrf_pk.as_bytes(), &answer, &[], &mut state).unwrap();
+    // Each view verifies for a fresh client: only remembering the last checkpoint exposes it.
+    let evil_answer = evil.dir.lookup(label(3)).await.unwrap();
+    let mut fresh = ClientState::default();
+    let v = check(&evil, vrf_pk.as_bytes(), &evil_answer, &[], &mut fresh).unwrap();
+    assert_eq!(v.value, akd::AkdValue(b"an attacker's key".to_vec()));
+    // The evil view is smaller (size 3): an older checkpoint than one already seen.
+    let e = check(
+        &evil,
+        vrf_pk.as_bytes(),
+        &evil_answer,
+        &[],
+        &mut state.clone(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("older than one already seen"), "{e}");
+    // Grown past it (size 5), no consistency proof from the honest size 4 can exist.
+    evil.dir
+        .publish(vec![(label(5), value(5, 4))])
+        .await
+        .unwrap();
+    evil.dir
+        .publish(vec![(label(6), value(6, 5))])
+        .await
+        .unwrap();
+    let evil_answer = evil.dir.lookup(label(3)).await.unwrap();
+    let proof = evil.dir.consistency(4, 5).unwrap();
+    let e = check(&evil, vrf_pk.as_bytes(), &evil_answer, &proof, &mut state).unwrap_err();
+    assert!(e.to_string().contains("split view"), "{e}");
+    assert_eq!(
+        state.last.as_ref().unwrap().size,
+        4,
+        "the client kept the honest view"
+    );
+}
+
+#[tokio::test]
+async fn an_epoch_committed_before_a_crash_is_logged_when_the_directory_reopens() {
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let mut p = published(signer).await;
+    p.dir.publish(vec![(label(1), value(1, 1))]).await.unwrap();
+    // The process dies after the directory's commit and before the log append.
+    p.dir
+        .directory()
+        .publish(vec![(label(1), value(1, 2))])
+        .await
+        .unwrap();
+    let directory = Directory::open(PgAkdStorage::new(p.pool.clone(), "acme-corp"), vrf())
+        .await
+        .unwrap();
+    let log = epoch_log(&p.js, "sealpost.keylog.acme-corp").await;
+    assert_eq!(log.size(), 1);
+    let reopened = PublishedDirectory::open(
+        directory,
+        "acme-corp",
+        log,
+        LogSigner::from_secret(&p.signer.secret()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let answer = reopened.lookup(label(1)).await.unwrap();
+    let vrf_pk = reopened.directory().vrf_public_key().await.unwrap();
+    let v = check_label(&p, vrf_pk.as_bytes(), &answer, label(1)).unwrap();
+    assert_eq!((v.epoch, v.value.clone()), (2, value(1, 2)));
+    assert_eq!(
+        epoch_log(&p.js, "sealpost.keylog.acme-corp").await.size(),
+        2
+    );
+}
+
+fn check_label(
+    p: &Published,
+    vrf_pk: &[u8],
+    answer: &VerifiableLookup,
+    l: AkdLabel,
+) -> Result<akd::VerifyResult, EpochError> {
+    verify_lookup(
+        vrf_pk,
+        &p.signer.verifier(),
+        "acme-corp",
+        l,
+        answer,
+        &[],
+        &mut ClientState::default(),
+    )
+}
