@@ -77,6 +77,24 @@ impl Directory {
         Ok(Self { akd })
     }
 
+    /// Opens the directory with akd's node cache in front of Postgres (`limit_bytes` of tree
+    /// nodes, each kept up to `item_lifetime`). Only for the directory's one writer: the cache is
+    /// kept current by its own commits, not by anyone else's.
+    pub async fn open_cached(
+        storage: PgAkdStorage,
+        vrf: VrfSecret,
+        limit_bytes: usize,
+        item_lifetime: std::time::Duration,
+    ) -> Result<Self, AkdError> {
+        let akd = akd::directory::Directory::new(
+            StorageManager::new(storage, Some(item_lifetime), Some(limit_bytes), None),
+            vrf,
+            AzksParallelismConfig::default(),
+        )
+        .await?;
+        Ok(Self { akd })
+    }
+
     /// Publishes `updates` (label, new value) as the next epoch; returns it and its root.
     pub async fn publish(&self, updates: Vec<(AkdLabel, AkdValue)>) -> Result<EpochHash, AkdError> {
         self.akd.publish(updates).await

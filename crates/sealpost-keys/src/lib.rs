@@ -15,6 +15,9 @@
 //! directory), implement any cryptography itself (the tree, VRF and proofs are akd's), or hold a
 //! directory's state outside its storage (a restart reads it back).
 
+/// The akd this crate is built on, for callers that verify proofs or run akd's own storage.
+pub use akd;
+
 mod directory;
 mod epochs;
 mod storage;

@@ -197,6 +197,20 @@ pub enum BenchCommand {
         #[arg(long)]
         no_write: bool,
     },
+    /// The key directory's AKD on Postgres against akd's own in-memory storage in the same run:
+    /// publish (changes/s, time per epoch), lookups with proof (per second, p50, p99), proof
+    /// sizes.
+    Keys {
+        #[arg(long, default_value_t = 100_000)]
+        labels: usize,
+        /// Changes per epoch.
+        #[arg(long, default_value_t = 10_000)]
+        epoch_size: usize,
+        #[arg(long, default_value_t = 5_000)]
+        lookups: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 /// Loads the config, starts logging and runs the command.
@@ -358,6 +372,21 @@ async fn bench(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> {
             messages,
             concurrency,
         } => bench::delivery::run(cfg, messages.max(1), concurrency.max(1)).await,
+        BenchCommand::Keys {
+            labels,
+            epoch_size,
+            lookups,
+            concurrency,
+        } => {
+            bench::keys::run(
+                cfg,
+                labels.max(2),
+                epoch_size.max(1),
+                lookups.max(1),
+                concurrency.max(1),
+            )
+            .await
+        }
         BenchCommand::Projections { events, no_write } => {
             bench::projections::run(cfg, events.max(5), !no_write).await
         }

@@ -5,12 +5,14 @@
 //! - [`eventstore`]: lifecycles, appends and loads against raw JetStream publishes;
 //! - [`ingress`]: accepted sends over NATS and HTTP through [`crate::App`];
 //! - [`delivery`]: end to end through the [`harness`](crate::harness), and a backlog drain;
-//! - [`projections`]: a rebuild against a raw Postgres insert baseline.
+//! - [`projections`]: a rebuild against a raw Postgres insert baseline;
+//! - [`keys`]: the key directory's AKD on Postgres against akd's in-memory storage.
 
 pub mod delivery;
 pub mod eventstore;
 pub mod fixtures;
 pub mod ingress;
+pub mod keys;
 pub mod projections;
 
 use std::time::{Duration, Instant};
