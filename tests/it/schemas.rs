@@ -34,7 +34,7 @@ use time::OffsetDateTime;
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 const ID_BASE: &str = "https://sealpost.dev/schemas";
 /// The directories that hold schemas; examples name a schema by its file stem.
-const SCHEMA_DIRS: [&str; 2] = ["commands", "events"];
+const SCHEMA_DIRS: [&str; 3] = ["commands", "events", "keys"];
 
 fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -123,7 +123,7 @@ impl Schemas {
             .get(stem)
             .map(|(_, s, v)| (s, v))
             .with_context(|| {
-                format!("no schema with stem {stem} under schemas/{{commands,events}}")
+                format!("no schema with stem {stem} under schemas/{{commands,events,keys}}")
             })
     }
 
@@ -1068,5 +1068,121 @@ fn the_upload_presign_and_cancel_replies_validate_against_their_schemas() -> Res
     })?;
     let errs = errors(&cancel, &reply);
     ensure!(errs.is_empty(), "{reply}\n{errs}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key directory events (schemas/keys/)
+
+/// Every key event type has its schema, every valid example is a body the domain decodes (and
+/// writes back the same), and every event the RecipientKeys aggregate writes in a scripted life
+/// (publish with enrollment, rotate, revoke, upload, claim, last resort) validates.
+#[test]
+fn key_events_examples_decode_and_every_event_the_keys_aggregate_writes_validates() -> Result<()> {
+    use sealpost_keys_domain::{
+        KeyEventType, KeysCommand, KeysEvent, KeysPolicy, PublishKey, RecipientKeys, RevokeReason,
+        SignedEnrollment,
+    };
+    let schemas = Schemas::load()?;
+    let examples = schemas_dir().join("examples");
+    let mut decoded = 0;
+    for &t in KeyEventType::ALL {
+        let stem = format!("{t}.v1");
+        schemas.get(&stem)?;
+        for entry in fs::read_dir(examples.join(&stem))
+            .with_context(|| format!("examples/{stem} holds no example"))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                continue;
+            }
+            let body = fs::read(&path)?;
+            let event = KeysEvent::from_body(t, &body)
+                .with_context(|| format!("{}: the domain refuses it", rel(&path)))?;
+            let back: Value = serde_json::from_slice(&event.to_body()?)?;
+            ensure!(
+                back == serde_json::from_slice::<Value>(&body)?,
+                "{}: written back differently: {back}",
+                rel(&path)
+            );
+            decoded += 1;
+        }
+    }
+    ensure!(decoded >= KeyEventType::ALL.len());
+
+    let mdm = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let policy = KeysPolicy {
+        enrollment_key: Some(mdm.verifying_key()),
+        retire_after: std::time::Duration::from_secs(86_400),
+    };
+    let t0 = datetime!(2026-06-01 12:00 UTC);
+    let publish = |key_id: &str, n: u8| {
+        let public_key = vec![n; 32];
+        let statement = sealpost_keyformat::EnrollmentStatement {
+            tenant: "acme-corp".into(),
+            device_id: "mdm:ios:1".into(),
+            attestation_sha256: [3; 32],
+            key_fingerprint: sealpost_keyformat::fingerprint(0x0020, &public_key),
+        };
+        let signature = statement.sign(&mdm).expect("a valid statement");
+        KeysCommand::Publish(Box::new(PublishKey {
+            tenant: "acme-corp".into(),
+            device_id: "mdm:ios:1".into(),
+            key_id: key_id.into(),
+            kem_id: 0x0020,
+            public_key,
+            expires_at: t0 + time::Duration::days(365),
+            enrollment: Some(SignedEnrollment {
+                statement,
+                signature,
+            }),
+            at: t0,
+        }))
+    };
+    let claim = KeysCommand::ClaimKeyPackage {
+        device_id: "mdm:ios:1".into(),
+        claimant: "acme-backend".into(),
+        at: t0,
+    };
+    let script = vec![
+        publish("k1", 1),
+        KeysCommand::UploadKeyPackages {
+            device_id: "mdm:ios:1".into(),
+            hash_refs: vec!["0a".repeat(32)],
+            last_resort: Some("0c".repeat(32)),
+            at: t0,
+        },
+        claim.clone(),
+        claim,
+        publish("k2", 2),
+        KeysCommand::Revoke {
+            key_id: "k1".into(),
+            reason: RevokeReason::Compromised,
+            at: t0,
+        },
+    ];
+    let mut state = RecipientKeys::default();
+    let mut seen = BTreeSet::new();
+    for cmd in script {
+        let events = state
+            .decide(cmd, &policy)
+            .map_err(|e| anyhow!("the script was refused: {e}"))?;
+        for e in events {
+            let (_, v) = schemas.get(&format!("{}.v1", e.event_type()))?;
+            let body: Value = serde_json::from_slice(&e.to_body()?)?;
+            let errs = errors(v, &body);
+            ensure!(
+                errs.is_empty(),
+                "{} breaks its schema:\n{errs}",
+                e.event_type()
+            );
+            seen.insert(e.event_type());
+            state.apply_event(e);
+        }
+    }
+    ensure!(
+        seen.len() == KeyEventType::ALL.len(),
+        "the script wrote only {seen:?}"
+    );
     Ok(())
 }
