@@ -393,3 +393,174 @@ fn check_label(
         &mut ClientState::default(),
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Key events on JetStream: the message events' store, optimistic concurrency and dedupe
+
+use sealpost_eventstore::provision::embedded_definitions;
+use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
+use sealpost_keys_domain::{KeysCommand, KeysEvent, KeysPolicy, PublishKey, RecipientKeys};
+
+use crate::support::meta;
+
+/// A stream with the event stream's flags (atomic batches, no delete or purge) for key events.
+async fn keys_executor(server: &NatsServer) -> CommandExecutor<RecipientKeys> {
+    let client = server.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut cfg = embedded_definitions()
+        .stream(sealpost_eventstore::names::Stream::Events)
+        .unwrap();
+    cfg.name = "SEALPOST_KEYS_TEST".into();
+    cfg.subjects = vec!["sealpost.kevt.>".into()];
+    js.create_stream(cfg).await.unwrap();
+    let store = JetStreamEventStore::new(
+        client,
+        StoreConfig {
+            stream: "SEALPOST_KEYS_TEST".into(),
+            subject_prefix: "sealpost.kevt".into(),
+            ..StoreConfig::default()
+        },
+    );
+    CommandExecutor::new(
+        store,
+        KeysPolicy {
+            enrollment_key: None,
+            retire_after: std::time::Duration::from_secs(86_400),
+        },
+    )
+}
+
+fn publish_cmd(key_id: &str, n: u8) -> KeysCommand {
+    let now = time::OffsetDateTime::now_utc();
+    KeysCommand::Publish(Box::new(PublishKey {
+        tenant: "acme-corp".into(),
+        device_id: "phone".into(),
+        key_id: key_id.into(),
+        kem_id: 0x0020,
+        public_key: vec![n; 32],
+        expires_at: now + time::Duration::days(365),
+        enrollment: None,
+        at: now,
+    }))
+}
+
+fn recipient() -> String {
+    let key = sealpost_keyformat::LabelKey::new([9; 32]);
+    let label = sealpost_keyformat::RecipientLabel::of(&key, "acme-corp", "+447700900123").unwrap();
+    format!("acme-corp.{}", label.to_hex())
+}
+
+#[tokio::test]
+async fn racing_publishers_on_jetstream_write_one_publish_and_one_rotation_gaplessly() {
+    let server = NatsServer::start().await.unwrap();
+    let ex = std::sync::Arc::new(keys_executor(&server).await);
+    let id = recipient();
+    let (ma, mb) = (meta("a"), meta("b"));
+    let (a, b) = tokio::join!(
+        ex.execute(&id, publish_cmd("k1", 1), &ma),
+        ex.execute(&id, publish_cmd("k2", 2), &mb),
+    );
+    a.unwrap();
+    b.unwrap();
+    let loaded = ex.store().load(&id).await.unwrap();
+    let raw = ex.store().load_raw(&id).await.unwrap();
+    let types: Vec<&str> = raw.iter().map(|r| r.event_type()).collect();
+    assert_eq!(
+        types,
+        ["key_published", "key_rotated"],
+        "one publish, then a rotation"
+    );
+    assert_eq!(loaded.version, 2);
+    let active = &loaded.aggregate.active_key("phone").unwrap().key.key_id;
+    let retiring: Vec<_> = loaded
+        .aggregate
+        .keys
+        .values()
+        .filter(|k| k.retires_at.is_some())
+        .collect();
+    assert_eq!(retiring.len(), 1);
+    assert_ne!(&retiring[0].key.key_id, active);
+    // The label in the subject is the keyed hash: no phone number on the wire.
+    assert!(raw.iter().all(|r| !r.subject.contains("447700900123")));
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_claims_hand_out_each_key_package_to_one_claimant_only() {
+    let server = NatsServer::start().await.unwrap();
+    let ex = std::sync::Arc::new(keys_executor(&server).await);
+    let id = recipient();
+    ex.execute(&id, publish_cmd("k1", 1), &meta("p"))
+        .await
+        .unwrap();
+    let refs: Vec<String> = (0..50).map(|i| format!("{i:04x}")).collect();
+    ex.execute(
+        &id,
+        KeysCommand::UploadKeyPackages {
+            device_id: "phone".into(),
+            hash_refs: refs.clone(),
+            last_resort: Some("ffff".into()),
+            at: time::OffsetDateTime::now_utc(),
+        },
+        &meta("u"),
+    )
+    .await
+    .unwrap();
+    let claims = futures::future::join_all((0..100).map(|i| {
+        let ex = ex.clone();
+        let id = id.clone();
+        async move {
+            // 100 writers on one aggregate: a claim that loses the race 8 times in a row is
+            // answered "contended", and the claimant tries again, as an API client would.
+            let mut retries = 0u32;
+            loop {
+                let r = ex
+                    .execute(
+                        &id,
+                        KeysCommand::ClaimKeyPackage {
+                            device_id: "phone".into(),
+                            claimant: format!("sender-{i}"),
+                            at: time::OffsetDateTime::now_utc(),
+                        },
+                        &meta("c"),
+                    )
+                    .await;
+                match r {
+                    Ok(done) => return (done.events, retries),
+                    Err(sealpost_eventstore::ExecuteError::Contended { .. }) => {
+                        retries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            5 + u64::from(retries) * (i as u64 % 7),
+                        ))
+                        .await;
+                    }
+                    Err(e) => panic!("claim {i}: {e:?}"),
+                }
+            }
+        }
+    }))
+    .await;
+    let contended: u32 = claims.iter().map(|(_, r)| r).sum();
+    eprintln!("100 concurrent claims; {contended} answered contended and retried");
+    let claims: Vec<Vec<KeysEvent>> = claims.into_iter().map(|(e, _)| e).collect();
+    let mut handed: Vec<String> = vec![];
+    let mut last_resort = 0;
+    for events in claims {
+        let [KeysEvent::KeyPackageClaimed(c)] = &events[..] else {
+            panic!("a claim wrote {events:?}");
+        };
+        if c.last_resort {
+            assert_eq!(c.hash_ref, "ffff");
+            last_resort += 1;
+        } else {
+            handed.push(c.hash_ref.clone());
+        }
+    }
+    handed.sort();
+    assert_eq!(
+        handed, refs,
+        "each of the 50 packages went to exactly one claimant"
+    );
+    assert_eq!(last_resort, 50, "the other 50 got the last-resort package");
+    let loaded = ex.store().load(&id).await.unwrap();
+    assert_eq!(loaded.version, 2 + 100, "every claim is one gapless event");
+}

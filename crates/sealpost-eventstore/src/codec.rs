@@ -2,16 +2,41 @@
 
 use sealpost_domain::events::DecodeError;
 use sealpost_domain::MessageEvent;
+use sealpost_keys_domain::{KeysDecodeError, KeysEvent};
 
 /// An event type the store can persist: its subject token, schema version and JSON body.
 pub trait StoredEvent: cqrs_es::DomainEvent {
+    type DecodeError: std::error::Error + Send + Sync + 'static;
     fn type_token(&self) -> &'static str;
     fn schema_version(&self) -> u32;
     fn encode(&self) -> serde_json::Result<Vec<u8>>;
-    fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, DecodeError>;
+    fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, Self::DecodeError>;
+}
+
+/// The key directory's events (`RecipientKeys`), all at version 1.
+impl StoredEvent for KeysEvent {
+    type DecodeError = KeysDecodeError;
+
+    fn type_token(&self) -> &'static str {
+        self.event_type().as_str()
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        self.to_body()
+    }
+
+    fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, KeysDecodeError> {
+        KeysEvent::decode(event_type, version, body)
+    }
 }
 
 impl StoredEvent for MessageEvent {
+    type DecodeError = DecodeError;
+
     fn type_token(&self) -> &'static str {
         self.event_type().as_str()
     }

@@ -10,14 +10,18 @@
 //!   one command form one atomic batch (all stored or none).
 //! - [`CommandExecutor`]: load → decide → append, with bounded reload-and-retry on conflicts, and
 //!   the committed events reported back (none for a duplicate command).
+//! - [`StoredEvent`]: how an aggregate's events become stored messages, for the `Message`
+//!   aggregate and for the key directory's `RecipientKeys` (`sealpost-keys-domain`), which the
+//!   same store and executor persist on a prefix and stream of their own.
 //! - [`names`]: every name the processes share on NATS: streams, durable consumers, roles, and
 //!   the subject layouts with their typed build and parse.
 //! - [`provision`]: streams and consumers from `nats/` (found by `build.rs`, no hand-kept list),
 //!   the server version check, and the read-back of stream flags that refuses a server which
 //!   silently dropped one.
 //!
-//! **Must not:** decide anything about messages (that is `sealpost-domain`), hold state a crash
-//! could lose, or log event bodies (they carry recipients).
+//! **Must not:** decide anything about messages or keys (that is `sealpost-domain` and
+//! `sealpost-keys-domain`), hold state a crash could lose, or log event bodies (they carry
+//! recipients).
 
 pub mod codec;
 pub mod error;

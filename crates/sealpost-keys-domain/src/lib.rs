@@ -179,6 +179,39 @@ impl KeysEvent {
     }
 }
 
+/// Why a stored body could not be turned back into a [`KeysEvent`].
+#[derive(Debug, thiserror::Error)]
+pub enum KeysDecodeError {
+    #[error(transparent)]
+    UnknownType(#[from] sealpost_domain::UnknownName),
+    #[error("key event '{event_type}' version '{version}' is unknown; this build reads version 1")]
+    UnknownVersion {
+        event_type: KeyEventType,
+        version: String,
+    },
+    #[error("key event '{event_type}' body does not match its schema")]
+    Body {
+        event_type: KeyEventType,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl KeysEvent {
+    /// Decodes a stored event from its type, its `Sealpost-Event-Version` and its body.
+    pub fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, KeysDecodeError> {
+        let event_type: KeyEventType = event_type.parse()?;
+        if version != "1" {
+            return Err(KeysDecodeError::UnknownVersion {
+                event_type,
+                version: version.chars().take(16).collect(),
+            });
+        }
+        Self::from_body(event_type, body)
+            .map_err(|source| KeysDecodeError::Body { event_type, source })
+    }
+}
+
 impl DomainEvent for KeysEvent {
     fn event_type(&self) -> String {
         KeysEvent::event_type(self).as_str().to_owned()
