@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sealpost_carrier_sim::{CarrierSim, FaultMix, SimConfig};
-use sealpost_testkit::NatsServer;
 use serde_json::{json, Value};
 
 use crate::support::store_on;
@@ -21,15 +20,8 @@ const CIPHERTEXT: &[u8] = b"MLS-CIPHERTEXT-LEAKCANARY-0123456789abcdef";
 
 #[tokio::test]
 async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
-    let server = NatsServer::start().await.unwrap();
-    let client = server.connect().await.unwrap();
-    sealpost_eventstore::provision::provision(
-        &async_nats::jetstream::new(client.clone()),
-        &sealpost_eventstore::provision::embedded_definitions(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let env = crate::support::Env::start().await;
+    let (server, client) = (&env.server, env.client.clone());
     let sim_cfg = SimConfig {
         bearer_token: "rbm-bearer-LEAKCANARY-55".into(),
         client_token: "rbm-client-LEAKCANARY-66".into(),

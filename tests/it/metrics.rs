@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use sealpost_carrier_sim::{CarrierSim, Scripted, SimConfig};
 use sealpost_domain::Status;
-use sealpost_testkit::NatsServer;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -99,15 +98,8 @@ fn at(v: &Value) -> OffsetDateTime {
 /// the `accepted` and `delivered` events.
 #[tokio::test]
 async fn metrics_after_a_real_run_equal_what_happened() {
-    let server = NatsServer::start().await.unwrap();
-    let client = server.connect().await.unwrap();
-    sealpost_eventstore::provision::provision(
-        &async_nats::jetstream::new(client.clone()),
-        &sealpost_eventstore::provision::embedded_definitions(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let env = crate::support::Env::start().await;
+    let (server, client) = (&env.server, env.client.clone());
     let sim_cfg = SimConfig {
         receipt_delay: Duration::from_millis(20),
         ..SimConfig::default()

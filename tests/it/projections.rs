@@ -124,7 +124,7 @@ async fn stream_last_seq(client: &async_nats::Client) -> u64 {
     s.info().await.unwrap().state.last_sequence
 }
 
-async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
+pub(crate) async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>("SELECT projection, last_seq FROM projection_checkpoints")
         .fetch_all(pool)
         .await
@@ -163,7 +163,8 @@ fn small_batches() -> ProjectorConfig {
 }
 
 /// The full contents of the projection tables, as JSON text in key order.
-async fn dump(pool: &PgPool) -> BTreeMap<&'static str, String> {
+/// Every projection table as JSON text in key order (shared with `replay.rs`).
+pub(crate) async fn dump(pool: &PgPool) -> BTreeMap<&'static str, String> {
     let tables = [
         ("messages", "tenant, message_id"),
         ("compliance_views", "view_id"),

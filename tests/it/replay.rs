@@ -5,7 +5,6 @@
 //! --from-start` rebuilding a Postgres view. (NDJSON fields and each kind of problem:
 //! `audit.rs`; a tenant's replay in its own account: `tenancy.rs`.)
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
@@ -26,6 +25,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use time::format_description::well_known::Rfc3339;
 
+use crate::projections::{checkpoints, dump};
 use crate::support::{accept, meta, now, result, sealpost_binary, Env};
 
 const TENANTS: [&str; 3] = ["acme-corp", "beta-co", "gamma"];
@@ -494,49 +494,6 @@ async fn replay_since_shows_later_events_of_messages_accepted_before_it_and_chec
         "{}",
         window.stderr
     );
-}
-
-/// Every projection table as JSON text in key order. A compliance document's `version` counts
-/// the batches that touched it, which depends on batching, so it is left out.
-async fn dump(pool: &PgPool) -> BTreeMap<&'static str, String> {
-    let tables = [
-        ("messages", "tenant, message_id"),
-        ("compliance_views", "view_id"),
-        ("metrics_events", "tenant, carrier, minute, event_type"),
-        (
-            "metrics_retries",
-            "tenant, carrier, minute, error_class, code",
-        ),
-        ("metrics_latency", "tenant, carrier, minute, kind, le_ms"),
-        ("metrics_message_state", "tenant, message_id"),
-    ];
-    let mut out = BTreeMap::new();
-    for (t, order) in tables {
-        let rows = if t == "compliance_views" {
-            "(SELECT view_id, payload::text AS payload, tenant, message_id, held, purged, \
-             settled_at, last_seq FROM compliance_views)"
-                .to_owned()
-        } else {
-            t.to_owned()
-        };
-        let sql =
-            format!("SELECT coalesce(json_agg(x ORDER BY {order})::text, '[]') FROM {rows} x");
-        let s: String = sqlx::query_scalar(&sql)
-            .fetch_one(pool)
-            .await
-            .expect("dump a table");
-        out.insert(t, s);
-    }
-    out
-}
-
-async fn checkpoints(pool: &PgPool) -> HashMap<String, i64> {
-    sqlx::query_as::<_, (String, i64)>("SELECT projection, last_seq FROM projection_checkpoints")
-        .fetch_all(pool)
-        .await
-        .expect("checkpoints")
-        .into_iter()
-        .collect()
 }
 
 async fn count(pool: &PgPool, table: &str) -> i64 {
