@@ -90,6 +90,45 @@ where
     .await
 }
 
+/// [`publish_all`] into one of the Postgres directories.
+async fn publish_directory(
+    d: &Directory,
+    labels: usize,
+    epoch_size: usize,
+    run: &str,
+    what: &str,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    publish_all(labels, epoch_size, run, what, |u| {
+        let d = d.clone();
+        async move {
+            d.publish(u).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// [`lookups`] against one of the Postgres directories.
+async fn lookup_directory(
+    d: &Directory,
+    name: &'static str,
+    n: usize,
+    labels: usize,
+    concurrency: usize,
+    run: &str,
+) -> anyhow::Result<Phase> {
+    lookups(name, n, labels, concurrency, |i| {
+        let d = d.clone();
+        async move {
+            d.lookup(label(run, i))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// `sealpost bench keys`: see the module docs.
 pub async fn run(
     cfg: &Config,
@@ -135,26 +174,14 @@ pub async fn run(
             }
         })
         .await?;
-    let (pg_total, pg_epochs) = publish_all(labels, epoch_size, &run, "publish (Postgres)", |u| {
-        let d = on_pg.clone();
-        async move {
-            d.publish(u).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            Ok(())
-        }
-    })
-    .await?;
-    let (cached_total, cached_epochs) = publish_all(
+    let (pg_total, pg_epochs) =
+        publish_directory(&on_pg, labels, epoch_size, &run, "publish (Postgres)").await?;
+    let (cached_total, cached_epochs) = publish_directory(
+        &cached,
         labels,
         epoch_size,
         &run,
         "publish (Postgres, cached)",
-        |u| {
-            let d = cached.clone();
-            async move {
-                d.publish(u).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                Ok(())
-            }
-        },
     )
     .await?;
     let (roots_pg, roots_mem) = (
@@ -195,37 +222,22 @@ pub async fn run(
         },
     )
     .await?;
-    let pg_lookups = lookups(
+    let pg_lookups = lookup_directory(
+        &on_pg,
         "lookup (Postgres)",
         lookup_count,
         labels,
         concurrency,
-        |i| {
-            let d = on_pg.clone();
-            async move {
-                d.lookup(label(run_ref, i))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                Ok(())
-            }
-        },
+        run_ref,
     )
     .await?;
-
-    let cached_lookups = lookups(
+    let cached_lookups = lookup_directory(
+        &cached,
         "lookup (Postgres, cached)",
         lookup_count,
         labels,
         concurrency,
-        |i| {
-            let d = cached.clone();
-            async move {
-                d.lookup(label(run_ref, i))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                Ok(())
-            }
-        },
+        run_ref,
     )
     .await?;
 
