@@ -1091,7 +1091,9 @@ async fn killing_the_delivery_process_never_changes_how_a_failing_message_ends()
         let to = format!("+1555200{i:04}");
         let ttl = match i % 5 {
             0 => {
-                p.sim.script(&to, vec![Scripted::NotCapable]);
+                // Every submission, a resubmission after a kill too, finds no RCS (as a real
+                // carrier answers 404 each time).
+                p.sim.script(&to, vec![Scripted::NotCapable; 200]);
                 3600
             }
             1 => {
