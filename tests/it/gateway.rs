@@ -29,6 +29,7 @@ pub fn tenant_config(id: &str) -> TenantConfig {
         rate_per_sec: 1e6,
         burst: 1_000_000,
         daily_quota: None,
+        keys: None,
     }
 }
 

@@ -5,6 +5,8 @@
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use akd::storage::memory::AsyncInMemoryDatabase;
 use akd::storage::StorageManager;
 use akd::{AkdLabel, AkdValue, HistoryParams, HistoryVerificationParams};
@@ -36,8 +38,51 @@ fn value(i: usize, epoch: u64) -> AkdValue {
 #[tokio::test]
 async fn akds_own_storage_conformance_tests_pass_on_postgres() {
     let (_db, pool) = pool().await;
-    akd::storage::tests::run_test_cases_for_storage_impl(PgAkdStorage::new(pool, "conformance"))
-        .await;
+    // akd's contract lets any record be overwritten, so its tests run without the epoch fence
+    // (the next test covers the fence).
+    akd::storage::tests::run_test_cases_for_storage_impl(PgAkdStorage::unfenced(
+        pool,
+        "conformance",
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn two_writers_that_built_the_same_epoch_commit_it_once() {
+    let (_db, pool) = pool().await;
+    let storage = || PgAkdStorage::new(pool.clone(), "acme-corp");
+    // Two publishers opened the directory at epoch 0 with akd's node cache (as a leader does);
+    // each builds epoch 1 with other values on the tree it cached: b is a leader that lost its
+    // lease without noticing.
+    let cached = || Directory::open_cached(storage(), vrf(), 64 << 20, Duration::from_secs(3600));
+    let a = cached().await.unwrap();
+    let b = cached().await.unwrap();
+    let first = a.publish(vec![(label(1), value(1, 1))]).await.unwrap();
+    let second = b.publish(vec![(label(2), value(2, 1))]).await;
+    let e = second.unwrap_err();
+    assert!(
+        format!("{e:?}").contains("epoch 1 is already committed"),
+        "{e:?}"
+    );
+    // What is stored is the first writer's epoch, whole: its root, and its value only.
+    let reopened = Directory::open(storage(), vrf()).await.unwrap();
+    let stored = reopened.epoch().await.unwrap();
+    assert_eq!((stored.epoch(), stored.hash()), (1, first.hash()));
+    assert!(reopened.lookup(label(1)).await.is_ok());
+    assert!(
+        reopened.lookup(label(2)).await.is_err(),
+        "no part of the refused epoch"
+    );
+    // Without the fence (akd's bare contract) the second commit would have overwritten it.
+    let c = Directory::open(storage(), vrf()).await.unwrap();
+    assert_eq!(
+        c.publish(vec![(label(3), value(3, 2))])
+            .await
+            .unwrap()
+            .epoch(),
+        2,
+        "a writer on the current tree goes on"
+    );
 }
 
 #[tokio::test]
@@ -147,14 +192,16 @@ async fn a_directory_on_postgres_publishes_the_epochs_of_akds_in_memory_one_and_
 // ---------------------------------------------------------------------------------------------
 // Signed epochs: the split-view gap closed
 
-use sealpost_keys::{verify_lookup, ClientState, EpochError, PublishedDirectory, VerifiableLookup};
+use sealpost_keys::{
+    verify_lookup, ClientState, EpochError, EpochIntents, PublishedDirectory, VerifiableLookup,
+};
 use sealpost_testkit::NatsServer;
 use sealpost_tlog::{JetStreamLog, LogLocation, LogSigner};
 
 const LOG_STREAM: &str = "SEALPOST_KEYS_LOG_TEST";
 
 async fn epoch_log(js: &async_nats::jetstream::Context, subject: &str) -> JetStreamLog {
-    JetStreamLog::open(
+    JetStreamLog::open_with_entries(
         js.clone(),
         LogLocation {
             stream: LOG_STREAM.into(),
@@ -194,6 +241,7 @@ async fn published(signer: LogSigner) -> Published {
         "acme-corp",
         log,
         LogSigner::from_secret(&signer.secret()).unwrap(),
+        &EpochIntents::new(pool.clone(), "acme-corp"),
     )
     .await
     .unwrap();
@@ -233,8 +281,8 @@ async fn a_lookup_verifies_against_the_signed_epoch_log_and_each_forgery_is_refu
     let mut state = ClientState::default();
     for epoch in 1..=3u64 {
         let updates = (0..10).map(|i| (label(i), value(i, epoch))).collect();
-        let (published, _checkpoint) = p.dir.publish(updates).await.unwrap();
-        assert_eq!(published.epoch(), epoch);
+        let (published, _checkpoint) = p.dir.publish(updates, epoch).await.unwrap();
+        assert_eq!(published.epoch, epoch);
         // A client that follows every epoch: each answer extends the last checkpoint it saw.
         let answer = p.dir.lookup(label(3)).await.unwrap();
         let old = state.last.as_ref().map_or(0, |c| c.size);
@@ -282,25 +330,25 @@ async fn a_split_view_is_refused_by_a_client_that_saw_the_other_history() {
     let mut evil = published(LogSigner::from_secret(&honest.signer.secret()).unwrap()).await;
     for epoch in 1..=2u64 {
         let updates: Vec<_> = (0..10).map(|i| (label(i), value(i, epoch))).collect();
-        honest.dir.publish(updates.clone()).await.unwrap();
-        evil.dir.publish(updates).await.unwrap();
+        honest.dir.publish(updates.clone(), epoch).await.unwrap();
+        evil.dir.publish(updates, epoch).await.unwrap();
     }
     // Epoch 3 differs: the evil view swaps label 3's key.
     honest
         .dir
-        .publish(vec![(label(3), value(3, 3))])
+        .publish(vec![(label(3), value(3, 3))], 10)
         .await
         .unwrap();
     evil.dir
-        .publish(vec![(
-            label(3),
-            akd::AkdValue(b"an attacker's key".to_vec()),
-        )])
+        .publish(
+            vec![(label(3), akd::AkdValue(b"an attacker's key".to_vec()))],
+            10,
+        )
         .await
         .unwrap();
     honest
         .dir
-        .publish(vec![(label(4), value(4, 4))])
+        .publish(vec![(label(4), value(4, 4))], 10)
         .await
         .unwrap();
 
@@ -325,11 +373,11 @@ async fn a_split_view_is_refused_by_a_client_that_saw_the_other_history() {
     assert!(e.to_string().contains("older than one already seen"), "{e}");
     // Grown past it (size 5), no consistency proof from the honest size 4 can exist.
     evil.dir
-        .publish(vec![(label(5), value(5, 4))])
+        .publish(vec![(label(5), value(5, 4))], 10)
         .await
         .unwrap();
     evil.dir
-        .publish(vec![(label(6), value(6, 5))])
+        .publish(vec![(label(6), value(6, 5))], 10)
         .await
         .unwrap();
     let evil_answer = evil.dir.lookup(label(3)).await.unwrap();
@@ -347,8 +395,16 @@ async fn a_split_view_is_refused_by_a_client_that_saw_the_other_history() {
 async fn an_epoch_committed_before_a_crash_is_logged_when_the_directory_reopens() {
     let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
     let mut p = published(signer).await;
-    p.dir.publish(vec![(label(1), value(1, 1))]).await.unwrap();
-    // The process dies after the directory's commit and before the log append.
+    p.dir
+        .publish(vec![(label(1), value(1, 1))], 5)
+        .await
+        .unwrap();
+    // The process fixes epoch 2's range, commits it to the directory, and dies before the log
+    // append.
+    EpochIntents::new(p.pool.clone(), "acme-corp")
+        .propose(2, 7)
+        .await
+        .unwrap();
     p.dir
         .directory()
         .publish(vec![(label(1), value(1, 2))])
@@ -364,6 +420,7 @@ async fn an_epoch_committed_before_a_crash_is_logged_when_the_directory_reopens(
         "acme-corp",
         log,
         LogSigner::from_secret(&p.signer.secret()).unwrap(),
+        &EpochIntents::new(p.pool.clone(), "acme-corp"),
     )
     .await
     .unwrap();
@@ -371,6 +428,11 @@ async fn an_epoch_committed_before_a_crash_is_logged_when_the_directory_reopens(
     let vrf_pk = reopened.directory().vrf_public_key().await.unwrap();
     let v = check_label(&p, vrf_pk.as_bytes(), &answer, label(1)).unwrap();
     assert_eq!((v.epoch, v.value.clone()), (2, value(1, 2)));
+    assert_eq!(
+        reopened.record(2).unwrap().through,
+        7,
+        "the range fixed before the crash"
+    );
     assert_eq!(
         epoch_log(&p.js, "sealpost.keylog.acme-corp").await.size(),
         2

@@ -172,7 +172,7 @@ impl Delivery {
                 Role::Receipts => running.push(receipts::spawn(self.clone())),
                 Role::Expiry => running.push(expiry::spawn(self.clone())),
                 Role::Fallback => running.push(fallback::spawn(self.clone())),
-                Role::Gateway | Role::Projector => {}
+                Role::Gateway | Role::Projector | Role::Keys => {}
             }
         }
         running

@@ -11,7 +11,10 @@
 //! | `sealpost.sched.<tenant>.<message_id>.expire` | an expiry timer (`Nats-Schedule`) | [`TimerSubject`] |
 //! | `sealpost.due.<tenant>.<message_id>.expire` | the timer, fired by the server | [`TimerSubject`] |
 //! | `sealpost.notice.<tenant>.<message_id>` | an in-app fallback notice (core NATS) | [`notice_subject`] |
-//! | `sealpost.keys.<tenant>.changed` | a key-change alert | [`TenantAccount::published_to_tenant`] |
+//! | `sealpost.keys.<tenant>.changed` | a key-change alert (core NATS) | [`key_change_subject`] |
+//! | `sealpost.kevt.<tenant>.<label>.<event_type>` | one stored key event | [`KEY_EVENTS_PREFIX`] |
+//! | `sealpost.klog.<tenant>.epochs` | a directory's epoch log (one entry per epoch) | [`epoch_log_subject`] |
+//! | `sealpost.cmd.<tenant>.keys.<op>`, `sealpost.qry.<tenant>.keys.<op>` | the key API (request/reply) | [`KeysSubject`] |
 //! | `sealpost.deliver.<tenant>.events` | the tenant's events, to its own account | [`TenantAccount`] |
 //!
 //! Tenant and message ids are token-safe (`[A-Za-z0-9_-]{1,64}`), so every token is unambiguous.
@@ -33,6 +36,8 @@ wire_enum! {
         Receipts => "SEALPOST_RECEIPTS",
         /// Expiry timers and their firings.
         Schedules => "SEALPOST_SCHEDULES",
+        /// The key directories: key events and each directory's signed epoch log.
+        Keys => "SEALPOST_KEYS",
     }
 }
 
@@ -87,6 +92,8 @@ wire_enum! {
         Fallback => "fallback",
         /// The Postgres views.
         Projector => "projector",
+        /// The key directories: the key API and each directory's epoch publisher.
+        Keys => "keys",
     }
 }
 
@@ -94,7 +101,7 @@ impl Role {
     /// The durable consumers the role pulls from (none for the gateway).
     pub const fn durables(self) -> &'static [Durable] {
         match self {
-            Role::Gateway => &[],
+            Role::Gateway | Role::Keys => &[],
             Role::Delivery => &[Durable::Delivery],
             Role::Receipts => &[Durable::Receipts],
             Role::Expiry => &[Durable::Expiry],
@@ -118,6 +125,7 @@ impl Role {
             Role::Expiry => "fired expiry timers: revoke at the carrier, record expired",
             Role::Fallback => "revoke, then send the neutral SMS or in-app notice",
             Role::Projector => "the Postgres views (messages, compliance, metrics)",
+            Role::Keys => "key directories: key API, epoch publisher, key-change alerts",
         }
     }
 
@@ -376,6 +384,112 @@ pub fn notice_subject(tenant: &TenantId, message_id: &MessageId) -> String {
     format!("sealpost.notice.{tenant}.{message_id}")
 }
 
+/// The first two tokens of every key event subject: `sealpost.kevt.<tenant>.<label>.<type>`
+/// (the aggregate id is `<tenant>.<label>`, the label a keyed hash, never a phone number).
+pub const KEY_EVENTS_PREFIX: &str = "sealpost.kevt";
+
+/// `sealpost.kevt.<tenant>.*.<event_type>`: one tenant's key events of one type.
+pub fn key_events_of_type(tenant: &TenantId, event_type: &str) -> String {
+    format!("{KEY_EVENTS_PREFIX}.{tenant}.*.{event_type}")
+}
+
+/// `sealpost.klog.<tenant>.epochs`: the tenant's directory's epoch log (`sealpost-tlog`).
+pub fn epoch_log_subject(tenant: &TenantId) -> String {
+    format!("sealpost.klog.{tenant}.epochs")
+}
+
+/// `sealpost.keys.<tenant>.changed`: key-change alerts, which only the tenant's account reads.
+pub fn key_change_subject(tenant: &TenantId) -> String {
+    format!("sealpost.keys.{tenant}.changed")
+}
+
+wire_enum! {
+    /// The operations of the key directory's NATS service `sealpost-keys`.
+    pub enum KeysOp: "key operation" {
+        /// Publish a device key: the device's first, or a rotation.
+        Publish => "publish",
+        Revoke => "revoke",
+        /// Mark a key bad by fingerprint: it is revoked wherever it is published.
+        MarkBad => "mark_bad",
+        /// Upload MLS KeyPackages (and a last-resort one).
+        Upload => "upload",
+        /// Claim one KeyPackage of a device (atomic, each once).
+        Claim => "claim",
+        /// A recipient's current device keys with the lookup proof and the signed checkpoint.
+        Lookup => "lookup",
+        /// A recipient's key history with its proof.
+        History => "history",
+        /// The latest signed checkpoint, or the one of a given size.
+        Checkpoint => "checkpoint",
+        /// The consistency proof between two sizes of the epoch log.
+        Consistency => "consistency",
+        /// akd's append-only proof between two epochs.
+        Audit => "audit",
+        /// The directory's public keys (VRF, checkpoint signer) and settings.
+        Info => "info",
+    }
+}
+
+impl KeysOp {
+    pub const fn kind(self) -> &'static str {
+        match self {
+            KeysOp::Publish | KeysOp::Revoke | KeysOp::MarkBad | KeysOp::Upload | KeysOp::Claim => {
+                "cmd"
+            }
+            _ => "qry",
+        }
+    }
+
+    /// The endpoint's subscription: `sealpost.cmd.*.keys.publish`, ...
+    pub fn endpoint(self) -> String {
+        format!("sealpost.{}.*.keys.{self}", self.kind())
+    }
+}
+
+/// `sealpost.<cmd|qry>.<tenant>.keys.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysSubject {
+    pub tenant: TenantId,
+    pub op: KeysOp,
+}
+
+impl KeysSubject {
+    const EXPECTED: &'static str = "sealpost.<cmd|qry>.<tenant>.keys.<op>";
+
+    pub fn new(tenant: TenantId, op: KeysOp) -> Self {
+        Self { tenant, op }
+    }
+
+    pub fn parse(subject: &str) -> Result<Self, SubjectError> {
+        let shape = || SubjectError::Shape {
+            subject: quoted(subject),
+            expected: Self::EXPECTED,
+        };
+        let [kind, tenant, keys, op] = tokens::<4>(subject, &["sealpost"], Self::EXPECTED)?;
+        let op: KeysOp = op.parse().map_err(|_| shape())?;
+        if op.kind() != kind || keys != "keys" {
+            return Err(shape());
+        }
+        let tenant = TenantId::new(tenant).map_err(|source| SubjectError::Id {
+            subject: quoted(subject),
+            source,
+        })?;
+        Ok(Self { tenant, op })
+    }
+}
+
+impl fmt::Display for KeysSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sealpost.{}.{}.keys.{}",
+            self.op.kind(),
+            self.tenant,
+            self.op
+        )
+    }
+}
+
 /// The NATS account of Sealpost's own processes: it holds every stream and serves every tenant.
 pub const SERVICE_ACCOUNT: &str = "SEALPOST";
 
@@ -516,6 +630,45 @@ mod tests {
         ] {
             assert!(ServiceSubject::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn key_subjects_pair_each_operation_with_its_kind_and_refuse_every_other_shape() {
+        for &op in KeysOp::ALL {
+            let s = KeysSubject::new(acme(), op);
+            assert_eq!(KeysSubject::parse(&s.to_string()), Ok(s));
+            // The tenant's exports (`sealpost.<cmd|qry>.<tenant>.>`) cover every key operation.
+            assert!(ServiceSubject::tenant_filters(&acme())
+                .iter()
+                .any(|f| KeysSubject::new(acme(), op)
+                    .to_string()
+                    .starts_with(f.trim_end_matches('>'))));
+        }
+        assert_eq!(KeysOp::Publish.endpoint(), "sealpost.cmd.*.keys.publish");
+        assert_eq!(KeysOp::Lookup.endpoint(), "sealpost.qry.*.keys.lookup");
+        for bad in [
+            "sealpost.qry.acme.keys.publish",
+            "sealpost.cmd.acme.keys.lookup",
+            "sealpost.cmd.acme.key.publish",
+            "sealpost.cmd.acme.keys",
+            "sealpost.cmd.acme.keys.publish.x",
+            "sealpost.cmd.acme.keys.teleport",
+        ] {
+            assert!(
+                matches!(KeysSubject::parse(bad), Err(SubjectError::Shape { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            KeysSubject::parse("sealpost.cmd.a*b.keys.publish"),
+            Err(SubjectError::Id { .. })
+        ));
+        assert_eq!(epoch_log_subject(&acme()), "sealpost.klog.acme.epochs");
+        assert_eq!(key_change_subject(&acme()), "sealpost.keys.acme.changed");
+        assert_eq!(
+            key_events_of_type(&acme(), "key_published"),
+            "sealpost.kevt.acme.*.key_published"
+        );
     }
 
     #[test]

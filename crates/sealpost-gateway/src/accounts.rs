@@ -143,6 +143,7 @@ mod tests {
             rate_per_sec: 1.0,
             burst: 1,
             daily_quota: None,
+            keys: None,
         }
     }
 

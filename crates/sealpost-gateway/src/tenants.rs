@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use sealpost_domain::TenantId;
+use sealpost_domain::{Secret, TenantId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -33,6 +33,33 @@ pub struct TenantConfig {
     /// Accepted sends per UTC day; none = unlimited.
     #[serde(default)]
     pub daily_quota: Option<u64>,
+    /// The tenant's key directory (`[tenants.keys]`); none = no directory.
+    #[serde(default)]
+    pub keys: Option<TenantKeysConfig>,
+}
+
+/// `[tenants.keys]`: the tenant's key directory. Its secrets belong in a config file readable
+/// only by Sealpost (mode 0600), or in a secret store that writes one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantKeysConfig {
+    /// The directory's VRF private key: 64 hex digits (32 random bytes). A secret: whoever holds
+    /// it can tell which labels the directory holds.
+    pub vrf_seed: Secret,
+    /// The checkpoint signer, `PRIVATE+KEY+<origin>+<key id>+<base64>` (`sealpost keys
+    /// gen-signer --tenant <id>` prints one and its verifier key). A secret.
+    pub checkpoint_key: Secret,
+    /// The tenant's MDM enrollment key (Ed25519 public key, 64 hex digits). When set, every
+    /// device key needs an enrollment statement signed by it.
+    #[serde(default)]
+    pub enrollment_key: Option<String>,
+    /// How long a rotated-out key still opens what was sealed to it, in seconds.
+    #[serde(default = "default_retire_after_secs")]
+    pub retire_after_secs: u64,
+}
+
+fn default_retire_after_secs() -> u64 {
+    30 * 86_400
 }
 
 fn default_rate() -> f64 {
@@ -250,6 +277,7 @@ mod tests {
             rate_per_sec: 10.0,
             burst: 2,
             daily_quota: Some(3),
+            keys: None,
         }
     }
 

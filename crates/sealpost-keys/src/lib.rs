@@ -19,11 +19,16 @@
 pub use akd;
 
 mod directory;
+mod entry;
 mod epochs;
+pub mod publisher;
+pub mod service;
 mod storage;
 
 pub use directory::{Config, Directory, SealpostDomain, VrfSecret, DOMAIN_LABEL};
+pub use entry::{DeviceKey, DirectoryEntry, KeyStatus, ENTRY_VERSION};
 pub use epochs::{
-    verify_lookup, ClientState, EpochError, EpochRecord, PublishedDirectory, VerifiableLookup,
+    verify_history, verify_lookup, ClientState, EpochError, EpochIntents, EpochRecord, Proven,
+    PublishedDirectory, VerifiableHistory, VerifiableLookup,
 };
 pub use storage::PgAkdStorage;

@@ -21,15 +21,29 @@ use sqlx::PgPool;
 pub struct PgAkdStorage {
     pool: PgPool,
     directory: String,
+    /// Whether an epoch commit is fenced (see [`PgAkdStorage::new`]).
+    fenced: bool,
 }
 
 impl PgAkdStorage {
     /// The storage of `directory` (for example the tenant id) in `pool`, whose database has the
-    /// migrations of `migrations/` applied.
+    /// migrations of `migrations/` applied. Epoch commits are fenced: a batch that writes the
+    /// azks record of epoch `e >= 1` is committed only while the stored tree is at an earlier
+    /// epoch, so two writers can never both commit epoch `e`.
     pub fn new(pool: PgPool, directory: impl Into<String>) -> Self {
         Self {
             pool,
             directory: directory.into(),
+            fenced: true,
+        }
+    }
+
+    /// Without the epoch fence: akd's plain `Database` contract, where any record may be
+    /// overwritten (akd's own storage conformance tests write azks records out of order).
+    pub fn unfenced(pool: PgPool, directory: impl Into<String>) -> Self {
+        Self {
+            fenced: false,
+            ..Self::new(pool, directory)
         }
     }
 
@@ -83,6 +97,47 @@ fn state_filter(
     })
 }
 
+impl PgAkdStorage {
+    /// The epoch fence: a commit of epoch `epoch` (`epoch >= 1`) goes through only while the
+    /// stored tree is at an earlier epoch. The azks row is locked for the transaction, so of two
+    /// writers that both built epoch `epoch` on the same tree, the second finds it committed and
+    /// fails, and nothing of its epoch is stored. (akd's own writer assumes it is alone.)
+    async fn fence(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        epoch: u64,
+    ) -> Result<(), StorageError> {
+        if epoch == 0 {
+            return Ok(());
+        }
+        let id = DbRecord::Azks(akd::append_only_zks::Azks {
+            latest_epoch: 0,
+            num_nodes: 0,
+        })
+        .get_full_binary_id();
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT record::text FROM akd_records WHERE directory = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(&self.directory)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        let stored_epoch = match stored.as_deref().map(decode).transpose()? {
+            Some(DbRecord::Azks(a)) => a.latest_epoch,
+            _ => 0,
+        };
+        if stored_epoch >= epoch {
+            return Err(StorageError::Transaction(format!(
+                "directory {}: epoch {epoch} is already committed (the tree is at epoch \
+                 {stored_epoch}); another publisher got there first, so reopen the directory",
+                self.directory
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Database for PgAkdStorage {
     async fn set(&self, record: DbRecord) -> Result<(), StorageError> {
@@ -97,7 +152,11 @@ impl Database for PgAkdStorage {
         // Within one batch the last record of an id wins (an upsert cannot touch a row twice).
         let mut nodes: HashMap<Vec<u8>, String> = HashMap::new();
         let mut values: HashMap<(Vec<u8>, i64), (i64, String)> = HashMap::new();
+        let mut azks_epoch = None;
         for r in &records {
+            if let DbRecord::Azks(azks) = r {
+                azks_epoch = Some(azks.latest_epoch);
+            }
             match r {
                 DbRecord::ValueState(s) => {
                     values.insert(
@@ -111,6 +170,9 @@ impl Database for PgAkdStorage {
             }
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if let (true, Some(epoch)) = (self.fenced, azks_epoch) {
+            self.fence(&mut tx, epoch).await?;
+        }
         if !nodes.is_empty() {
             let (ids, recs): (Vec<Vec<u8>>, Vec<String>) = nodes.into_iter().unzip();
             sqlx::query(

@@ -36,6 +36,7 @@ impl SignedCheckpoint {
 }
 
 /// Signs a log's checkpoints. Its `Debug` shows the verifier key only.
+#[derive(Clone)]
 pub struct LogSigner {
     origin: String,
     key_id: u32,

@@ -37,6 +37,8 @@ pub struct JetStreamLog {
     tree: Tree,
     /// The stream sequence of the last entry (0: none).
     last_seq: u64,
+    /// The entries themselves, when opened with [`JetStreamLog::open_with_entries`].
+    entries: Option<Vec<bytes::Bytes>>,
 }
 
 fn nats<E: Into<async_nats::Error>>(what: &'static str) -> impl FnOnce(E) -> LogError {
@@ -56,17 +58,50 @@ impl JetStreamLog {
         at: LogLocation,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Self> {
+        Self::read(js, at, progress, None).await
+    }
+
+    /// Like [`JetStreamLog::open`], and keeps every entry in memory for [`JetStreamLog::entry`]
+    /// (for logs of small entries, such as a key directory's epochs).
+    pub async fn open_with_entries(
+        js: async_nats::jetstream::Context,
+        at: LogLocation,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Self> {
+        Self::read(js, at, progress, Some(Vec::new())).await
+    }
+
+    async fn read(
+        js: async_nats::jetstream::Context,
+        at: LogLocation,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+        entries: Option<Vec<bytes::Bytes>>,
+    ) -> Result<Self> {
         let mut log = JetStreamLog {
             js,
             at,
             tree: Tree::new(),
             last_seq: 0,
+            entries,
         };
-        for entry in log.read_from(0, progress).await? {
-            log.tree.append(&entry.1);
-            log.last_seq = entry.0;
+        for (seq, entry) in log.read_from(0, progress).await? {
+            log.push(seq, entry);
         }
         Ok(log)
+    }
+
+    fn push(&mut self, seq: u64, entry: bytes::Bytes) {
+        self.tree.append(&entry);
+        self.last_seq = seq;
+        if let Some(entries) = &mut self.entries {
+            entries.push(entry);
+        }
+    }
+
+    /// The entry at `index`, when the log was opened with its entries.
+    pub fn entry(&self, index: u64) -> Option<&[u8]> {
+        let i = usize::try_from(index).ok()?;
+        self.entries.as_ref()?.get(i).map(|e| e.as_ref())
     }
 
     /// The entries after stream sequence `after`, as (stream sequence, bytes).
@@ -139,8 +174,7 @@ impl JetStreamLog {
         let new = self.read_from(self.last_seq, &mut |_, _| {}).await?;
         let n = new.len() as u64;
         for (seq, entry) in new {
-            self.tree.append(&entry);
-            self.last_seq = seq;
+            self.push(seq, entry);
         }
         Ok(n)
     }
@@ -180,8 +214,7 @@ impl JetStreamLog {
             .await;
         match sent {
             Ok(ack) if !ack.duplicate => {
-                self.tree.append(entry);
-                self.last_seq = ack.sequence;
+                self.push(ack.sequence, bytes::Bytes::copy_from_slice(entry));
                 Ok(index)
             }
             // Stored before under this index's Msg-Id: ours (a resend) only if it is our entry.
@@ -195,8 +228,7 @@ impl JetStreamLog {
                     .await
                     .map_err(nats("reading back a duplicate append"))?;
                 if stored.payload.as_ref() == entry && stored.subject.as_str() == self.at.subject {
-                    self.tree.append(entry);
-                    self.last_seq = ack.sequence;
+                    self.push(ack.sequence, bytes::Bytes::copy_from_slice(entry));
                     Ok(index)
                 } else {
                     Err(self.conflict())
@@ -210,8 +242,7 @@ impl JetStreamLog {
                 let missed = self.read_from(self.last_seq, &mut |_, _| {}).await?;
                 let ours = missed.first().is_some_and(|(_, e)| e.as_ref() == entry);
                 for (seq, e) in missed {
-                    self.tree.append(&e);
-                    self.last_seq = seq;
+                    self.push(seq, e);
                 }
                 if ours {
                     Ok(index)

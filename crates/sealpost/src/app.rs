@@ -50,6 +50,7 @@ pub struct Running {
     projector: Option<RunningProjector>,
     gateway: Option<RunningGateway>,
     background: Vec<AbortOnDrop>,
+    keys: Option<crate::keys::RunningKeys>,
     blobs: Option<Blobs>,
     /// Taken by [`Running::wait`]; in a mutex only so that `Running` is `Sync`.
     shutdown: std::sync::Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
@@ -108,6 +109,7 @@ impl App {
             projector: None,
             gateway: None,
             background: Vec::new(),
+            keys: None,
             blobs: None,
             shutdown: std::sync::Mutex::new(Some(Box::pin(shutdown))),
         };
@@ -115,6 +117,9 @@ impl App {
             let (projector, gauges) = crate::views::start_projector(&cfg, js.clone()).await?;
             running.projector = Some(projector);
             running.background.push(AbortOnDrop(gauges));
+        }
+        if has(Role::Keys) {
+            running.keys = Some(crate::keys::start(&cfg, connect(&cfg).await?).await?);
         }
         // The object store only for the roles that read or write ciphertext.
         if has(Role::Gateway) || !delivery_roles.is_empty() {

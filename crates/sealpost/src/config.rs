@@ -85,8 +85,32 @@ pub struct Config {
     pub carriers: CarriersSection,
     pub log: LogConfig,
     pub postgres: PostgresSection,
+    pub keys: KeysSection,
     #[serde(default)]
     pub tenants: Vec<sealpost_gateway::TenantConfig>,
+}
+
+/// `[keys]`: the `keys` role's epoch publisher (each tenant's directory is `[tenants.keys]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    #[serde(rename = "epoch_interval_ms", with = "ms")]
+    pub epoch_interval: Duration,
+    pub epoch_max_changes: usize,
+    #[serde(rename = "lease_ttl_ms", with = "ms")]
+    pub lease_ttl: Duration,
+    pub cache_mb: usize,
+}
+
+impl KeysSection {
+    pub fn publisher(&self) -> sealpost_keys::publisher::PublisherSettings {
+        sealpost_keys::publisher::PublisherSettings {
+            interval: self.epoch_interval,
+            max_changes: self.epoch_max_changes,
+            lease_ttl: self.lease_ttl,
+            cache_bytes: self.cache_mb << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +361,19 @@ impl Config {
             return Err(invalid(
                 "nats.nkey_seed",
                 "must be a user seed starting with 'SU' (set SEALPOST_NATS_NKEY_SEED)",
+            ));
+        }
+        let k = &self.keys;
+        if k.epoch_interval.is_zero() || k.epoch_max_changes == 0 {
+            return Err(invalid(
+                "keys.epoch_interval_ms",
+                "keys.epoch_interval_ms and keys.epoch_max_changes must be at least 1",
+            ));
+        }
+        if k.lease_ttl < 3 * k.epoch_interval.min(Duration::from_secs(1)) {
+            return Err(invalid(
+                "keys.lease_ttl_ms",
+                "must be at least 3 renewals long (3 x min(epoch_interval_ms, 1000))",
             ));
         }
         let r = &self.retry;

@@ -10,7 +10,7 @@
 //!   that `serve`, the demo, the benches and the integration tests all start;
 //! - what the roles need from the application: the status source over the `messages` view
 //!   ([`status`]), the dashboard ([`dashboard`]), the projector with its gauges and the rebuild
-//!   ([`views`]);
+//!   ([`views`]); the `keys` role's directories, API and publishers ([`keys`]);
 //! - the commands: [`cli`] (the command line and its dispatch), [`client`] (send, status,
 //!   cancel, upload as a tenant), [`replay`] (the auditor's NDJSON replay and `--verify`),
 //!   [`demo`], the [`harness`] the demo and the delivery bench run in, and [`bench`].
@@ -27,6 +27,7 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod harness;
+pub mod keys;
 pub mod replay;
 pub mod roles;
 pub mod status;

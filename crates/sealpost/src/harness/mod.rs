@@ -286,6 +286,7 @@ pub(crate) fn unlimited_tenant(tenant: &TenantId, api_key: &str) -> sealpost_gat
         rate_per_sec: 1e9,
         burst: u32::MAX,
         daily_quota: None,
+        keys: None,
     }
 }
 

@@ -1,0 +1,718 @@
+//! The key API: the NATS micro service `sealpost-keys` on `sealpost.<cmd|qry>.<tenant>.keys.<op>`
+//! (request/reply, one queue group, so any number of `keys` processes share the load). The
+//! subject names the tenant; each tenant's NATS account can reach only its own subjects, the
+//! same authentication as sends. Bodies are JSON (`docs/keys.md`); errors answer
+//! `{"error":{"code","message"}}` plus the micro-service error headers, like the send API.
+//!
+//! Commands are decided by the `RecipientKeys` aggregate and stored as key events (optimistic
+//! concurrency, Msg-Id dedupe), then published into the directory by the epoch publisher.
+//! Queries are answered from the directory's storage and its epoch log, with proofs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::service::{ServiceExt, NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+use async_nats::HeaderMap;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use sealpost_domain::TenantId;
+use sealpost_eventstore::names::{KeysOp, KeysSubject};
+use sealpost_eventstore::{CommandExecutor, ExecuteError};
+use sealpost_keyformat::{fingerprint, EnrollmentStatement};
+use sealpost_keys_domain::{
+    KeysCommand, KeysError, KeysPolicy, PublishKey, RecipientKeys, RevokeReason, SignedEnrollment,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::RwLock;
+
+use crate::publisher::{aggregate_id, akd_label, epoch_log_location, key_store, DirectoryKeys};
+use crate::{Directory, DirectoryEntry, EpochError, PgAkdStorage, Proven, PublishedDirectory};
+
+/// Requests handled at once per process.
+pub const CONCURRENCY: usize = 128;
+
+/// The largest answer sent over NATS (the server's default `max_payload` is 1 MiB).
+const MAX_ANSWER: usize = 900 * 1024;
+
+/// A tenant's directory as the API serves it.
+#[derive(Debug, Clone)]
+pub struct TenantDirectory {
+    pub keys: DirectoryKeys,
+    pub policy: KeysPolicy,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct KeysApiError {
+    pub code: &'static str,
+    pub status: u16,
+    pub message: String,
+}
+
+impl KeysApiError {
+    fn new(code: &'static str, status: u16, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid_request", 400, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new("unavailable", 503, message)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+            .to_string()
+            .into_bytes()
+    }
+}
+
+impl From<KeysError> for KeysApiError {
+    fn from(e: KeysError) -> Self {
+        let status = match &e {
+            KeysError::KeyIdReused(_) => 409,
+            KeysError::UnsupportedKem(_)
+            | KeysError::BadPublicKey(_)
+            | KeysError::AlreadyExpired => 400,
+            KeysError::EnrollmentRequired | KeysError::EnrollmentInvalid(_) => 403,
+            KeysError::UnknownKey(_) | KeysError::UnknownDevice(_) | KeysError::NoKeyPackage(_) => {
+                404
+            }
+        };
+        Self::new(e.code(), status, e.to_string())
+    }
+}
+
+impl From<EpochError> for KeysApiError {
+    fn from(e: EpochError) -> Self {
+        match e {
+            EpochError::Pending { .. } => Self::unavailable(e.to_string()),
+            other => {
+                tracing::warn!(error = %other, "key directory query failed");
+                Self::unavailable("the key directory could not answer; retry")
+            }
+        }
+    }
+}
+
+fn executed<T>(r: Result<T, ExecuteError<KeysError>>) -> Result<T, KeysApiError> {
+    r.map_err(|e| match e {
+        ExecuteError::Rejected(k) => k.into(),
+        ExecuteError::Contended { .. } => {
+            KeysApiError::unavailable("too many concurrent changes to this recipient; retry")
+        }
+        other => {
+            tracing::warn!(error = %other, "storing a key event failed");
+            KeysApiError::unavailable("the key events could not be stored; retry")
+        }
+    })
+}
+
+/// `publish`: a device's key (its first, or a rotation).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub recipient_label: String,
+    pub device_id: String,
+    pub key_id: String,
+    #[serde(default = "default_kem")]
+    pub kem_id: u16,
+    /// Lowercase hex.
+    pub public_key: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(default)]
+    pub enrollment: Option<EnrollmentRequest>,
+}
+
+fn default_kem() -> u16 {
+    sealpost_keyformat::KEM_X25519_HKDF_SHA256
+}
+
+/// The MDM's statement for a key: the rest of it (tenant, device id, key fingerprint) is the
+/// request's own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentRequest {
+    /// SHA-256 of the device's attestation document, hex.
+    pub attestation_sha256: String,
+    /// The MDM enrollment key's Ed25519 signature over the statement, base64.
+    pub signature: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub recipient_label: String,
+    pub key_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientRequest {
+    pub recipient_label: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRequest {
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeRequest {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// What a command answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommandAnswer {
+    /// The events written (none: the same command was already done).
+    pub events: Vec<String>,
+    /// The key's fingerprint and safety number (publish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_number: Option<String>,
+}
+
+/// A proven answer on the wire (`lookup`, `history`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProvenAnswer<P> {
+    /// The epoch the proof is against.
+    pub epoch: u64,
+    /// That epoch's log entry, as logged (`sealpost-keys/epoch/v1`).
+    pub epoch_entry: String,
+    /// The entry's RFC 9162 inclusion proof in the checkpoint's tree, base64 hashes.
+    pub inclusion: Vec<String>,
+    /// The signed checkpoint (a C2SP signed note).
+    pub checkpoint: String,
+    /// akd's proof (its serde form).
+    pub proof: P,
+}
+
+impl<P> ProvenAnswer<P> {
+    pub fn of(p: Proven<P>) -> Self {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Self {
+            epoch: p.record.epoch,
+            epoch_entry: String::from_utf8_lossy(&p.record.encode()).into_owned(),
+            inclusion: p.inclusion.iter().map(|h| b64.encode(h.0)).collect(),
+            checkpoint: String::from_utf8_lossy(p.checkpoint.as_bytes()).into_owned(),
+            proof: p.proof,
+        }
+    }
+
+    /// Back to a [`Proven`] a client verifies.
+    pub fn into_proven(self) -> Result<Proven<P>, EpochError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let inclusion = self
+            .inclusion
+            .iter()
+            .map(|h| {
+                b64.decode(h)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(sealpost_tlog::Hash)
+                    .ok_or_else(|| EpochError::BadEntry("an inclusion hash is not 32 bytes".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Proven {
+            proof: self.proof,
+            record: crate::EpochRecord::decode(self.epoch_entry.as_bytes())?,
+            inclusion,
+            checkpoint: sealpost_tlog::SignedCheckpoint(self.checkpoint.into_bytes()),
+        })
+    }
+}
+
+/// `info`: what a client needs to verify this directory's answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InfoAnswer {
+    pub directory: String,
+    /// akd's VRF public key, hex.
+    pub vrf_public_key: String,
+    /// The checkpoint signer's verifier key (`<origin>+<key id>+<base64>`).
+    pub checkpoint_key: String,
+    pub epoch: u64,
+}
+
+struct TenantState {
+    dir: TenantDirectory,
+    executor: CommandExecutor<RecipientKeys>,
+    /// Opened on first use; refreshed when the directory is ahead of what it has read.
+    reader: RwLock<Option<PublishedDirectory>>,
+}
+
+/// The key API of every configured tenant.
+#[derive(Clone)]
+pub struct KeysService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    pool: sqlx::PgPool,
+    tenants: HashMap<TenantId, TenantState>,
+}
+
+impl std::fmt::Debug for KeysService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysService")
+            .field("tenants", &self.inner.tenants.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeysService {
+    pub fn new(
+        client: async_nats::Client,
+        pool: sqlx::PgPool,
+        tenants: impl IntoIterator<Item = TenantDirectory>,
+    ) -> Self {
+        let tenants = tenants
+            .into_iter()
+            .map(|dir| {
+                let executor = CommandExecutor::new(key_store(client.clone()), dir.policy.clone())
+                    .with_cache(10_000);
+                (
+                    dir.keys.tenant.clone(),
+                    TenantState {
+                        dir,
+                        executor,
+                        reader: RwLock::new(None),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                pool,
+                tenants,
+            }),
+        }
+    }
+
+    /// Serves until `shutdown` resolves. `ready` fires once the endpoints are subscribed.
+    pub async fn serve(
+        self,
+        ready: Option<tokio::sync::oneshot::Sender<()>>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), async_nats::Error> {
+        let client = self.inner.client.clone();
+        let service = client
+            .service_builder()
+            .description("Sealpost key directory: device keys, KeyPackages, proofs")
+            .start("sealpost-keys", env!("CARGO_PKG_VERSION"))
+            .await?;
+        let mut endpoints = Vec::with_capacity(KeysOp::ALL.len());
+        for &op in KeysOp::ALL {
+            let endpoint = service
+                .endpoint_builder()
+                .name(op.as_str())
+                .add(op.endpoint())
+                .await?;
+            endpoints.push(endpoint.boxed());
+        }
+        client.flush().await?;
+        if let Some(tx) = ready {
+            let _ = tx.send(());
+        }
+        let work =
+            futures::stream::select_all(endpoints).for_each_concurrent(CONCURRENCY, |request| {
+                let this = self.clone();
+                async move {
+                    let (body, headers) = match this.handle(&request.message).await {
+                        Ok(body) if body.len() <= MAX_ANSWER => (body, HeaderMap::new()),
+                        Ok(_) => error_reply(&KeysApiError::new(
+                            "too_large",
+                            413,
+                            "the answer is larger than a NATS message; ask for a smaller range",
+                        )),
+                        Err(e) => error_reply(&e),
+                    };
+                    if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
+                        tracing::warn!(error = %e, "could not answer a key request");
+                    }
+                }
+            });
+        tokio::select! {
+            () = work => {}
+            () = shutdown => {}
+        }
+        service.stop().await?;
+        Ok(())
+    }
+
+    /// Answers one request (the subject names the tenant and operation).
+    pub async fn handle(&self, message: &async_nats::Message) -> Result<Bytes, KeysApiError> {
+        let subject = KeysSubject::parse(&message.subject)
+            .map_err(|_| KeysApiError::new("unauthorized", 401, "unknown tenant or operation"))?;
+        let tenant = self.inner.tenants.get(&subject.tenant).ok_or_else(|| {
+            KeysApiError::new(
+                "not_found",
+                404,
+                "this tenant has no key directory; configure [tenants.keys] first",
+            )
+        })?;
+        let body: &[u8] = if message.payload.is_empty() {
+            b"{}"
+        } else {
+            &message.payload
+        };
+        match subject.op {
+            KeysOp::Publish => json(&self.publish(tenant, parse(body)?).await?),
+            KeysOp::Revoke => json(&self.revoke(tenant, parse(body)?).await?),
+            KeysOp::MarkBad | KeysOp::Upload | KeysOp::Claim => Err(KeysApiError::new(
+                "not_implemented",
+                501,
+                "this operation is not built yet (issue 13: bad-key list and KeyPackages)",
+            )),
+            KeysOp::Lookup => {
+                let r: RecipientRequest = parse(body)?;
+                let label = label_of(&r.recipient_label)?;
+                let answer = self
+                    .read(tenant, |d| Box::pin(d.lookup(label.clone())))
+                    .await?;
+                json(&ProvenAnswer::of(answer))
+            }
+            KeysOp::History => {
+                let r: RecipientRequest = parse(body)?;
+                let label = label_of(&r.recipient_label)?;
+                let answer = self
+                    .read(tenant, |d| {
+                        let label = label.clone();
+                        Box::pin(async move { d.history(&label).await })
+                    })
+                    .await?;
+                json(&ProvenAnswer::of(answer))
+            }
+            KeysOp::Checkpoint => {
+                let r: CheckpointRequest = parse(body)?;
+                let reader = self.reader(tenant, true).await?;
+                let d = reader.as_ref().ok_or_else(not_open)?;
+                let cp = d.checkpoint(r.size)?;
+                json(&serde_json::json!({
+                    "checkpoint": String::from_utf8_lossy(cp.as_bytes()),
+                }))
+            }
+            KeysOp::Consistency => {
+                let r: RangeRequest = parse(body)?;
+                let reader = self.reader(tenant, true).await?;
+                let d = reader.as_ref().ok_or_else(not_open)?;
+                if r.from > r.to || r.to > d.epoch() {
+                    return Err(KeysApiError::invalid(format!(
+                        "from ({}) must be at most to ({}), and to at most the log's size ({})",
+                        r.from,
+                        r.to,
+                        d.epoch()
+                    )));
+                }
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let proof: Vec<String> = d
+                    .consistency(r.from, r.to)?
+                    .iter()
+                    .map(|h| b64.encode(h.0))
+                    .collect();
+                json(&serde_json::json!({ "from": r.from, "to": r.to, "proof": proof }))
+            }
+            KeysOp::Audit => {
+                let r: RangeRequest = parse(body)?;
+                let reader = self.reader(tenant, true).await?;
+                let d = reader.as_ref().ok_or_else(not_open)?;
+                if r.from == 0 || r.from >= r.to || r.to > d.epoch() {
+                    return Err(KeysApiError::invalid(format!(
+                        "audit needs 1 <= from < to <= {} (the latest epoch)",
+                        d.epoch()
+                    )));
+                }
+                let proof = d
+                    .directory()
+                    .audit(r.from, r.to)
+                    .await
+                    .map_err(EpochError::from)?;
+                json(&proof)
+            }
+            KeysOp::Info => {
+                let reader = self.reader(tenant, true).await?;
+                let d = reader.as_ref().ok_or_else(not_open)?;
+                let vrf = d
+                    .directory()
+                    .vrf_public_key()
+                    .await
+                    .map_err(EpochError::from)?;
+                json(&InfoAnswer {
+                    directory: tenant.dir.keys.tenant.to_string(),
+                    vrf_public_key: hex::encode(vrf.as_bytes()),
+                    checkpoint_key: tenant.dir.keys.signer.verifier_key().to_owned(),
+                    epoch: d.epoch(),
+                })
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        tenant: &TenantState,
+        r: PublishRequest,
+    ) -> Result<CommandAnswer, KeysApiError> {
+        let label = label_hex(&r.recipient_label)?;
+        let public_key = hex::decode(&r.public_key)
+            .map_err(|_| KeysApiError::invalid("public_key must be hex"))?;
+        let enrollment = match r.enrollment {
+            None => None,
+            Some(e) => {
+                let attestation: [u8; 32] = hex::decode(&e.attestation_sha256)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        KeysApiError::invalid("enrollment.attestation_sha256 must be 64 hex digits")
+                    })?;
+                let signature: [u8; 64] = base64::engine::general_purpose::STANDARD
+                    .decode(&e.signature)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        KeysApiError::invalid(
+                            "enrollment.signature must be 64 bytes of base64 (Ed25519)",
+                        )
+                    })?;
+                Some(SignedEnrollment {
+                    statement: EnrollmentStatement {
+                        tenant: tenant.dir.keys.tenant.to_string(),
+                        device_id: r.device_id.clone(),
+                        attestation_sha256: attestation,
+                        key_fingerprint: fingerprint(r.kem_id, &public_key),
+                    },
+                    signature,
+                })
+            }
+        };
+        check_id("device_id", &r.device_id)?;
+        check_id("key_id", &r.key_id)?;
+        let fp = fingerprint(r.kem_id, &public_key);
+        let command = KeysCommand::Publish(Box::new(PublishKey {
+            tenant: tenant.dir.keys.tenant.to_string(),
+            device_id: r.device_id,
+            key_id: r.key_id,
+            kem_id: r.kem_id,
+            public_key,
+            expires_at: r.expires_at,
+            enrollment,
+            at: OffsetDateTime::now_utc(),
+        }));
+        let done = executed(
+            tenant
+                .executor
+                .execute(
+                    &aggregate_id(&tenant.dir.keys.tenant, &label),
+                    command,
+                    &HashMap::new(),
+                )
+                .await,
+        )?;
+        Ok(CommandAnswer {
+            events: done
+                .events
+                .iter()
+                .map(|e| e.event_type().as_str().to_owned())
+                .collect(),
+            fingerprint: Some(hex::encode(fp)),
+            safety_number: Some(sealpost_keyformat::safety_number(&fp)),
+        })
+    }
+
+    async fn revoke(
+        &self,
+        tenant: &TenantState,
+        r: RevokeRequest,
+    ) -> Result<CommandAnswer, KeysApiError> {
+        let label = label_hex(&r.recipient_label)?;
+        let reason: RevokeReason = r.reason.parse().map_err(|_| {
+            KeysApiError::invalid(
+                "reason must be compromised, decommissioned, marked_bad or administrative",
+            )
+        })?;
+        let done = executed(
+            tenant
+                .executor
+                .execute(
+                    &aggregate_id(&tenant.dir.keys.tenant, &label),
+                    KeysCommand::Revoke {
+                        key_id: r.key_id,
+                        reason,
+                        at: OffsetDateTime::now_utc(),
+                    },
+                    &HashMap::new(),
+                )
+                .await,
+        )?;
+        Ok(CommandAnswer {
+            events: done
+                .events
+                .iter()
+                .map(|e| e.event_type().as_str().to_owned())
+                .collect(),
+            fingerprint: None,
+            safety_number: None,
+        })
+    }
+
+    /// The tenant's reader, opened (and, with `refresh`, brought up to the log's end) first.
+    async fn reader<'t>(
+        &self,
+        tenant: &'t TenantState,
+        refresh: bool,
+    ) -> Result<tokio::sync::RwLockReadGuard<'t, Option<PublishedDirectory>>, KeysApiError> {
+        {
+            let r = tenant.reader.read().await;
+            if r.is_some() && !refresh {
+                return Ok(r);
+            }
+        }
+        let mut w = tenant.reader.write().await;
+        match w.as_mut() {
+            Some(d) => {
+                d.refresh().await?;
+            }
+            None => *w = Some(self.open_reader(tenant).await?),
+        }
+        Ok(w.downgrade())
+    }
+
+    async fn open_reader(&self, tenant: &TenantState) -> Result<PublishedDirectory, EpochError> {
+        let name = tenant.dir.keys.tenant.to_string();
+        let directory = Directory::open(
+            PgAkdStorage::new(self.inner.pool.clone(), name.clone()),
+            tenant.dir.keys.vrf.clone(),
+        )
+        .await?;
+        let log = sealpost_tlog::JetStreamLog::open_with_entries(
+            async_nats::jetstream::new(self.inner.client.clone()),
+            epoch_log_location(&tenant.dir.keys.tenant),
+            &mut |_, _| {},
+        )
+        .await?;
+        Ok(PublishedDirectory::follow(
+            directory,
+            name,
+            log,
+            tenant.dir.keys.signer.clone(),
+        ))
+    }
+
+    /// Runs a proven query; when the directory is one epoch ahead of the log this reader has
+    /// read, reads the log on and asks again.
+    async fn read<P, F>(&self, tenant: &TenantState, query: F) -> Result<Proven<P>, KeysApiError>
+    where
+        F: for<'a> Fn(
+            &'a PublishedDirectory,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Proven<P>, EpochError>> + Send + 'a>,
+        >,
+    {
+        for attempt in 0..3 {
+            let reader = self.reader(tenant, attempt > 0).await?;
+            let d = reader.as_ref().ok_or_else(not_open)?;
+            match query(d).await {
+                Err(EpochError::Pending { .. }) if attempt < 2 => {
+                    drop(reader);
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1))).await;
+                }
+                Err(EpochError::Akd(akd::errors::AkdError::Storage(
+                    akd::errors::StorageError::NotFound(_),
+                ))) => {
+                    return Err(KeysApiError::new(
+                        "not_found",
+                        404,
+                        "no keys are published for this recipient (or not yet in an epoch)",
+                    ))
+                }
+                Err(EpochError::Akd(akd::errors::AkdError::Directory(_))) if attempt == 0 => {
+                    // akd answers an unknown label this way too: ask once more on a fresh log.
+                    continue;
+                }
+                other => return Ok(other?),
+            }
+        }
+        Err(KeysApiError::unavailable(
+            "the directory is publishing an epoch; retry in a moment",
+        ))
+    }
+}
+
+fn not_open() -> KeysApiError {
+    KeysApiError::unavailable("the key directory is not open; retry")
+}
+
+fn error_reply(e: &KeysApiError) -> (Bytes, HeaderMap) {
+    let mut h = HeaderMap::new();
+    h.insert(NATS_SERVICE_ERROR, e.code);
+    h.insert(NATS_SERVICE_ERROR_CODE, e.status.to_string().as_str());
+    (Bytes::from(e.to_json()), h)
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Bytes, KeysApiError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|_| KeysApiError::unavailable("could not encode the answer; retry"))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, KeysApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field and position, never a value.
+        KeysApiError::invalid(format!("the request body: {e}"))
+    })
+}
+
+fn label_hex(s: &str) -> Result<String, KeysApiError> {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(KeysApiError::invalid(
+            "recipient_label must be 64 lowercase hex digits (the keyed hash of the number; see docs/keys.md), never a phone number",
+        ))
+    }
+}
+
+fn label_of(s: &str) -> Result<akd::AkdLabel, KeysApiError> {
+    akd_label(&label_hex(s)?).ok_or_else(|| KeysApiError::invalid("recipient_label"))
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), KeysApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeysApiError::invalid(format!(
+            "{field} must be 1 to 128 of [A-Za-z0-9._:-]"
+        )))
+    }
+}
+
+/// Decodes the entry a verified lookup proves.
+pub fn entry_of(value: &akd::AkdValue) -> Result<DirectoryEntry, KeysApiError> {
+    DirectoryEntry::from_value(value).map_err(|_| {
+        KeysApiError::unavailable("the directory holds an entry this build cannot read")
+    })
+}
