@@ -8,6 +8,7 @@ mod delivery;
 mod eventstore;
 mod gateway;
 mod keys;
+mod keys_role;
 mod leaks;
 mod metrics;
 mod projections;

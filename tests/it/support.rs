@@ -168,6 +168,11 @@ impl ServeProcess {
         self.spawned += 1;
     }
 
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// `kill -9`: SIGKILL, no shutdown path runs.
     pub async fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -33,5 +33,5 @@ pub use error::{ApiError, ErrorCode};
 pub use gateway::{CancelReply, Gateway, SendReply, SendStatus};
 pub use receipts::ReceiptConfig;
 pub use server::RunningGateway;
-pub use tenants::{hash_api_key, TenantConfig, Tenants};
+pub use tenants::{hash_api_key, TenantConfig, TenantKeysConfig, Tenants};
 pub use view::StatusSource;

@@ -1,0 +1,786 @@
+//! The `keys` role as a platform team and an auditor use it: the key API on NATS, epochs
+//! published by the role's publisher, answers verified the way a client verifies them, key-change
+//! alerts, refusals that store nothing, and `kill -9` of the publishing process.
+
+// Test fixtures: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use akd::{HistoryProof, LookupProof};
+use async_nats::service::NATS_SERVICE_ERROR;
+use futures::StreamExt;
+use sealpost::Role;
+use sealpost_domain::{Secret, TenantId};
+use sealpost_eventstore::names::Stream;
+use sealpost_gateway::{TenantConfig, TenantKeysConfig};
+use sealpost_keyformat::{LabelKey, RecipientLabel};
+use sealpost_keys::publisher::{aggregate_id, akd_label, epoch_log_location, key_store};
+use sealpost_keys::service::{InfoAnswer, ProvenAnswer};
+use sealpost_keys::{
+    verify_history, verify_lookup, ClientState, DirectoryEntry, EpochRecord, KeyStatus,
+    PgAkdStorage, VrfSecret,
+};
+use sealpost_testkit::PgDatabase;
+use sealpost_tlog::{CheckpointVerifier, LogSigner};
+use serde_json::{json, Value};
+
+use crate::support::{app_config, Env};
+
+const TENANT: &str = "acme-corp";
+const VRF: [u8; 32] = [7; 32];
+
+fn label_of(number: &str) -> String {
+    RecipientLabel::of(&LabelKey::new([9; 32]), TENANT, number)
+        .unwrap()
+        .to_hex()
+}
+
+fn tenant_with_directory(signer: &LogSigner, enrollment_key: Option<String>) -> TenantConfig {
+    let mut t = crate::gateway::tenant_config(TENANT);
+    t.keys = Some(TenantKeysConfig {
+        vrf_seed: Secret::new(hex::encode(VRF)),
+        checkpoint_key: Secret::new(signer.secret()),
+        enrollment_key,
+        retire_after_secs: 86_400,
+    });
+    t
+}
+
+/// A NATS request to the key API: `Ok(answer)` or `Err((code, message))`.
+async fn ask(
+    client: &async_nats::Client,
+    tenant: &str,
+    op: &str,
+    body: Value,
+) -> Result<Value, (String, String)> {
+    let kind = match op {
+        "publish" | "revoke" | "mark_bad" | "upload" | "claim" => "cmd",
+        _ => "qry",
+    };
+    let reply = client
+        .request(
+            format!("sealpost.{kind}.{tenant}.keys.{op}"),
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+    let value: Value = serde_json::from_slice(&reply.payload).unwrap();
+    match reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(NATS_SERVICE_ERROR))
+    {
+        Some(code) => {
+            assert_eq!(
+                value["error"]["code"],
+                code.as_str(),
+                "one code, both places"
+            );
+            Err((
+                code.to_string(),
+                value["error"]["message"].as_str().unwrap().to_owned(),
+            ))
+        }
+        None => Ok(value),
+    }
+}
+
+fn publish_body(label: &str, key_id: &str, key: u8) -> Value {
+    json!({
+        "recipient_label": label,
+        "device_id": "phone",
+        "key_id": key_id,
+        "public_key": hex::encode([key; 32]),
+        "expires_at": "2099-01-01T00:00:00Z",
+    })
+}
+
+/// The client's side: the directory's public keys, and the last checkpoint it has seen.
+struct Client {
+    vrf: Vec<u8>,
+    checkpoint_key: CheckpointVerifier,
+    state: ClientState,
+}
+
+impl Client {
+    async fn new(nats: &async_nats::Client) -> Client {
+        let info: InfoAnswer =
+            serde_json::from_value(ask(nats, TENANT, "info", json!({})).await.unwrap()).unwrap();
+        assert_eq!(info.directory, TENANT);
+        Client {
+            vrf: hex::decode(info.vrf_public_key).unwrap(),
+            checkpoint_key: CheckpointVerifier::new(&info.checkpoint_key).unwrap(),
+            state: ClientState::default(),
+        }
+    }
+
+    /// The consistency proof from the last checkpoint seen to `size`, from the API.
+    async fn consistency(&self, nats: &async_nats::Client, size: u64) -> Vec<sealpost_tlog::Hash> {
+        let from = self.state.last.as_ref().map_or(0, |c| c.size);
+        if from == 0 || from == size {
+            return vec![];
+        }
+        let v = ask(
+            nats,
+            TENANT,
+            "consistency",
+            json!({"from": from, "to": size}),
+        )
+        .await
+        .unwrap();
+        v["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                use base64::Engine as _;
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(h.as_str().unwrap())
+                    .unwrap();
+                sealpost_tlog::Hash(b.try_into().unwrap())
+            })
+            .collect()
+    }
+
+    /// A verified lookup: the entry it proves, and the epoch.
+    async fn lookup(&mut self, nats: &async_nats::Client, label: &str) -> (DirectoryEntry, u64) {
+        let v = ask(nats, TENANT, "lookup", json!({"recipient_label": label}))
+            .await
+            .unwrap();
+        let answer: ProvenAnswer<LookupProof> = serde_json::from_value(v).unwrap();
+        let proven = answer.into_proven().unwrap();
+        let size = self
+            .checkpoint_key
+            .open(proven.checkpoint.as_bytes())
+            .unwrap()
+            .size;
+        let consistency = self.consistency(nats, size).await;
+        let r = verify_lookup(
+            &self.vrf,
+            &self.checkpoint_key,
+            TENANT,
+            akd_label(label).unwrap(),
+            &proven,
+            &consistency,
+            &mut self.state,
+        )
+        .unwrap();
+        (DirectoryEntry::from_value(&r.value).unwrap(), r.epoch)
+    }
+
+    /// Waits until a verified lookup satisfies `done`.
+    async fn lookup_until(
+        &mut self,
+        nats: &async_nats::Client,
+        label: &str,
+        done: impl Fn(&DirectoryEntry) -> bool,
+    ) -> (DirectoryEntry, u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = ask(nats, TENANT, "lookup", json!({"recipient_label": label})).await;
+            if found.is_ok() {
+                let (entry, epoch) = self.lookup(nats, label).await;
+                if done(&entry) {
+                    return (entry, epoch);
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no epoch with the expected entry within 30 s (last answer {found:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn key_events(client: &async_nats::Client) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(Stream::Keys.as_str()).await.unwrap();
+    let info = stream.info().await.unwrap();
+    info.state.messages
+}
+
+struct Running {
+    env: Env,
+    _db: PgDatabase,
+    _s3: tempfile::TempDir,
+    _app: sealpost::Running,
+}
+
+async fn start(signer: &LogSigner, enrollment_key: Option<String>) -> Running {
+    let env = Env::start().await;
+    let db = PgDatabase::create().await.unwrap();
+    let s3 = tempfile::tempdir().unwrap();
+    let mut cfg = app_config(
+        &env.server.url(),
+        s3.path(),
+        vec![
+            tenant_with_directory(signer, enrollment_key),
+            crate::gateway::tenant_config("other-corp"),
+        ],
+    );
+    cfg.postgres.url = Secret::new(db.url.clone());
+    cfg.keys.epoch_interval = Duration::from_millis(100);
+    cfg.keys.lease_ttl = Duration::from_secs(2);
+    let app = sealpost::App::start(cfg, &[Role::Keys], std::future::pending())
+        .await
+        .unwrap();
+    Running {
+        env,
+        _db: db,
+        _s3: s3,
+        _app: app,
+    }
+}
+
+#[tokio::test]
+async fn publish_rotate_revoke_each_shows_in_a_verified_lookup_and_history_and_alerts_the_tenant() {
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let r = start(&signer, None).await;
+    let nats = &r.env.client;
+    let mut alerts = nats
+        .subscribe("sealpost.keys.acme-corp.changed")
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut client = Client::new(nats).await;
+    let label = label_of("+447700900123");
+
+    // Publish: one event; the answer carries the key's fingerprint and safety number.
+    let a = ask(nats, TENANT, "publish", publish_body(&label, "k1", 1))
+        .await
+        .unwrap();
+    assert_eq!(a["events"], json!(["key_published"]));
+    assert_eq!(
+        a["safety_number"].as_str().unwrap(),
+        sealpost_keyformat::safety_number(&sealpost_keyformat::fingerprint(0x0020, &[1; 32]))
+    );
+    // A resend writes nothing and answers the same.
+    let again = ask(nats, TENANT, "publish", publish_body(&label, "k1", 1))
+        .await
+        .unwrap();
+    assert_eq!(again["events"], json!([]));
+    let (entry, epoch1) = client.lookup_until(nats, &label, |_| true).await;
+    assert_eq!(entry.keys.len(), 1);
+    assert_eq!(
+        (
+            entry.keys[0].key_id.as_str(),
+            entry.keys[0].status,
+            entry.keys[0].public_key.clone()
+        ),
+        ("k1", KeyStatus::Active, hex::encode([1u8; 32]))
+    );
+
+    // Rotate: a new key for the same device; the old one retires and is still listed.
+    let a = ask(nats, TENANT, "publish", publish_body(&label, "k2", 2))
+        .await
+        .unwrap();
+    assert_eq!(a["events"], json!(["key_rotated"]));
+    let (entry, epoch2) = client
+        .lookup_until(nats, &label, |e| e.keys.len() == 2)
+        .await;
+    assert!(epoch2 > epoch1);
+    let status: BTreeMap<&str, KeyStatus> = entry
+        .keys
+        .iter()
+        .map(|k| (k.key_id.as_str(), k.status))
+        .collect();
+    assert_eq!(
+        status,
+        BTreeMap::from([("k1", KeyStatus::Retiring), ("k2", KeyStatus::Active)])
+    );
+    let sealable: Vec<&str> = entry
+        .sealable(time::OffsetDateTime::now_utc())
+        .map(|k| k.key_id.as_str())
+        .collect();
+    assert_eq!(sealable, ["k2"]);
+
+    // History: both values, newest first, proven against the signed log.
+    let v = ask(nats, TENANT, "history", json!({"recipient_label": label}))
+        .await
+        .unwrap();
+    let answer: ProvenAnswer<HistoryProof> = serde_json::from_value(v).unwrap();
+    let history = verify_history(
+        &client.vrf,
+        &client.checkpoint_key,
+        TENANT,
+        akd_label(&label).unwrap(),
+        &answer.into_proven().unwrap(),
+        &[],
+        &mut ClientState::default(),
+    )
+    .unwrap();
+    let versions: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            DirectoryEntry::from_value(&h.value)
+                .unwrap()
+                .keys
+                .iter()
+                .map(|k| k.key_id.clone())
+                .collect()
+        })
+        .collect();
+    assert_eq!(versions, [vec!["k1", "k2"], vec!["k1"]]);
+
+    // Revoke the retiring key: it leaves the entry.
+    let a = ask(
+        nats,
+        TENANT,
+        "revoke",
+        json!({"recipient_label": label, "key_id": "k1", "reason": "compromised"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a["events"], json!(["key_revoked"]));
+    let (entry, _) = client
+        .lookup_until(nats, &label, |e| e.keys.len() == 1)
+        .await;
+    assert_eq!(entry.keys[0].key_id, "k2");
+
+    // The tenant heard of each change, with the epoch that proves it.
+    let mut heard = vec![];
+    while heard.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), alerts.next())
+            .await
+            .expect("an alert per change")
+            .unwrap();
+        let a: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(a["recipient_label"], label.as_str());
+        heard.push((
+            a["change"].as_str().unwrap().to_owned(),
+            a["key_id"].as_str().unwrap().to_owned(),
+            a["epoch"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(heard[0], ("key_published".into(), "k1".into(), epoch1));
+    assert_eq!(heard[1], ("key_rotated".into(), "k2".into(), epoch2));
+    assert_eq!(heard[2].0, "key_revoked");
+
+    // Checkpoints: the latest and an older one, both signed by the directory's key, and the
+    // consistency proof between them verifies.
+    let latest = ask(nats, TENANT, "checkpoint", json!({})).await.unwrap();
+    let latest = client
+        .checkpoint_key
+        .open(latest["checkpoint"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let first = ask(nats, TENANT, "checkpoint", json!({"size": 1}))
+        .await
+        .unwrap();
+    let first = client
+        .checkpoint_key
+        .open(first["checkpoint"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(first.size, 1);
+    let proof = ask(
+        nats,
+        TENANT,
+        "consistency",
+        json!({"from": 1, "to": latest.size}),
+    )
+    .await
+    .unwrap();
+    let proof: Vec<sealpost_tlog::Hash> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            use base64::Engine as _;
+            sealpost_tlog::Hash(
+                base64::engine::general_purpose::STANDARD
+                    .decode(h.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    sealpost_tlog::verify_consistency(&proof, 1, first.root, latest.size, latest.root).unwrap();
+    // akd's append-only proof between two epochs, from the API, verifies.
+    let audit = ask(nats, TENANT, "audit", json!({"from": 1, "to": 2}))
+        .await
+        .unwrap();
+    let audit: akd::AppendOnlyProof = serde_json::from_value(audit).unwrap();
+    let records = epoch_records(nats).await;
+    let roots: Vec<[u8; 32]> = records[..2].iter().map(|r| r.root).collect();
+    akd::auditor::audit_verify::<sealpost_keys::Config>(roots, audit)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn every_bad_input_has_its_own_code_and_stores_nothing() {
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let mdm = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let r = start(&signer, Some(hex::encode(mdm.verifying_key().as_bytes()))).await;
+    let nats = &r.env.client;
+    let label = label_of("+447700900123");
+    let before = key_events(nats).await;
+    let statement = |device: &str, key: u8, signer: &ed25519_dalek::SigningKey| {
+        let s = sealpost_keyformat::EnrollmentStatement {
+            tenant: TENANT.into(),
+            device_id: device.into(),
+            attestation_sha256: [3; 32],
+            key_fingerprint: sealpost_keyformat::fingerprint(0x0020, &[key; 32]),
+        };
+        use base64::Engine as _;
+        json!({
+            "attestation_sha256": hex::encode([3u8; 32]),
+            "signature": base64::engine::general_purpose::STANDARD.encode(s.sign(signer).unwrap()),
+        })
+    };
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut b = publish_body(&label, "k1", 1);
+        b["enrollment"] = statement("phone", 1, &mdm);
+        f(&mut b);
+        b
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "a phone number as the label",
+            with(&|b| b["recipient_label"] = json!("+447700900123")),
+            "invalid_request",
+        ),
+        (
+            "an unknown field",
+            with(&|b| b["colour"] = json!("red")),
+            "invalid_request",
+        ),
+        (
+            "a missing field",
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("key_id");
+            }),
+            "invalid_request",
+        ),
+        (
+            "a short key",
+            with(&|b| b["public_key"] = json!(hex::encode([1u8; 31]))),
+            "bad_public_key",
+        ),
+        (
+            "a P-256 key",
+            with(&|b| b["kem_id"] = json!(0x0010)),
+            "unsupported_kem",
+        ),
+        (
+            "an expired key",
+            with(&|b| b["expires_at"] = json!("2001-01-01T00:00:00Z")),
+            "already_expired",
+        ),
+        (
+            "no enrollment statement",
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("enrollment");
+            }),
+            "enrollment_required",
+        ),
+        (
+            "a statement signed by another key",
+            with(&|b| {
+                b["enrollment"] =
+                    statement("phone", 1, &ed25519_dalek::SigningKey::from_bytes(&[6; 32]))
+            }),
+            "enrollment_invalid",
+        ),
+        (
+            "a statement for another key",
+            with(&|b| b["enrollment"] = statement("phone", 2, &mdm)),
+            "enrollment_invalid",
+        ),
+        (
+            "a device id with a space",
+            with(&|b| b["device_id"] = json!("my phone")),
+            "invalid_request",
+        ),
+    ];
+    for (what, body, code) in &cases {
+        let e = ask(nats, TENANT, "publish", body.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, *code, "{what}: {}", e.1);
+        assert!(
+            !e.1.contains("447700900123"),
+            "{what}: the message echoes no number"
+        );
+    }
+    let e = ask(
+        nats,
+        TENANT,
+        "revoke",
+        json!({"recipient_label": label, "key_id": "k9", "reason": "compromised"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, "unknown_key");
+    let e = ask(
+        nats,
+        TENANT,
+        "revoke",
+        json!({"recipient_label": label, "key_id": "k9", "reason": "bored"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, "invalid_request");
+    assert_eq!(key_events(nats).await, before, "no refusal stored an event");
+
+    // The enrolled key itself is accepted, and the directory says it is enrolled.
+    ask(nats, TENANT, "publish", with(&|_| {})).await.unwrap();
+    let mut client = Client::new(nats).await;
+    let (entry, _) = client.lookup_until(nats, &label, |_| true).await;
+    assert!(entry.keys[0].enrolled);
+    // The same key id with another key, once published.
+    let e = ask(
+        nats,
+        TENANT,
+        "publish",
+        with(&|b| {
+            b["public_key"] = json!(hex::encode([2u8; 32]));
+            b["enrollment"] = statement("phone", 2, &mdm);
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, "key_id_reused");
+
+    // Lookups: a label nobody published, and a tenant without a directory.
+    let e = ask(
+        nats,
+        TENANT,
+        "lookup",
+        json!({"recipient_label": label_of("+447700900999")}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, "not_found", "{}", e.1);
+    let e = ask(
+        nats,
+        "other-corp",
+        "lookup",
+        json!({"recipient_label": label}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, "not_found");
+    let e = ask(nats, TENANT, "consistency", json!({"from": 5, "to": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, "invalid_request");
+}
+
+/// The leader's pid, from its lease (`<pid>-<uuid>`).
+async fn leader_pid(client: &async_nats::Client) -> Option<u32> {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js
+        .get_key_value(sealpost_keys::publisher::LEASE_BUCKET)
+        .await
+        .ok()?;
+    let holder = kv.get(TENANT).await.ok()??;
+    std::str::from_utf8(&holder)
+        .ok()?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn epoch_records(client: &async_nats::Client) -> Vec<EpochRecord> {
+    let js = async_nats::jetstream::new(client.clone());
+    let log = sealpost_tlog::JetStreamLog::open_with_entries(
+        js,
+        epoch_log_location(&TenantId::new(TENANT).unwrap()),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    (0..log.size())
+        .map(|i| EpochRecord::decode(log.entry(i).unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_of_the_publishing_keys_process_during_1000_publishes_loses_and_repeats_nothing() {
+    let env = Env::start().await;
+    let db = PgDatabase::create().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    // The config file holds the tenant's directory secrets (written by hand: `Config` prints
+    // secrets redacted).
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenants]]\nid = \"{TENANT}\"\n[tenants.keys]\nvrf_seed = \"{}\"\n\
+             checkpoint_key = \"{}\"\n",
+            hex::encode(VRF),
+            signer.secret()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        let mut p = crate::support::ServeProcess::new("keys", config.clone(), env.server.url())
+            .env("DATABASE_URL", &db.url)
+            .env("SEALPOST_POSTGRES_URL", "")
+            .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "50")
+            .env("SEALPOST_KEYS_EPOCH_MAX_CHANGES", "40")
+            .env("SEALPOST_KEYS_LEASE_TTL_MS", "1500")
+            .env("SEALPOST_GATEWAY_HTTP_LISTEN", "127.0.0.1:0");
+        p.spawn();
+        p
+    };
+    let mut procs = [spawn(), spawn()];
+
+    // 200 recipients, 5 keys each (a publish, then 4 rotations): 1,000 publishes, retried by the
+    // client while a process is down, as an API client would.
+    let labels: Vec<String> = (0..200)
+        .map(|i| label_of(&format!("+4477009{i:05}")))
+        .collect();
+    let writer = {
+        let nats = env.client.clone();
+        let labels = labels.clone();
+        tokio::spawn(async move {
+            let mut answered = 0usize;
+            for round in 1..=5u8 {
+                let results = futures::future::join_all(labels.iter().map(|l| {
+                    let nats = nats.clone();
+                    let body = publish_body(l, &format!("k{round}"), round);
+                    async move {
+                        for _ in 0..200 {
+                            let sent = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                nats.request(
+                                    "sealpost.cmd.acme-corp.keys.publish",
+                                    body.to_string().into(),
+                                ),
+                            )
+                            .await;
+                            if let Ok(Ok(m)) = sent {
+                                let err =
+                                    m.headers.as_ref().and_then(|h| h.get(NATS_SERVICE_ERROR));
+                                match err {
+                                    None => return true,
+                                    Some(c) if c.as_str() == "unavailable" => {}
+                                    Some(c) => panic!("publish refused: {c}"),
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        false
+                    }
+                }))
+                .await;
+                answered += results.iter().filter(|ok| **ok).count();
+                // Spread the work so that the leader dies several times while it lasts.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            answered
+        })
+    };
+
+    // kill -9 whichever process leads, each time after it published at least 2 epochs of its
+    // own, while publishes are still coming; then start it again.
+    let mut kills = 0;
+    let mut seen = 0usize;
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let epochs = epoch_records(&env.client).await.len();
+        let Some(pid) = leader_pid(&env.client).await else {
+            continue;
+        };
+        if epochs < seen + 2 {
+            continue;
+        }
+        let Some(p) = procs.iter_mut().find(|p| p.pid() == Some(pid)) else {
+            continue;
+        };
+        p.kill9().await;
+        p.spawn();
+        kills += 1;
+        seen = epochs;
+    }
+    let answered = writer.await.unwrap();
+    assert_eq!(answered, 1000, "every publish was answered");
+    assert!(kills >= 3, "the leader was killed only {kills} times");
+
+    // Every key event is in exactly one epoch: the epochs are 1..n, their ranges consecutive,
+    // and the last one ends at the last key event.
+    let store = key_store(env.client.clone());
+    let tenant = TenantId::new(TENANT).unwrap();
+    let mut last_event = 0;
+    let mut events = 0;
+    for l in &labels {
+        let raw = store.load_raw(&aggregate_id(&tenant, l)).await.unwrap();
+        let types: Vec<&str> = raw.iter().map(|r| r.event_type()).collect();
+        assert_eq!(
+            types,
+            [
+                "key_published",
+                "key_rotated",
+                "key_rotated",
+                "key_rotated",
+                "key_rotated"
+            ],
+            "each publish stored once"
+        );
+        events += raw.len();
+        last_event = last_event.max(raw.last().unwrap().stream_seq);
+    }
+    assert_eq!(events, 1000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let r = epoch_records(&env.client).await;
+        if r.last().is_some_and(|l| l.through == last_event) {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last epoch never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.epoch, i as u64 + 1, "epochs are consecutive, none twice");
+        if i > 0 {
+            assert!(r.through > records[i - 1].through, "ranges are consecutive");
+        }
+    }
+    eprintln!(
+        "{kills} kills of the leader; {} epochs for 1,000 publishes; {} processes started",
+        records.len(),
+        procs.iter().map(|p| p.spawned).sum::<usize>()
+    );
+
+    // A rebuild from the stream alone gives the same roots.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let rebuilt = sealpost_keys::publisher::rebuild(
+        &env.client,
+        &tenant,
+        VrfSecret::new(VRF),
+        PgAkdStorage::new(pool, "acme-corp-rebuilt"),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(rebuilt.epochs.len(), records.len());
+    assert!(rebuilt
+        .epochs
+        .iter()
+        .all(|(_, logged, again)| logged == again));
+
+    // What the directory serves is each recipient's latest key: verified, for every recipient.
+    let mut client = Client::new(&env.client).await;
+    for l in &labels {
+        let (entry, _) = client.lookup(&env.client, l).await;
+        let active: Vec<&str> = entry
+            .sealable(time::OffsetDateTime::now_utc())
+            .map(|k| k.key_id.as_str())
+            .collect();
+        assert_eq!(active, ["k5"]);
+        assert_eq!(entry.keys.len(), 5, "k1..k4 retiring, k5 active");
+    }
+    for p in &mut procs {
+        p.kill9().await;
+    }
+}
