@@ -44,6 +44,7 @@ fn tenant_with_directory(signer: &LogSigner, enrollment_key: Option<String>) -> 
         checkpoint_key: Secret::new(signer.secret()),
         enrollment_key,
         retire_after_secs: 86_400,
+        label_key: None,
     });
     t
 }
@@ -782,5 +783,117 @@ async fn kill_9_of_the_publishing_keys_process_during_1000_publishes_loses_and_r
     }
     for p in &mut procs {
         p.kill9().await;
+    }
+}
+
+#[tokio::test]
+async fn a_send_sealed_to_a_revoked_or_unknown_key_is_key_stale_and_stores_nothing() {
+    let env = Env::start().await;
+    let db = PgDatabase::create().await.unwrap();
+    let s3 = tempfile::tempdir().unwrap();
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let mut tenant = tenant_with_directory(&signer, None);
+    if let Some(k) = tenant.keys.as_mut() {
+        k.label_key = Some(Secret::new(hex::encode([9u8; 32])));
+    }
+    let mut cfg = app_config(&env.server.url(), s3.path(), vec![tenant]);
+    cfg.postgres.url = Secret::new(db.url.clone());
+    cfg.keys.epoch_interval = Duration::from_millis(100);
+    let app = sealpost::App::start(cfg, &[Role::Gateway, Role::Keys], std::future::pending())
+        .await
+        .unwrap();
+    let nats = &env.client;
+    let blob = app
+        .blob_store()
+        .unwrap()
+        .put_stream(
+            &TenantId::new(TENANT).unwrap(),
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                b"sealed bytes",
+            ))]),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let events = || async {
+        let js = async_nats::jetstream::new(nats.clone());
+        let mut s = js.get_stream("SEALPOST_EVENTS").await.unwrap();
+        s.info().await.unwrap().state.messages
+    };
+    let http = reqwest::Client::new();
+    let addr = app.http_addr().unwrap();
+    let mut n = 0;
+    let mut send = |number: &'static str, key_id: &'static str| {
+        n += 1;
+        let mut body = crate::gateway::send_body(TENANT, &format!("stale-{n}"), &blob);
+        body["recipient"] = json!(number);
+        body["encryption_metadata"]["key_id"] = json!(key_id);
+        let http = http.clone();
+        async move {
+            let res = http
+                .post(format!("http://{addr}/v1/messages"))
+                .bearer_auth("acme-corp-key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let v: Value = res.json().await.unwrap();
+            (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
+        }
+    };
+    const ALICE: &str = "+447700900123";
+    const BOB: &str = "+447700900456";
+
+    // No key in the tenant's directory yet: sends go through as before the directory.
+    assert_eq!(send(ALICE, "k1").await, (202, String::new()));
+
+    let alice = label_of(ALICE);
+    ask(nats, TENANT, "publish", publish_body(&alice, "k1", 1))
+        .await
+        .unwrap();
+    assert_eq!(send(ALICE, "k1").await, (202, String::new()));
+    let before = events().await;
+    for (who, key, why) in [
+        (ALICE, "k9", "a key id the recipient never had"),
+        (BOB, "k1", "another recipient's key"),
+    ] {
+        let (status, code) = send(who, key).await;
+        assert_eq!((status, code.as_str()), (409, "key_stale"), "{why}");
+    }
+    assert_eq!(events().await, before, "a key_stale send stores nothing");
+
+    // Rotated out, the old key still passes (it is retiring); revoked, it is stale.
+    ask(nats, TENANT, "publish", publish_body(&alice, "k2", 2))
+        .await
+        .unwrap();
+    assert_eq!(send(ALICE, "k1").await, (202, String::new()));
+    ask(
+        nats,
+        TENANT,
+        "revoke",
+        json!({"recipient_label": alice, "key_id": "k1", "reason": "compromised"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(send(ALICE, "k1").await.1, "key_stale");
+    assert_eq!(send(ALICE, "k2").await, (202, String::new()));
+
+    // The checks count in the key directory metric the alert watches.
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for result in ["ok", "not_found", "stale"] {
+        assert!(
+            metrics.contains(&format!(
+                "sealpost_key_directory_lookups_total{{tenant=\"{TENANT}\",result=\"{result}\"}}"
+            )),
+            "{result} is counted"
+        );
     }
 }

@@ -147,6 +147,11 @@ where
         &self.cfg
     }
 
+    /// The connection the store uses.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// The subject of one event of an aggregate.
     pub fn subject(&self, aggregate_id: &str, event_type: &str) -> String {
         format!("{}.{aggregate_id}.{event_type}", self.cfg.subject_prefix)

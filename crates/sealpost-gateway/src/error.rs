@@ -21,11 +21,14 @@ pub enum ErrorCode {
     NotFound,
     /// The message is past the point where this command applies (cancel after submission).
     InvalidState,
+    /// The send is sealed to a key the key directory holds as revoked or marked bad, or does
+    /// not hold for that recipient.
+    KeyStale,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive checks (the error schema lists exactly these).
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::InvalidRequest,
         Self::Unauthorized,
         Self::TenantMismatch,
@@ -37,6 +40,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::NotFound,
         Self::InvalidState,
+        Self::KeyStale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +56,7 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::NotFound => "not_found",
             Self::InvalidState => "invalid_state",
+            Self::KeyStale => "key_stale",
         }
     }
 
@@ -62,7 +67,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::TenantMismatch => 403,
             Self::NotFound => 404,
-            Self::IdempotencyConflict | Self::InvalidState => 409,
+            Self::IdempotencyConflict | Self::InvalidState | Self::KeyStale => 409,
             Self::PayloadNotFound | Self::DigestMismatch => 422,
             Self::RateLimited | Self::QuotaExceeded => 429,
             Self::Unavailable => 503,

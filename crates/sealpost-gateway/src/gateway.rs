@@ -68,6 +68,7 @@ struct Inner {
     max_blob_bytes: u64,
     receipts: crate::receipts::ReceiptConfig,
     status_source: Option<Arc<dyn crate::view::StatusSource>>,
+    keys: crate::keys::KeyCheck,
 }
 
 /// Counts an answered send in `sealpost_ingress_requests_total`.
@@ -105,10 +106,13 @@ impl Gateway {
         tenants: Tenants,
         max_blob_bytes: u64,
     ) -> Self {
+        let keys =
+            crate::keys::KeyCheck::new(executor.store().client().clone(), tenants.label_keys());
         Self {
             inner: Arc::new(Inner {
                 executor,
                 blobs,
+                keys,
                 tenants,
                 known: quick_cache::sync::Cache::new(BLOB_INDEX_CAPACITY),
                 max_blob_bytes,
@@ -180,6 +184,10 @@ impl Gateway {
     ) -> Result<SendReply, ApiError> {
         tenant.take_token(Instant::now())?;
         let valid = send::validate(&tenant.id, body, header_key)?;
+        self.inner
+            .keys
+            .check(&tenant.id, &valid.recipient, &valid.encryption.key_id)
+            .await?;
         let (sha256, size) = self.check_payload(&tenant.id, &valid).await?;
         let now = OffsetDateTime::now_utc();
         let day = (now.unix_timestamp() / 86_400).max(0) as u64;

@@ -147,7 +147,7 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
         (status = 400, description = "`invalid_request`: the body breaks a rule; the message names it", body = schemas::Error),
         (status = 401, description = "`unauthorized`: no or an unknown API key", body = schemas::Error),
         (status = 403, description = "`tenant_mismatch`: the body or reference names another tenant", body = schemas::Error),
-        (status = 409, description = "`idempotency_conflict`: the key was used for another request", body = schemas::Error),
+        (status = 409, description = "`idempotency_conflict`: the key was used for another request; `key_stale`: sealed to a key the key directory holds as revoked or does not hold for the recipient", body = schemas::Error),
         (status = 413, description = "`invalid_request`: the command is larger than 16 KiB", body = schemas::Error),
         (status = 422, description = "`payload_not_found` or `digest_mismatch`", body = schemas::Error),
         (status = 429, description = "`rate_limited` (with `Retry-After`) or `quota_exceeded`", body = schemas::Error),

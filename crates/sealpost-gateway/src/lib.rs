@@ -6,7 +6,8 @@
 //! **Owns:** the public send/cancel/status contract and its error codes ([`error`]), the
 //! OpenAPI description generated from the HTTP routes ([`openapi`]), validation
 //! of every rule of the send command ([`send`]), tenants with their API-key hashes, rate limits,
-//! daily quotas ([`tenants`]), the NATS accounts that isolate tenants ([`accounts`]), the check that a payload reference
+//! daily quotas ([`tenants`]), the send path's `key_stale` check against the key directory
+//! (`keys`), the NATS accounts that isolate tenants ([`accounts`]), the check that a payload reference
 //! lies in the tenant's prefix and the object exists with its digest, and idempotent acceptance
 //! through the event store.
 //!
@@ -20,6 +21,7 @@ pub mod accounts;
 pub mod error;
 pub mod gateway;
 pub mod http;
+mod keys;
 pub mod nats;
 pub mod openapi;
 pub mod receipts;

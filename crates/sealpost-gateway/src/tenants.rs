@@ -56,6 +56,11 @@ pub struct TenantKeysConfig {
     /// How long a rotated-out key still opens what was sealed to it, in seconds.
     #[serde(default = "default_retire_after_secs")]
     pub retire_after_secs: u64,
+    /// The tenant's label key (64 hex digits; the tenant's SDK holds the same): recipients'
+    /// labels are HMAC-SHA256 of their numbers under it. With it, the gateway refuses sends
+    /// sealed to a revoked or unknown key (`key_stale`). A secret.
+    #[serde(default)]
+    pub label_key: Option<Secret>,
 }
 
 fn default_retire_after_secs() -> u64 {
@@ -80,6 +85,8 @@ pub fn hash_api_key(key: &str) -> String {
 pub struct Tenant {
     pub id: TenantId,
     pub config: TenantConfig,
+    /// `[tenants.keys] label_key`, parsed.
+    pub label_key: Option<sealpost_keyformat::LabelKey>,
     bucket: Mutex<Bucket>,
     quota: Quota,
 }
@@ -206,9 +213,21 @@ impl Tenants {
                     )));
                 }
             }
+            let label_key = match c.keys.as_ref().and_then(|k| k.label_key.as_ref()) {
+                None => None,
+                Some(k) => Some(
+                    sealpost_keyformat::LabelKey::from_hex(k.expose().trim()).map_err(|_| {
+                        TenantConfigError(format!(
+                            "tenant '{}': keys.label_key must be 64 hex digits (32 random bytes)",
+                            c.id
+                        ))
+                    })?,
+                ),
+            };
             let tenant = Tenant {
                 id,
                 config: c.clone(),
+                label_key,
                 bucket: Mutex::new(Bucket {
                     tokens: f64::from(c.burst),
                     last: now,
@@ -223,6 +242,14 @@ impl Tenants {
             }
         }
         Ok(t)
+    }
+
+    /// Every tenant with a label key, for the send path's key check.
+    pub fn label_keys(&self) -> HashMap<TenantId, sealpost_keyformat::LabelKey> {
+        self.by_id
+            .values()
+            .filter_map(|t| Some((t.id.clone(), t.label_key.clone()?)))
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Result<&Tenant, ApiError> {
