@@ -211,16 +211,19 @@ struct Running {
 }
 
 async fn start(signer: &LogSigner, enrollment_key: Option<String>) -> Running {
+    start_tenant(tenant_with_directory(signer, enrollment_key)).await
+}
+
+/// The `keys` role on a fresh server and database, for `tenant` and a tenant without a
+/// directory.
+async fn start_tenant(tenant: TenantConfig) -> Running {
     let env = Env::start().await;
     let db = PgDatabase::create().await.unwrap();
     let s3 = tempfile::tempdir().unwrap();
     let mut cfg = app_config(
         &env.server.url(),
         s3.path(),
-        vec![
-            tenant_with_directory(signer, enrollment_key),
-            crate::gateway::tenant_config("other-corp"),
-        ],
+        vec![tenant, crate::gateway::tenant_config("other-corp")],
     );
     cfg.postgres.url = Secret::new(db.url.clone());
     cfg.keys.epoch_interval = Duration::from_millis(100);
@@ -896,4 +899,381 @@ async fn a_send_sealed_to_a_revoked_or_unknown_key_is_key_stale_and_stores_nothi
             "{result} is counted"
         );
     }
+}
+
+/// Runs the `sealpost` binary with `args` against `nats_url`: (exit code, stdout, stderr).
+async fn cli(nats_url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(crate::support::sealpost_binary())
+        .args(args)
+        .env("SEALPOST_NATS_URL", nats_url)
+        .env_remove("SEALPOST_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until the directory's log has `epochs` epochs.
+async fn epochs_reach(nats: &async_nats::Client, epochs: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while epoch_records(nats).await.len() < epochs {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{epochs} epochs never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_keys_cli_verifies_lookups_and_audits_and_refuses_forgeries_and_split_views() {
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+
+    // The tenant's secrets: written 0600, never printed.
+    let (code, out, err) = cli(
+        "nats://127.0.0.1:1",
+        &[
+            "keys",
+            "gen-secrets",
+            "--tenant",
+            TENANT,
+            "--out",
+            &path("secrets.toml"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let secrets_text = std::fs::read_to_string(path("secrets.toml")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path("secrets.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let secrets: toml::Value = toml::from_str(&secrets_text).unwrap();
+    let keys = &secrets["tenants"]["keys"];
+    for secret in ["vrf_seed", "checkpoint_key", "label_key"] {
+        let v = keys[secret].as_str().unwrap();
+        assert!(!out.contains(v) && !err.contains(v), "{secret} was printed");
+    }
+    assert!(
+        out.contains("vrf_public_key = ")
+            && out.contains("checkpoint_key = sealpost/keys/acme-corp+")
+    );
+    let config: TenantKeysConfig = keys.clone().try_into().unwrap();
+    let mut tenant = crate::gateway::tenant_config(TENANT);
+    tenant.keys = Some(config);
+
+    // Two views of the directory under the same keys: the honest one, and one that swaps
+    // Alice's key at epoch 2.
+    let honest = start_tenant(tenant.clone()).await;
+    let evil = start_tenant(tenant).await;
+    let label = label_of("+447700900123");
+    for (view, second) in [(&honest, 2u8), (&evil, 66)] {
+        let nats = &view.env.client;
+        ask(nats, TENANT, "publish", publish_body(&label, "k1", 1))
+            .await
+            .unwrap();
+        epochs_reach(nats, 1).await;
+        ask(nats, TENANT, "publish", publish_body(&label, "k2", second))
+            .await
+            .unwrap();
+        epochs_reach(nats, 2).await;
+    }
+    // The evil view grows past the honest one.
+    let bob = label_of("+447700900456");
+    ask(
+        &evil.env.client,
+        TENANT,
+        "publish",
+        publish_body(&bob, "k1", 3),
+    )
+    .await
+    .unwrap();
+    epochs_reach(&evil.env.client, 3).await;
+    let (h, e) = (honest.env.server.url(), evil.env.server.url());
+
+    // lookup: verified, the client's checkpoint saved, the answer kept for offline checks.
+    let (code, out, err) = cli(
+        &h,
+        &[
+            "keys",
+            "lookup",
+            "--tenant",
+            TENANT,
+            "--label",
+            &label,
+            "--state",
+            &path("seen"),
+            "--save",
+            &path("answer.json"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("epoch 2: verified") && out.contains("key k2"),
+        "{out}"
+    );
+    let info = ask(&honest.env.client, TENANT, "info", json!({}))
+        .await
+        .unwrap();
+    let (vrf, ckey) = (
+        info["vrf_public_key"].as_str().unwrap(),
+        info["checkpoint_key"].as_str().unwrap(),
+    );
+    let verify = |answer: String, extra: Vec<String>| {
+        let h = h.clone();
+        let label = label.clone();
+        async move {
+            let mut args: Vec<String> = [
+                "keys",
+                "verify",
+                "--answer",
+                &answer,
+                "--directory",
+                TENANT,
+                "--label",
+                &label,
+                "--vrf-key",
+                vrf,
+                "--checkpoint-key",
+                ckey,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&h, &refs).await
+        }
+    };
+    assert_eq!(verify(path("answer.json"), vec![]).await.0, 0);
+    // history: both keys, verified.
+    let (code, out, err) = cli(
+        &h,
+        &["keys", "history", "--tenant", TENANT, "--label", &label],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("epoch 2: verified") && out.contains("epoch 1: verified"),
+        "{out}"
+    );
+
+    // A forged lookup proof (another value) and a tampered checkpoint signature: refused.
+    let answer: Value =
+        serde_json::from_str(&std::fs::read_to_string(path("answer.json")).unwrap()).unwrap();
+    let mut forged = answer.clone();
+    let value = forged["proof"]["value"].clone();
+    forged["proof"]["value"] = match value {
+        Value::Array(mut bytes) => {
+            bytes[10] = json!((bytes[10].as_u64().unwrap() + 1) % 256);
+            Value::Array(bytes)
+        }
+        Value::String(s) => {
+            let mut b = s.into_bytes();
+            b[10] = if b[10] == b'0' { b'1' } else { b'0' };
+            Value::String(String::from_utf8(b).unwrap())
+        }
+        other => panic!("the proof's value is {other}"),
+    };
+    std::fs::write(path("forged.json"), forged.to_string()).unwrap();
+    let (code, _, err) = verify(path("forged.json"), vec![]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("REFUSED") && err.contains("lookup proof"),
+        "{err}"
+    );
+    let mut tampered = answer.clone();
+    let cp = tampered["checkpoint"].as_str().unwrap().to_owned();
+    let (body, sig) = cp.trim_end().rsplit_once(' ').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    sig[12] = if sig[12] == b'A' { b'B' } else { b'A' };
+    tampered["checkpoint"] = json!(format!("{body} {}\n", String::from_utf8(sig).unwrap()));
+    std::fs::write(path("tampered.json"), tampered.to_string()).unwrap();
+    let (code, _, err) = verify(path("tampered.json"), vec![]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("REFUSED") && err.contains("checkpoint"),
+        "{err}"
+    );
+
+    // A split view: the evil directory's answer, against the checkpoint this client saw from
+    // the honest one. Alone it verifies; against what the client saw, it is refused.
+    let (code, _, err) = cli(
+        &e,
+        &[
+            "keys",
+            "lookup",
+            "--tenant",
+            TENANT,
+            "--label",
+            &label,
+            "--save",
+            &path("evil.json"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        code, 0,
+        "each view verifies for a client that saw nothing: {err}"
+    );
+    let (code, _, err) = cli(
+        &e,
+        &[
+            "keys",
+            "lookup",
+            "--tenant",
+            TENANT,
+            "--label",
+            &label,
+            "--state",
+            &path("seen"),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("split view"), "{err}");
+    let proof = ask(
+        &evil.env.client,
+        TENANT,
+        "consistency",
+        json!({"from": 2, "to": 3}),
+    )
+    .await
+    .unwrap();
+    std::fs::write(path("evil-consistency.json"), proof.to_string()).unwrap();
+    let (code, _, err) = verify(
+        path("evil.json"),
+        vec![
+            "--state".into(),
+            path("seen"),
+            "--consistency".into(),
+            path("evil-consistency.json"),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("split view"), "{err}");
+
+    // audit: every step verifies on the honest view, with its answers saved; the evil view
+    // then breaks the auditor's memory of the honest checkpoint.
+    let (code, out, err) = cli(
+        &h,
+        &[
+            "keys",
+            "audit",
+            "--tenant",
+            TENANT,
+            "--state",
+            &path("audited"),
+            "--save",
+            &path("audit"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("every append-only proof and the checkpoint verified"),
+        "{out}"
+    );
+    let (code, _, err) = cli(
+        &e,
+        &[
+            "keys",
+            "audit",
+            "--tenant",
+            TENANT,
+            "--state",
+            &path("audited"),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("BROKEN") && err.contains("split view"),
+        "{err}"
+    );
+
+    // Offline, from the saved answers: they verify; forged or re-signed, they do not.
+    let offline = |dir: String| {
+        let h = h.clone();
+        async move {
+            cli(
+                &h,
+                &[
+                    "keys",
+                    "audit",
+                    "--tenant",
+                    TENANT,
+                    "--offline",
+                    &dir,
+                    "--checkpoint-key",
+                    ckey,
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(offline(path("audit")).await.0, 0);
+    let copy = |name: &str| {
+        let dir = work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(work.path().join("audit")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+        dir
+    };
+    // A forged append-only proof: epoch 2's entry claims another root.
+    let dir = copy("audit-forged");
+    let step: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("audit-1.json")).unwrap()).unwrap();
+    let mut step = step;
+    let entry = step["entries"][1].as_str().unwrap().to_owned();
+    let mut lines: Vec<String> = entry.lines().map(str::to_owned).collect();
+    lines[3] = {
+        use base64::Engine as _;
+        let mut root = base64::engine::general_purpose::STANDARD
+            .decode(&lines[3])
+            .unwrap();
+        root[0] ^= 1;
+        base64::engine::general_purpose::STANDARD.encode(root)
+    };
+    step["entries"][1] = json!(lines.join("\n") + "\n");
+    std::fs::write(dir.join("audit-1.json"), step.to_string()).unwrap();
+    let (code, _, err) = offline(dir.to_string_lossy().into_owned()).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("BROKEN") && err.contains("not in the signed log"),
+        "{err}"
+    );
+    // A tampered checkpoint signature.
+    let dir = copy("audit-resigned");
+    let cp: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoint.json")).unwrap())
+            .unwrap();
+    let text = cp["checkpoint"].as_str().unwrap();
+    let (body, sig) = text.trim_end().rsplit_once(' ').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    sig[12] = if sig[12] == b'A' { b'B' } else { b'A' };
+    std::fs::write(
+        dir.join("checkpoint.json"),
+        json!({"checkpoint": format!("{body} {}\n", String::from_utf8(sig).unwrap())}).to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = offline(dir.to_string_lossy().into_owned()).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("REFUSED") && err.contains("signature"),
+        "{err}"
+    );
 }

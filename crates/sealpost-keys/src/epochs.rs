@@ -359,6 +359,17 @@ impl PublishedDirectory {
         Ok(self.signer.sign(size, self.log.tree().root(size)?)?)
     }
 
+    /// The inclusion proof of epoch `epoch`'s entry in the log's first `size` entries.
+    pub fn inclusion(&self, epoch: u64, size: u64) -> Result<Vec<Hash>, EpochError> {
+        if epoch == 0 || epoch > size {
+            return Err(EpochError::Pending {
+                epoch,
+                logged: size,
+            });
+        }
+        Ok(self.log.tree().inclusion_proof(epoch - 1, size)?)
+    }
+
     /// The consistency proof between two sizes of the epoch log.
     pub fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, EpochError> {
         Ok(self.log.tree().consistency_proof(old, new)?)

@@ -177,6 +177,17 @@ pub struct RangeRequest {
     pub to: u64,
 }
 
+/// `audit`: epochs `from` to `to`, proven in the checkpoint of `size` epochs (default: the
+/// latest), so that every step of one audit is checked against one checkpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRequest {
+    pub from: u64,
+    pub to: u64,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
 /// What a command answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CommandAnswer {
@@ -236,6 +247,85 @@ impl<P> ProvenAnswer<P> {
             inclusion,
             checkpoint: sealpost_tlog::SignedCheckpoint(self.checkpoint.into_bytes()),
         })
+    }
+}
+
+/// `audit`: akd's append-only proof from epoch `from` to `to`, with the epochs' log entries
+/// (their roots) and each entry's inclusion proof in the signed checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditAnswer {
+    pub from: u64,
+    pub to: u64,
+    /// The log entries of epochs `from..=to`.
+    pub entries: Vec<String>,
+    /// Each entry's RFC 9162 inclusion proof in the checkpoint's tree, base64 hashes.
+    pub inclusion: Vec<Vec<String>>,
+    pub checkpoint: String,
+    pub proof: akd::AppendOnlyProof,
+}
+
+impl AuditAnswer {
+    /// Verifies the answer on its own: the checkpoint's signature, each epoch entry's inclusion
+    /// in it (so the roots are the logged ones), and akd's append-only proof between those
+    /// roots. Returns the checkpoint.
+    pub async fn verify(
+        &self,
+        checkpoint_key: &sealpost_tlog::CheckpointVerifier,
+        directory: &str,
+    ) -> Result<sealpost_tlog::Checkpoint, EpochError> {
+        let refused = |what: String| EpochError::Refused(what);
+        let cp = checkpoint_key
+            .open(self.checkpoint.as_bytes())
+            .map_err(|e| refused(format!("the checkpoint: {e}")))?;
+        let expected = usize::try_from(self.to.saturating_sub(self.from) + 1).unwrap_or(0);
+        if self.from == 0 || self.to <= self.from || self.entries.len() != expected {
+            return Err(refused(format!(
+                "an audit of epochs {}..{} must carry {} entries",
+                self.from, self.to, expected
+            )));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut roots = Vec::with_capacity(expected);
+        for ((epoch, entry), proof) in (self.from..=self.to)
+            .zip(&self.entries)
+            .zip(&self.inclusion)
+        {
+            let record = crate::EpochRecord::decode(entry.as_bytes())?;
+            if record.epoch != epoch || record.directory != directory {
+                return Err(refused(format!(
+                    "entry {epoch} is epoch {} of '{}'",
+                    record.epoch, record.directory
+                )));
+            }
+            let proof: Vec<sealpost_tlog::Hash> = proof
+                .iter()
+                .map(|h| {
+                    b64.decode(h)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .map(sealpost_tlog::Hash)
+                        .ok_or_else(|| refused("an inclusion hash is not 32 bytes".into()))
+                })
+                .collect::<Result<_, _>>()?;
+            sealpost_tlog::verify_inclusion(
+                &proof,
+                cp.size,
+                cp.root,
+                epoch - 1,
+                sealpost_tlog::leaf_hash(entry.as_bytes()),
+            )
+            .map_err(|e| refused(format!("epoch {epoch} is not in the signed log ({e})")))?;
+            roots.push(record.root);
+        }
+        akd::auditor::audit_verify::<crate::Config>(roots, self.proof.clone())
+            .await
+            .map_err(|e| {
+                refused(format!(
+                    "the append-only proof from epoch {} to {}: {e:?}",
+                    self.from, self.to
+                ))
+            })?;
+        Ok(cp)
     }
 }
 
@@ -431,12 +521,13 @@ impl KeysService {
                 json(&serde_json::json!({ "from": r.from, "to": r.to, "proof": proof }))
             }
             KeysOp::Audit => {
-                let r: RangeRequest = parse(body)?;
+                let r: AuditRequest = parse(body)?;
                 let reader = self.reader(tenant, true).await?;
                 let d = reader.as_ref().ok_or_else(not_open)?;
-                if r.from == 0 || r.from >= r.to || r.to > d.epoch() {
+                let size = r.size.unwrap_or(d.epoch());
+                if r.from == 0 || r.from >= r.to || r.to > size || size > d.epoch() {
                     return Err(KeysApiError::invalid(format!(
-                        "audit needs 1 <= from < to <= {} (the latest epoch)",
+                        "audit needs 1 <= from < to <= size <= {} (the latest epoch)",
                         d.epoch()
                     )));
                 }
@@ -445,7 +536,27 @@ impl KeysService {
                     .audit(r.from, r.to)
                     .await
                     .map_err(EpochError::from)?;
-                json(&proof)
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let mut entries = Vec::new();
+                let mut inclusion = Vec::new();
+                for e in r.from..=r.to {
+                    entries.push(String::from_utf8_lossy(&d.record(e)?.encode()).into_owned());
+                    inclusion.push(
+                        d.inclusion(e, size)?
+                            .iter()
+                            .map(|h| b64.encode(h.0))
+                            .collect(),
+                    );
+                }
+                json(&AuditAnswer {
+                    from: r.from,
+                    to: r.to,
+                    entries,
+                    inclusion,
+                    checkpoint: String::from_utf8_lossy(d.checkpoint(Some(size))?.as_bytes())
+                        .into_owned(),
+                    proof,
+                })
             }
             KeysOp::Info => {
                 let reader = self.reader(tenant, true).await?;

@@ -106,6 +106,11 @@ pub enum Command {
         tenant: TenantId,
         message_id: MessageId,
     },
+    /// The key directory: a tenant directory's secrets, its API, offline verification and audit.
+    Keys {
+        #[command(subcommand)]
+        which: crate::keys_cli::KeysCommand,
+    },
     // --- auditors
     /// Replay the event stream as NDJSON (with --verify: audit it). `--projection <name>
     /// --from-start` instead rebuilds a Postgres view from stream sequence 1.
@@ -271,6 +276,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             request(&cfg, &tenant, ServiceOp::Cancel, body).await
         }
         Command::Replay(args) => replay(&cfg, args).await,
+        Command::Keys { which } => crate::keys_cli::run(&cfg, which).await,
     }
 }
 

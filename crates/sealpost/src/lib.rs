@@ -28,6 +28,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod harness;
 pub mod keys;
+pub mod keys_cli;
 pub mod replay;
 pub mod roles;
 pub mod status;
