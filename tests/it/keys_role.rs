@@ -31,7 +31,7 @@ use crate::support::{app_config, Env};
 const TENANT: &str = "acme-corp";
 const VRF: [u8; 32] = [7; 32];
 
-fn label_of(number: &str) -> String {
+pub(crate) fn label_of(number: &str) -> String {
     RecipientLabel::of(&LabelKey::new([9; 32]), TENANT, number)
         .unwrap()
         .to_hex()
@@ -88,7 +88,7 @@ async fn ask(
     }
 }
 
-fn publish_body(label: &str, key_id: &str, key: u8) -> Value {
+pub(crate) fn publish_body(label: &str, key_id: &str, key: u8) -> Value {
     json!({
         "recipient_label": label,
         "device_id": "phone",
@@ -881,6 +881,79 @@ async fn a_send_sealed_to_a_revoked_or_unknown_key_is_key_stale_and_stores_nothi
     .unwrap();
     assert_eq!(send(ALICE, "k1").await.1, "key_stale");
     assert_eq!(send(ALICE, "k2").await, (202, String::new()));
+
+    // The key API over HTTP: the same operations, for the tenant of the API key only.
+    let post = |op: &'static str, key: Option<&'static str>, body: Value| {
+        let http = http.clone();
+        async move {
+            let mut req = http.post(format!("http://{addr}/v1/keys/{op}")).json(&body);
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let bob = label_of(BOB);
+    let (status, v) = post(
+        "publish",
+        Some("acme-corp-key"),
+        publish_body(&bob, "b1", 7),
+    )
+    .await;
+    assert_eq!(
+        (status, v["events"].clone()),
+        (200, json!(["key_published"])),
+        "{v}"
+    );
+    let (status, v) = post(
+        "publish",
+        Some("acme-corp-key"),
+        publish_body(&bob, "b1", 8),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("key_id_reused"))
+    );
+    let (status, v) = post("lookup", None, json!({"recipient_label": bob})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = post("teleport", Some("acme-corp-key"), json!({})).await;
+    assert_eq!(status, 404);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = post(
+            "lookup",
+            Some("acme-corp-key"),
+            json!({"recipient_label": bob}),
+        )
+        .await;
+        if status == 200 {
+            let answer: ProvenAnswer<LookupProof> = serde_json::from_value(v).unwrap();
+            let mut client = Client::new(nats).await;
+            let r = verify_lookup(
+                &client.vrf,
+                &client.checkpoint_key,
+                TENANT,
+                akd_label(&bob).unwrap(),
+                &answer.into_proven().unwrap(),
+                &[],
+                &mut client.state,
+            )
+            .unwrap();
+            assert_eq!(
+                DirectoryEntry::from_value(&r.value).unwrap().keys[0].key_id,
+                "b1"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(send(BOB, "b1").await, (202, String::new()));
 
     // The checks count in the key directory metric the alert watches.
     let metrics = http

@@ -647,3 +647,114 @@ async fn a_single_account_store_moves_into_the_service_account_with_every_event(
         .collect();
     assert_eq!(without_time(&own.lines), without_time(&acme_before));
 }
+
+#[tokio::test]
+async fn a_tenant_reaches_only_its_own_key_directory_and_key_change_alerts() {
+    let service = nkeys::KeyPair::new_user();
+    let (acme, beta) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+    let with_directory = |id: &str, kp: &nkeys::KeyPair, vrf: u8| {
+        let mut t = tenant_config(id);
+        t.nats_nkey = Some(kp.public_key());
+        let (signer, _) =
+            sealpost_tlog::LogSigner::generate(&format!("sealpost.test/keys/{id}")).unwrap();
+        t.keys = Some(sealpost_gateway::TenantKeysConfig {
+            vrf_seed: hex::encode([vrf; 32]).into(),
+            checkpoint_key: signer.secret().into(),
+            enrollment_key: None,
+            retire_after_secs: 60,
+            label_key: None,
+        });
+        t
+    };
+    let tenants = [
+        with_directory(ACME, &acme, 1),
+        with_directory(BETA, &beta, 2),
+    ];
+    let (_dir, server, _svc, mut cfg) =
+        crate::support::server_from_nats_config(&tenants, &service).await;
+    let db = sealpost_testkit::PgDatabase::create().await.unwrap();
+    cfg.postgres.url = db.url.clone().into();
+    cfg.keys.epoch_interval = Duration::from_millis(100);
+    let _running = sealpost::App::start(cfg, &[sealpost::Role::Keys], std::future::pending())
+        .await
+        .expect("the keys role starts with the service's credentials");
+    let connect = |kp: &nkeys::KeyPair| {
+        let seed = kp.seed().unwrap();
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_nkey(seed)
+                .request_timeout(Some(Duration::from_secs(2)))
+                .connect(url)
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (connect(&acme).await, connect(&beta).await);
+    // The same label in both directories (labels are keyed hashes; two tenants may share one).
+    let label = crate::keys_role::label_of("+447700900123");
+    let publish = |key_id: &str| bytes(&crate::keys_role::publish_body(&label, key_id, 1));
+
+    // The control: each tenant reaches its own directory.
+    for (client, tenant) in [(&a, ACME), (&b, BETA)] {
+        let r = client
+            .request(
+                format!("sealpost.cmd.{tenant}.keys.publish"),
+                publish("k1").into(),
+            )
+            .await
+            .expect("the tenant's own directory answers");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r.payload).unwrap()["events"],
+            json!(["key_published"])
+        );
+    }
+    // A cannot name any of B's key operations: they do not exist in A's account.
+    for op in sealpost_eventstore::names::KeysOp::ALL {
+        let subject =
+            sealpost_eventstore::names::KeysSubject::new(TenantId::new(BETA).unwrap(), *op)
+                .to_string();
+        let body = bytes(&json!({"recipient_label": label}));
+        assert!(no_responder(&a, &subject, body).await, "{subject}");
+    }
+    // B's key-change alert reaches B and nothing of A's account, which listens on everything.
+    let mut everything = a.subscribe(">").await.unwrap();
+    let mut beta_alerts = b
+        .subscribe(format!("sealpost.keys.{BETA}.>"))
+        .await
+        .unwrap();
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    let r = b
+        .request(
+            format!("sealpost.cmd.{BETA}.keys.publish"),
+            publish("k2").into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.payload).unwrap()["events"],
+        json!(["key_rotated"])
+    );
+    let alert = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = beta_alerts.next().await.unwrap();
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v["change"] == "key_rotated" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("beta hears of its rotation");
+    assert_eq!(alert["tenant"], BETA);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), everything.next()).await
+    {
+        assert!(
+            !m.subject.as_str().contains(BETA)
+                && !String::from_utf8_lossy(&m.payload).contains(BETA),
+            "acme saw {}",
+            m.subject
+        );
+    }
+}

@@ -11,6 +11,15 @@ pub trait StoredEvent: cqrs_es::DomainEvent {
     fn schema_version(&self) -> u32;
     fn encode(&self) -> serde_json::Result<Vec<u8>>;
     fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, Self::DecodeError>;
+
+    /// What the `Nats-Msg-Id` of an event of `aggregate_id` (`<tenant>.<id>`) is built on: by
+    /// default the id without its tenant (a message id already names its tenant; it is derived
+    /// from it). It must be unique across tenants.
+    fn msg_id_base(aggregate_id: &str) -> &str {
+        aggregate_id
+            .split_once('.')
+            .map_or(aggregate_id, |(_, m)| m)
+    }
 }
 
 /// The key directory's events (`RecipientKeys`), all at version 1.
@@ -31,6 +40,12 @@ impl StoredEvent for KeysEvent {
 
     fn decode(event_type: &str, version: &str, body: &[u8]) -> Result<Self, KeysDecodeError> {
         KeysEvent::decode(event_type, version, body)
+    }
+
+    /// The whole `<tenant>.<label>`: two tenants may well hold the same label (a label is a
+    /// keyed hash, and nothing stops two tenants from sharing a label key).
+    fn msg_id_base(aggregate_id: &str) -> &str {
+        aggregate_id
     }
 }
 

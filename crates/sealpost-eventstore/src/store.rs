@@ -467,8 +467,9 @@ where
     }
 }
 
-/// The headers an event is stored with: `Nats-Msg-Id` (`<message id>:<aggregate sequence>`, the
-/// server's duplicate window), [`HDR_EVENT_VERSION`], [`HDR_SEQUENCE`] (1-based within the
+/// The headers an event is stored with: `Nats-Msg-Id` (`<message id>:<aggregate sequence>` for
+/// message events, `<tenant>.<label>:<aggregate sequence>` for key events; the server's
+/// duplicate window), [`HDR_EVENT_VERSION`], [`HDR_SEQUENCE`] (1-based within the
 /// aggregate) and, when known, [`HDR_CORRELATION_ID`]. An append adds the optimistic-concurrency
 /// and batch headers, which only the server reads.
 pub fn event_headers<E: StoredEvent>(
@@ -477,9 +478,7 @@ pub fn event_headers<E: StoredEvent>(
     event: &E,
     correlation_id: Option<&str>,
 ) -> HeaderMap {
-    let msg_id_base = aggregate_id
-        .split_once('.')
-        .map_or(aggregate_id, |(_, m)| m);
+    let msg_id_base = E::msg_id_base(aggregate_id);
     let mut h = HeaderMap::new();
     h.insert(
         "Nats-Msg-Id",

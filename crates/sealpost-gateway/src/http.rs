@@ -1,6 +1,7 @@
 //! The HTTP API (axum): `POST /v1/messages`, `GET /v1/messages/{id}`,
 //! `POST /v1/messages/{id}/cancel`, `POST /v1/blobs` (streaming), `POST /v1/blobs/presign`,
-//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json`. Every `/v1` call needs
+//! `POST /v1/keys/{op}` (the key directory's API, forwarded to the `keys` role), `/healthz`,
+//! `/readyz`, `/metrics` and `/openapi.json`. Every `/v1` call needs
 //! `Authorization: Bearer <tenant API key>`, except `POST /v1/receipts/{carrier}`, which carriers
 //! call with a signed body instead.
 //!
@@ -18,6 +19,8 @@ use axum::Router;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use sealpost_eventstore::names::{KeysOp, KeysSubject};
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -41,6 +44,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(upload))
         .routes(routes!(presign))
         .routes(routes!(receipt))
+        .routes(routes!(keys))
         .routes(routes!(healthz))
         .routes(routes!(ready))
         .routes(routes!(metrics))
@@ -235,6 +239,83 @@ async fn cancel(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<St
     .await;
     match result {
         Ok(reply) => json(StatusCode::OK, &reply),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The key directory's API: the operations and JSON bodies of the NATS subjects
+/// `sealpost.<cmd|qry>.<tenant>.keys.<op>` (`docs/keys.md`), for the tenant of the API key.
+/// Answered by the `keys` role; the gateway forwards the request and its answer unchanged.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{op}",
+    tag = "keys",
+    params(("op" = String, Path,
+        description = "publish, revoke, lookup, history, checkpoint, consistency, audit or info")),
+    request_body(content = Object, content_type = "application/json",
+        description = "The operation's request (docs/keys.md); `{}` for info and the latest checkpoint"),
+    responses(
+        (status = 200, description = "The operation's answer (docs/keys.md)", body = Object),
+        (status = 400, description = "`invalid_request`, `bad_public_key`, `unsupported_kem`, `already_expired`", body = schemas::Error),
+        (status = 401, description = "`unauthorized`", body = schemas::Error),
+        (status = 403, description = "`enrollment_required`, `enrollment_invalid`", body = schemas::Error),
+        (status = 404, description = "`not_found` (no such operation, recipient or directory), `unknown_key`, `unknown_device`", body = schemas::Error),
+        (status = 409, description = "`key_id_reused`", body = schemas::Error),
+        (status = 413, description = "`invalid_request` (body) or `too_large` (answer): ask for a smaller range", body = schemas::Error),
+        (status = 501, description = "`not_implemented`: mark_bad, upload and claim are not built yet", body = schemas::Error),
+        (status = 503, description = "`unavailable`: the key directory is busy or not running; retry", body = schemas::Error),
+    ),
+    security(("bearer" = [])),
+)]
+async fn keys(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(op): Path<String>,
+    body: bytes::Bytes,
+) -> Response {
+    let result = async {
+        let tenant = s
+            .gateway
+            .authenticate(header_str(&headers, "authorization")?)?;
+        let op: KeysOp = op.parse().map_err(|_| {
+            ApiError::new(
+                crate::error::ErrorCode::NotFound,
+                "no such key operation; see docs/keys.md",
+            )
+        })?;
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(ApiError::too_large("the key request", MAX_COMMAND_BYTES));
+        }
+        let body = if body.is_empty() {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            body
+        };
+        let subject = KeysSubject::new(tenant.id.clone(), op).to_string();
+        let reply = s.nats.request(subject, body).await.map_err(|e| {
+            tracing::warn!(error = %e, "the key directory did not answer");
+            ApiError::unavailable("the key directory (the `keys` role) did not answer; retry")
+        })?;
+        let status = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR_CODE))
+            .and_then(|c| c.as_str().parse::<u16>().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        Ok((status, reply.payload))
+    }
+    .await;
+    match result {
+        Ok((status, payload)) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            payload,
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }
