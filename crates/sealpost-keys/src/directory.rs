@@ -78,8 +78,9 @@ impl Directory {
     }
 
     /// Opens the directory with akd's node cache in front of Postgres (`limit_bytes` of tree
-    /// nodes, each kept up to `item_lifetime`). Only for the directory's one writer: the cache is
-    /// kept current by its own commits, not by anyone else's.
+    /// nodes, each kept up to `item_lifetime`). For the directory's one writer, whose own
+    /// commits keep the cache current, and for readers that run
+    /// [`Directory::follow_changes`].
     pub async fn open_cached(
         storage: PgAkdStorage,
         vrf: VrfSecret,
@@ -93,6 +94,14 @@ impl Directory {
         )
         .await?;
         Ok(Self { akd })
+    }
+
+    /// For a reader with a node cache ([`Directory::open_cached`]) while another process
+    /// publishes: polls the stored epoch every `period` and flushes the cache when it moved
+    /// (akd's `poll_for_azks_changes`; between a commit and the next poll, akd answers at the
+    /// epoch before, which its nodes keep). Runs until the task is dropped or storage fails.
+    pub async fn follow_changes(&self, period: std::time::Duration) -> Result<(), AkdError> {
+        self.akd.poll_for_azks_changes(period, None).await
     }
 
     /// Publishes `updates` (label, new value) as the next epoch; returns it and its root.

@@ -357,6 +357,23 @@ struct Inner {
     client: async_nats::Client,
     pool: sqlx::PgPool,
     tenants: HashMap<TenantId, TenantState>,
+    /// akd's node cache of each reader, in bytes.
+    cache_bytes: usize,
+    /// The readers' cache flushers ([`Directory::follow_changes`]), stopped with the service.
+    followers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for f in self
+            .followers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            f.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for KeysService {
@@ -368,10 +385,12 @@ impl std::fmt::Debug for KeysService {
 }
 
 impl KeysService {
+    /// The API of `tenants`; each reader keeps `cache_bytes` of akd's tree nodes in memory.
     pub fn new(
         client: async_nats::Client,
         pool: sqlx::PgPool,
         tenants: impl IntoIterator<Item = TenantDirectory>,
+        cache_bytes: usize,
     ) -> Self {
         let tenants = tenants
             .into_iter()
@@ -393,6 +412,8 @@ impl KeysService {
                 client,
                 pool,
                 tenants,
+                cache_bytes,
+                followers: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -707,11 +728,30 @@ impl KeysService {
 
     async fn open_reader(&self, tenant: &TenantState) -> Result<PublishedDirectory, EpochError> {
         let name = tenant.dir.keys.tenant.to_string();
-        let directory = Directory::open(
+        let directory = Directory::open_cached(
             PgAkdStorage::new(self.inner.pool.clone(), name.clone()),
             tenant.dir.keys.vrf.clone(),
+            self.inner.cache_bytes,
+            std::time::Duration::from_secs(3600),
         )
         .await?;
+        let follower = directory.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = follower
+                    .follow_changes(std::time::Duration::from_millis(100))
+                    .await
+                {
+                    tracing::warn!(error = ?e, "following the directory's epochs failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        });
+        self.inner
+            .followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
         let log = sealpost_tlog::JetStreamLog::open_with_entries(
             async_nats::jetstream::new(self.inner.client.clone()),
             epoch_log_location(&tenant.dir.keys.tenant),

@@ -94,7 +94,12 @@ pub async fn start(cfg: &Config, client: async_nats::Client) -> anyhow::Result<R
     sealpost_projections::migrate(&pool)
         .await
         .context("applying the migrations (the key directory's tables)")?;
-    let service = KeysService::new(client.clone(), pool.clone(), dirs.clone());
+    let service = KeysService::new(
+        client.clone(),
+        pool.clone(),
+        dirs.clone(),
+        cfg.keys.cache_mb << 20,
+    );
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = service
