@@ -70,7 +70,8 @@ pub struct TenantLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLookupLabels {
     pub tenant: String,
-    /// `ok`, `not_found` or `error`.
+    /// `ok`, `not_found` (a key id the recipient does not have), `stale` (revoked or marked
+    /// bad) or `error`.
     pub result: &'static str,
 }
 
@@ -146,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "sealpost_key_directory_lookups",
-            "Recipient key lookups by result (the key directory arrives later; nothing reports yet)",
+            "Key checks of sends against the key directory (key_stale), by result: ok, not_found (unknown key id), stale (revoked), error",
             key_lookups.clone(),
         );
         registry.register(
