@@ -1,6 +1,7 @@
 //! Never leaked: a full run of a real `sealpost serve` process (gateway and every delivery role)
 //! with faults, JSON logs at debug level for Sealpost's own crates, then a scan of everything it
-//! logged and of its `/metrics` for ciphertext, full phone numbers and secrets.
+//! logged and of its `/metrics` for ciphertext, full phone numbers and secrets; and of the key
+//! directory's tables and stream for phone numbers and the directory's secrets.
 
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -17,6 +18,10 @@ const TENANT: &str = "leak-co";
 const API_KEY: &str = "sk_live_LEAKCANARY_api_key_7f3a";
 const S3_SECRET: &str = "s3-secret-LEAKCANARY-91b2";
 const CIPHERTEXT: &[u8] = b"MLS-CIPHERTEXT-LEAKCANARY-0123456789abcdef";
+/// The tenant's key directory secrets (hex and a signed-note key: no room for a canary word,
+/// so each is a canary itself).
+const VRF_SEED: [u8; 32] = [0x5e; 32];
+const LABEL_KEY: [u8; 32] = [0xa7; 32];
 
 #[tokio::test]
 async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
@@ -43,6 +48,8 @@ async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
     let port = sealpost_testkit::free_port().unwrap();
     sim.set_webhook_url(Some(format!("http://127.0.0.1:{port}/v1/receipts/rbm")));
     let dir = tempfile::tempdir().unwrap();
+    let db = sealpost_testkit::PgDatabase::create().await.unwrap();
+    let (signer, _) = sealpost_tlog::LogSigner::generate("sealpost/keys/leak-co").unwrap();
     let config = dir.path().join("sealpost.toml");
     std::fs::write(
         &config,
@@ -73,6 +80,10 @@ id = "{TENANT}"
 api_key_sha256 = ["{hash}"]
 rate_per_sec = 10000.0
 burst = 10000
+[tenants.keys]
+vrf_seed = "{vrf_seed}"
+checkpoint_key = "{checkpoint_key}"
+label_key = "{label_key}"
 "#,
             s3dir = dir.path().join("s3").display(),
             sim = sim.base_url(),
@@ -81,6 +92,9 @@ burst = 10000
             client_token = sim_cfg.client_token,
             sms = sim_cfg.sms_api_key,
             hash = sealpost_gateway::hash_api_key(API_KEY),
+            vrf_seed = hex::encode(VRF_SEED),
+            checkpoint_key = signer.secret(),
+            label_key = hex::encode(LABEL_KEY),
         ),
     )
     .unwrap();
@@ -89,9 +103,11 @@ burst = 10000
         .args([
             "serve",
             "--roles",
-            "gateway,delivery,receipts,expiry,fallback",
+            "gateway,delivery,receipts,expiry,fallback,keys",
         ])
         .env("SEALPOST_CONFIG", &config)
+        .env("DATABASE_URL", &db.url)
+        .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "100")
         .env("SEALPOST_NATS_URL", server.url())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -124,6 +140,43 @@ burst = 10000
     let phones: Vec<String> = (0..40)
         .map(|i| format!("+4477009{:05}", 31_337 + i))
         .collect();
+    // Each recipient's device key, published in the tenant's key directory under its label, so
+    // the sends below pass the key check; and one publish that wrongly names the number itself.
+    let label_key = sealpost_keyformat::LabelKey::new(LABEL_KEY);
+    for (i, phone) in phones.iter().enumerate() {
+        let label = sealpost_keyformat::RecipientLabel::of(&label_key, TENANT, phone)
+            .unwrap()
+            .to_hex();
+        let res = http
+            .post(format!("{base}/v1/keys/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({
+                "recipient_label": label,
+                "device_id": format!("device-{i}"),
+                "key_id": "user-public-key-v2",
+                "public_key": hex::encode([i as u8 + 1; 32]),
+                "expires_at": "2099-01-01T00:00:00Z",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{}", res.text().await.unwrap());
+    }
+    let res = http
+        .post(format!("{base}/v1/keys/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({
+            "recipient_label": phones[0],
+            "device_id": "device-x",
+            "key_id": "k",
+            "public_key": hex::encode([9u8; 32]),
+            "expires_at": "2099-01-01T00:00:00Z",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert!(!res.text().await.unwrap().contains(&phones[0][1..]));
     let mut ids = vec![];
     for (i, phone) in phones.iter().enumerate() {
         let body = json!({
@@ -226,9 +279,53 @@ burst = 10000
         })
         .await
         .unwrap();
+    // The directory published its epochs (its tables and events are scanned below).
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sealpost_testkit::eventually(
+        Duration::from_secs(30),
+        "the key directory's epochs",
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM akd_values")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n >= phones.len() as i64).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let logs = std::fs::read_to_string(&log_path).unwrap();
+    // Everything the key directory stored: its Postgres tables, and every key event and epoch
+    // entry on SEALPOST_KEYS (subjects, headers and bodies).
+    let mut stored = String::new();
+    for table in ["akd_records", "akd_values", "key_epochs"] {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(!rows.is_empty(), "{table} holds rows to scan");
+        stored.extend(rows.into_iter().map(|r| r + "\n"));
+    }
+    let key_messages = {
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js.get_stream("SEALPOST_KEYS").await.unwrap();
+        let mut out = String::new();
+        let mut seq = 1;
+        while let Ok(m) = stream.get_raw_message(seq).await {
+            out.push_str(&format!(
+                "{} {:?} {}\n",
+                m.subject,
+                m.headers,
+                String::from_utf8_lossy(&m.payload)
+            ));
+            seq += 1;
+        }
+        assert!(seq > phones.len() as u64, "key events and epochs to scan");
+        out
+    };
+    stored.push_str(&key_messages);
 
     // The run really logged and really exported something to scan.
     let lines: Vec<&str> = logs.lines().collect();
@@ -288,7 +385,16 @@ burst = 10000
     for r in &refused {
         canaries.push(("refused recipient".into(), r.clone()));
     }
+    canaries.push(("VRF key".into(), hex::encode(VRF_SEED)));
+    canaries.push(("label key".into(), hex::encode(LABEL_KEY)));
+    canaries.push(("checkpoint key".into(), signer.secret()));
     for (what, needle) in &canaries {
+        if what.starts_with("phone") || what.ends_with(" key") && what != "API key" {
+            assert!(
+                !stored.contains(needle.as_str()),
+                "the key directory's tables or stream hold the {what}"
+            );
+        }
         assert!(!logs.contains(needle.as_str()), "the log leaks the {what}");
         assert!(
             !metrics.contains(needle.as_str()),
@@ -296,9 +402,10 @@ burst = 10000
         );
     }
     eprintln!(
-        "scanned {} log lines and {} bytes of /metrics for {} canaries: none found",
+        "scanned {} log lines, {} bytes of /metrics and {} bytes of the key directory's tables and stream for {} canaries: none found",
         lines.len(),
         metrics.len(),
+        stored.len(),
         canaries.len()
     );
 }
