@@ -502,6 +502,7 @@ fn publish_cmd(key_id: &str, n: u8) -> KeysCommand {
         public_key: vec![n; 32],
         expires_at: now + time::Duration::days(365),
         enrollment: None,
+        marked_bad: false,
         at: now,
     }))
 }

@@ -1358,3 +1358,239 @@ async fn the_keys_cli_verifies_lookups_and_audits_and_refuses_forgeries_and_spli
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_key_marked_bad_is_revoked_wherever_published_refused_at_publish_and_listed_verifiably() {
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let r = start(&signer, None).await;
+    let nats = &r.env.client;
+    let mut alerts = nats
+        .subscribe("sealpost.keys.acme-corp.changed")
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let (alice, bob, carol) = (
+        label_of("+447700900001"),
+        label_of("+447700900002"),
+        label_of("+447700900003"),
+    );
+    // One key published by two recipients (a cloned device image), and an unrelated one.
+    ask(nats, TENANT, "publish", publish_body(&alice, "ka", 7))
+        .await
+        .unwrap();
+    ask(nats, TENANT, "publish", publish_body(&bob, "kb", 7))
+        .await
+        .unwrap();
+    ask(nats, TENANT, "publish", publish_body(&carol, "kc", 8))
+        .await
+        .unwrap();
+    let mut client = Client::new(nats).await;
+    client.lookup_until(nats, &carol, |_| true).await;
+    client
+        .lookup_until(nats, &alice, |e| e.keys.len() == 1)
+        .await;
+    let bad = hex::encode(sealpost_keyformat::fingerprint(0x0020, &[7; 32]));
+
+    let before = key_events(nats).await;
+    for (body, code) in [
+        (
+            json!({"fingerprint": bad.to_uppercase(), "reason": "compromised"}),
+            "invalid_request",
+        ),
+        (
+            json!({"fingerprint": bad, "reason": "Compromised!"}),
+            "invalid_request",
+        ),
+        (
+            json!({"fingerprint": "abc", "reason": "compromised"}),
+            "invalid_request",
+        ),
+    ] {
+        assert_eq!(
+            ask(nats, TENANT, "mark_bad", body).await.unwrap_err().0,
+            code
+        );
+    }
+    assert_eq!(
+        key_events(nats).await,
+        before,
+        "a refused mark stores nothing"
+    );
+
+    let marked = ask(
+        nats,
+        TENANT,
+        "mark_bad",
+        json!({"fingerprint": bad, "reason": "compromised"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(marked["index"], 0);
+    let mut revoked: Vec<String> = marked["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap().to_owned())
+        .collect();
+    revoked.sort();
+    assert_eq!(revoked, ["ka", "kb"]);
+    // Marking again changes nothing.
+    let again = ask(
+        nats,
+        TENANT,
+        "mark_bad",
+        json!({"fingerprint": bad, "reason": "compromised"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again["index"].clone(), again["revoked"].clone()),
+        (json!(0), json!([]))
+    );
+
+    // Lookups stop serving it (verified), the other key stays, and it cannot come back.
+    for l in [&alice, &bob] {
+        let (entry, _) = client.lookup_until(nats, l, |e| e.keys.is_empty()).await;
+        assert!(entry.keys.iter().all(|k| k.fingerprint != bad));
+    }
+    let (entry, _) = client.lookup(nats, &carol).await;
+    assert_eq!(entry.keys.len(), 1);
+    let before = key_events(nats).await;
+    let e = ask(
+        nats,
+        TENANT,
+        "publish",
+        publish_body(&label_of("+447700900004"), "kd", 7),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, "key_marked_bad", "{}", e.1);
+    assert_eq!(key_events(nats).await, before);
+
+    // The list verifies whole against its own signed checkpoint, and the fingerprint's
+    // inclusion proof verifies too.
+    let info: InfoAnswer =
+        serde_json::from_value(ask(nats, TENANT, "info", json!({})).await.unwrap()).unwrap();
+    let list_key = CheckpointVerifier::new(&info.bad_keys_checkpoint_key).unwrap();
+    let answer: sealpost_keys::service::BadKeysAnswer = serde_json::from_value(
+        ask(nats, TENANT, "bad_keys", json!({"fingerprint": bad}))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(answer.listed, Some(true));
+    let entries: Vec<Vec<u8>> = answer
+        .entries
+        .iter()
+        .map(|e| e.clone().into_bytes())
+        .collect();
+    let list =
+        sealpost_keys::badkeys::verify_bad_keys(&list_key, &entries, answer.checkpoint.as_bytes())
+            .unwrap();
+    assert_eq!(hex::encode(list[0].fingerprint), bad);
+    let cp = list_key.open(answer.checkpoint.as_bytes()).unwrap();
+    let proof: Vec<sealpost_tlog::Hash> = answer
+        .inclusion
+        .unwrap()
+        .iter()
+        .map(|h| {
+            use base64::Engine as _;
+            sealpost_tlog::Hash(
+                base64::engine::general_purpose::STANDARD
+                    .decode(h)
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    sealpost_tlog::verify_inclusion(
+        &proof,
+        cp.size,
+        cp.root,
+        0,
+        sealpost_tlog::leaf_hash(&entries[0]),
+    )
+    .unwrap();
+    // The list's checkpoint is not the epoch log's: the directory's verifier refuses it.
+    assert!(client
+        .checkpoint_key
+        .open(answer.checkpoint.as_bytes())
+        .is_err());
+
+    // The platform marks carol's key from the operator's command line: listed with scope
+    // platform and revoked.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenants]]\nid = \"{TENANT}\"\n[tenants.keys]\nvrf_seed = \"{}\"\ncheckpoint_key = \"{}\"\n",
+            hex::encode(VRF),
+            signer.secret()
+        ),
+    )
+    .unwrap();
+    let carol_fp = hex::encode(sealpost_keyformat::fingerprint(0x0020, &[8; 32]));
+    let out = tokio::process::Command::new(crate::support::sealpost_binary())
+        .args([
+            "keys",
+            "mark-bad",
+            "--platform",
+            "--fingerprint",
+            &carol_fp,
+            "--reason",
+            "weak_rng",
+        ])
+        .env("SEALPOST_CONFIG", &config)
+        .env("SEALPOST_NATS_URL", r.env.server.url())
+        .env("DATABASE_URL", &r._db.url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("acme-corp: listed at index 1, 1 key(s) revoked"),
+        "{stdout}"
+    );
+    client
+        .lookup_until(nats, &carol, |e| e.keys.is_empty())
+        .await;
+    let out = tokio::process::Command::new(crate::support::sealpost_binary())
+        .args(["keys", "bad-keys", "--tenant", TENANT])
+        .env("SEALPOST_NATS_URL", r.env.server.url())
+        .env_remove("SEALPOST_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("2 bad key(s), verified"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{carol_fp} (Platform): weak_rng")),
+        "{stdout}"
+    );
+
+    // Each revocation reached the tenant as an alert.
+    let mut revocations = vec![];
+    while revocations.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), alerts.next())
+            .await
+            .expect("an alert per revocation")
+            .unwrap();
+        let a: Value = serde_json::from_slice(&m.payload).unwrap();
+        if a["change"] == "key_revoked" {
+            assert_eq!(a["reason"], "marked_bad");
+            revocations.push(a["key_id"].as_str().unwrap().to_owned());
+        }
+    }
+    revocations.sort();
+    assert_eq!(revocations, ["ka", "kb", "kc"]);
+}

@@ -1136,6 +1136,7 @@ fn key_events_examples_decode_and_every_event_the_keys_aggregate_writes_validate
                 statement,
                 signature,
             }),
+            marked_bad: false,
             at: t0,
         }))
     };

@@ -14,6 +14,7 @@
 //! | `sealpost.keys.<tenant>.changed` | a key-change alert (core NATS) | [`key_change_subject`] |
 //! | `sealpost.kevt.<tenant>.<label>.<event_type>` | one stored key event | [`KEY_EVENTS_PREFIX`] |
 //! | `sealpost.klog.<tenant>.epochs` | a directory's epoch log (one entry per epoch) | [`epoch_log_subject`] |
+//! | `sealpost.klog.<tenant>.bad` | a directory's bad-key list (one entry per marked fingerprint) | [`bad_keys_subject`] |
 //! | `sealpost.cmd.<tenant>.keys.<op>`, `sealpost.qry.<tenant>.keys.<op>` | the key API (request/reply) | [`KeysSubject`] |
 //! | `sealpost.deliver.<tenant>.events` | the tenant's events, to its own account | [`TenantAccount`] |
 //!
@@ -398,6 +399,12 @@ pub fn epoch_log_subject(tenant: &TenantId) -> String {
     format!("sealpost.klog.{tenant}.epochs")
 }
 
+/// `sealpost.klog.<tenant>.bad`: the tenant's bad-key list (`sealpost-tlog`), platform marks
+/// included.
+pub fn bad_keys_subject(tenant: &TenantId) -> String {
+    format!("sealpost.klog.{tenant}.bad")
+}
+
 /// `sealpost.keys.<tenant>.changed`: key-change alerts, which only the tenant's account reads.
 pub fn key_change_subject(tenant: &TenantId) -> String {
     format!("sealpost.keys.{tenant}.changed")
@@ -427,6 +434,8 @@ wire_enum! {
         Audit => "audit",
         /// The directory's public keys (VRF, checkpoint signer) and settings.
         Info => "info",
+        /// The bad-key list: every entry, its signed checkpoint, and a fingerprint's inclusion.
+        BadKeys => "bad_keys",
     }
 }
 

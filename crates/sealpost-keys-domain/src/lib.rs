@@ -20,6 +20,7 @@
 //! | publish | key id known, other public key | `key_id_reused` |
 //! | publish | KEM other than X25519 (0x0020) / key not 32 bytes | `unsupported_kem` / `bad_public_key` |
 //! | publish | `expires_at` not after the command's instant | `already_expired` |
+//! | publish | the key's fingerprint is on the bad-key list | `key_marked_bad` |
 //! | publish | the tenant requires enrollment, no statement / one that does not verify | `enrollment_required` / `enrollment_invalid` |
 //! | publish | the device has no active key | `key_published` |
 //! | publish | the device has an active key | `key_rotated` (the old key retires at `at + retire_after`: messages sealed to it still open until then) |
@@ -238,6 +239,8 @@ pub struct PublishKey {
     pub public_key: Vec<u8>,
     pub expires_at: OffsetDateTime,
     pub enrollment: Option<SignedEnrollment>,
+    /// Whether the key's fingerprint is on the tenant's bad-key list (the caller looks it up).
+    pub marked_bad: bool,
     pub at: OffsetDateTime,
 }
 
@@ -293,6 +296,8 @@ pub enum KeysError {
     UnknownDevice(String),
     #[error("no KeyPackage is left for device {0}, and it has no last-resort package")]
     NoKeyPackage(String),
+    #[error("this key's fingerprint is on the bad-key list; generate a new key")]
+    KeyMarkedBad,
 }
 
 impl KeysError {
@@ -308,6 +313,7 @@ impl KeysError {
             Self::UnknownKey(_) => "unknown_key",
             Self::UnknownDevice(_) => "unknown_device",
             Self::NoKeyPackage(_) => "no_key_package",
+            Self::KeyMarkedBad => "key_marked_bad",
         }
     }
 }
@@ -441,6 +447,9 @@ impl RecipientKeys {
         }
         if p.expires_at <= p.at {
             return Err(KeysError::AlreadyExpired);
+        }
+        if p.marked_bad {
+            return Err(KeysError::KeyMarkedBad);
         }
         let fp = fingerprint(p.kem_id, &p.public_key);
         let enrolled = match (&policy.enrollment_key, &p.enrollment) {

@@ -40,6 +40,7 @@ fn publish(device: &str, key_id: &str, n: u8) -> PublishKey {
         public_key: public(n),
         expires_at: T0 + Duration::from_secs(365 * 86_400),
         enrollment: None,
+        marked_bad: false,
         at: T0,
     }
 }
@@ -151,6 +152,23 @@ fn a_key_that_is_not_x25519_or_not_32_bytes_or_already_expired_is_refused() {
     assert_eq!(
         g.when(KeysCommand::Publish(Box::new(p)), &policy()),
         Err(KeysError::AlreadyExpired)
+    );
+}
+
+#[test]
+fn a_key_on_the_bad_key_list_is_refused_and_a_resend_of_a_published_one_stays_a_resend() {
+    // Given no key, when a key marked bad is published, then it is refused.
+    let mut p = publish("phone", "k1", 1);
+    p.marked_bad = true;
+    assert_eq!(
+        given(vec![]).when(KeysCommand::Publish(Box::new(p.clone())), &policy()),
+        Err(KeysError::KeyMarkedBad)
+    );
+    // Given the key published before it was marked, a resend writes nothing (it is revoked
+    // through `revoke`, not by refusing its resend).
+    assert_eq!(
+        given(vec![first_key()]).when(KeysCommand::Publish(Box::new(p)), &policy()),
+        Ok(vec![])
     );
 }
 
@@ -365,6 +383,7 @@ fn every_error_has_its_own_code_and_every_event_type_a_body_that_round_trips() {
         KeysError::UnknownKey("k".into()),
         KeysError::UnknownDevice("d".into()),
         KeysError::NoKeyPackage("d".into()),
+        KeysError::KeyMarkedBad,
     ];
     let codes: std::collections::BTreeSet<_> = errors.iter().map(KeysError::code).collect();
     assert_eq!(codes.len(), errors.len());

@@ -18,6 +18,7 @@
 /// The akd this crate is built on, for callers that verify proofs or run akd's own storage.
 pub use akd;
 
+pub mod badkeys;
 mod directory;
 mod entry;
 mod epochs;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
+use crate::badkeys::{BadKey, BadKeyList, BadScope};
 use crate::publisher::{aggregate_id, akd_label, epoch_log_location, key_store, DirectoryKeys};
 use crate::{Directory, DirectoryEntry, EpochError, PgAkdStorage, Proven, PublishedDirectory};
 
@@ -79,7 +80,7 @@ impl KeysApiError {
 impl From<KeysError> for KeysApiError {
     fn from(e: KeysError) -> Self {
         let status = match &e {
-            KeysError::KeyIdReused(_) => 409,
+            KeysError::KeyIdReused(_) | KeysError::KeyMarkedBad => 409,
             KeysError::UnsupportedKem(_)
             | KeysError::BadPublicKey(_)
             | KeysError::AlreadyExpired => 400,
@@ -105,7 +106,11 @@ impl From<EpochError> for KeysApiError {
 }
 
 fn executed<T>(r: Result<T, ExecuteError<KeysError>>) -> Result<T, KeysApiError> {
-    r.map_err(|e| match e {
+    r.map_err(execute_error)
+}
+
+fn execute_error(e: ExecuteError<KeysError>) -> KeysApiError {
+    match e {
         ExecuteError::Rejected(k) => k.into(),
         ExecuteError::Contended { .. } => {
             KeysApiError::unavailable("too many concurrent changes to this recipient; retry")
@@ -114,7 +119,7 @@ fn executed<T>(r: Result<T, ExecuteError<KeysError>>) -> Result<T, KeysApiError>
             tracing::warn!(error = %other, "storing a key event failed");
             KeysApiError::unavailable("the key events could not be stored; retry")
         }
-    })
+    }
 }
 
 /// `publish`: a device's key (its first, or a rotation).
@@ -329,6 +334,54 @@ impl AuditAnswer {
     }
 }
 
+/// `mark_bad`: a fingerprint to list, and why.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkBadRequest {
+    /// 64 lowercase hex digits.
+    pub fingerprint: String,
+    /// 1 to 64 of `[a-z0-9_]`, e.g. `compromised`.
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadKeysRequest {
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// A key a mark revoked.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokedKey {
+    pub recipient_label: String,
+    pub key_id: String,
+}
+
+/// What `mark_bad` did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MarkBadAnswer {
+    /// The fingerprint's index in the list.
+    pub index: u64,
+    /// The keys this mark revoked (none when it was marked before).
+    pub revoked: Vec<RevokedKey>,
+}
+
+/// `bad_keys`: the whole list and its signed checkpoint; with a fingerprint, whether it is
+/// listed and its inclusion proof.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BadKeysAnswer {
+    /// Every entry, in order (`sealpost-keys/bad/v1`).
+    pub entries: Vec<String>,
+    pub checkpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inclusion: Option<Vec<String>>,
+}
+
 /// `info`: what a client needs to verify this directory's answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct InfoAnswer {
@@ -337,6 +390,8 @@ pub struct InfoAnswer {
     pub vrf_public_key: String,
     /// The checkpoint signer's verifier key (`<origin>+<key id>+<base64>`).
     pub checkpoint_key: String,
+    /// The bad-key list's verifier key (the same key, origin `<origin>/bad`).
+    pub bad_keys_checkpoint_key: String,
     pub epoch: u64,
 }
 
@@ -345,6 +400,8 @@ struct TenantState {
     executor: CommandExecutor<RecipientKeys>,
     /// Opened on first use; refreshed when the directory is ahead of what it has read.
     reader: RwLock<Option<PublishedDirectory>>,
+    /// The bad-key list, opened on first use and refreshed before each use.
+    bad: tokio::sync::Mutex<Option<BadKeyList>>,
 }
 
 /// The key API of every configured tenant.
@@ -403,6 +460,7 @@ impl KeysService {
                         dir,
                         executor,
                         reader: RwLock::new(None),
+                        bad: tokio::sync::Mutex::new(None),
                     },
                 )
             })
@@ -488,10 +546,50 @@ impl KeysService {
         match subject.op {
             KeysOp::Publish => json(&self.publish(tenant, parse(body)?).await?),
             KeysOp::Revoke => json(&self.revoke(tenant, parse(body)?).await?),
-            KeysOp::MarkBad | KeysOp::Upload | KeysOp::Claim => Err(KeysApiError::new(
+            KeysOp::MarkBad => {
+                let r: MarkBadRequest = parse(body)?;
+                let fp = fingerprint_of(&r.fingerprint)?;
+                let entry = BadKey::new(BadScope::Tenant, fp, &r.reason)
+                    .ok_or_else(|| KeysApiError::invalid("reason must be 1 to 64 of [a-z0-9_]"))?;
+                json(&self.mark_bad(tenant, &entry).await?)
+            }
+            KeysOp::BadKeys => {
+                let r: BadKeysRequest = parse(body)?;
+                let wanted = r.fingerprint.as_deref().map(fingerprint_of).transpose()?;
+                let mut guard = self.bad_list(tenant).await?;
+                let list = guard.as_mut().ok_or_else(not_open)?;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let entries = list.entries()?;
+                let index = match wanted {
+                    Some(fp) => list.find(&fp)?,
+                    None => None,
+                };
+                let inclusion = match index {
+                    Some(i) => Some(
+                        list.tree()
+                            .inclusion_proof(i, list.size())
+                            .map_err(EpochError::from)?
+                            .iter()
+                            .map(|h| b64.encode(h.0))
+                            .collect::<Vec<_>>(),
+                    ),
+                    None => None,
+                };
+                json(&BadKeysAnswer {
+                    entries: entries
+                        .iter()
+                        .map(|e| String::from_utf8_lossy(&e.encode()).into_owned())
+                        .collect(),
+                    checkpoint: String::from_utf8_lossy(list.checkpoint()?.as_bytes()).into_owned(),
+                    listed: wanted.map(|_| index.is_some()),
+                    index,
+                    inclusion,
+                })
+            }
+            KeysOp::Upload | KeysOp::Claim => Err(KeysApiError::new(
                 "not_implemented",
                 501,
-                "this operation is not built yet (issue 13: bad-key list and KeyPackages)",
+                "this operation is not built yet (issue 13: KeyPackages)",
             )),
             KeysOp::Lookup => {
                 let r: RecipientRequest = parse(body)?;
@@ -591,6 +689,16 @@ impl KeysService {
                     directory: tenant.dir.keys.tenant.to_string(),
                     vrf_public_key: hex::encode(vrf.as_bytes()),
                     checkpoint_key: tenant.dir.keys.signer.verifier_key().to_owned(),
+                    bad_keys_checkpoint_key: tenant
+                        .dir
+                        .keys
+                        .signer
+                        .for_log(&crate::badkeys::bad_keys_origin(
+                            tenant.dir.keys.signer.origin(),
+                        ))
+                        .map_err(EpochError::from)?
+                        .verifier_key()
+                        .to_owned(),
                     epoch: d.epoch(),
                 })
             }
@@ -637,6 +745,25 @@ impl KeysService {
         check_id("device_id", &r.device_id)?;
         check_id("key_id", &r.key_id)?;
         let fp = fingerprint(r.kem_id, &public_key);
+        let marked_bad = {
+            let guard = self.bad_list(tenant).await?;
+            guard.as_ref().ok_or_else(not_open)?.find(&fp)?.is_some()
+        };
+        // The index first: a key stored without its row could escape a later mark.
+        sqlx::query(
+            "INSERT INTO key_fingerprints (directory, fingerprint, label, key_id) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.dir.keys.tenant.as_str())
+        .bind(hex::encode(fp))
+        .bind(&label)
+        .bind(&r.key_id)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "indexing a key fingerprint failed");
+            KeysApiError::unavailable("the key directory's database is unavailable; retry")
+        })?;
         let command = KeysCommand::Publish(Box::new(PublishKey {
             tenant: tenant.dir.keys.tenant.to_string(),
             device_id: r.device_id,
@@ -645,6 +772,7 @@ impl KeysService {
             public_key,
             expires_at: r.expires_at,
             enrollment,
+            marked_bad,
             at: OffsetDateTime::now_utc(),
         }));
         let done = executed(
@@ -702,6 +830,100 @@ impl KeysService {
             fingerprint: None,
             safety_number: None,
         })
+    }
+
+    /// The tenant's bad-key list, opened or brought up to date.
+    async fn bad_list<'t>(
+        &self,
+        tenant: &'t TenantState,
+    ) -> Result<tokio::sync::MutexGuard<'t, Option<BadKeyList>>, KeysApiError> {
+        let mut guard = tenant.bad.lock().await;
+        match guard.as_mut() {
+            Some(list) => list.refresh().await?,
+            None => {
+                let log = sealpost_tlog::JetStreamLog::open_with_entries(
+                    async_nats::jetstream::new(self.inner.client.clone()),
+                    sealpost_tlog::LogLocation {
+                        stream: sealpost_eventstore::names::Stream::Keys.as_str().into(),
+                        subject: sealpost_eventstore::names::bad_keys_subject(
+                            &tenant.dir.keys.tenant,
+                        ),
+                    },
+                    &mut |_, _| {},
+                )
+                .await
+                .map_err(EpochError::from)?;
+                *guard = Some(BadKeyList::new(log, &tenant.dir.keys.signer)?);
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Lists `entry` in the tenant's bad-key list (once), then revokes the key wherever the
+    /// tenant's recipients published it. Repeating a mark finishes what a crash left undone.
+    async fn mark_bad(
+        &self,
+        tenant: &TenantState,
+        entry: &BadKey,
+    ) -> Result<MarkBadAnswer, KeysApiError> {
+        let index = {
+            let mut guard = self.bad_list(tenant).await?;
+            let list = guard.as_mut().ok_or_else(not_open)?;
+            list.mark(entry).await?
+        };
+        let holders: Vec<(String, String)> = sqlx::query_as(
+            "SELECT label, key_id FROM key_fingerprints WHERE directory = $1 AND fingerprint = $2 \
+             ORDER BY label, key_id",
+        )
+        .bind(tenant.dir.keys.tenant.as_str())
+        .bind(hex::encode(entry.fingerprint))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reading the fingerprint index failed");
+            KeysApiError::unavailable("the key directory's database is unavailable; retry")
+        })?;
+        let mut revoked = Vec::new();
+        for (label, key_id) in holders {
+            let r = tenant
+                .executor
+                .execute(
+                    &aggregate_id(&tenant.dir.keys.tenant, &label),
+                    KeysCommand::Revoke {
+                        key_id: key_id.clone(),
+                        reason: RevokeReason::MarkedBad,
+                        at: OffsetDateTime::now_utc(),
+                    },
+                    &HashMap::new(),
+                )
+                .await;
+            match r {
+                Ok(done) if !done.events.is_empty() => revoked.push(RevokedKey {
+                    recipient_label: label,
+                    key_id,
+                }),
+                // Already revoked, or indexed but never stored (a refused publish).
+                Ok(_) | Err(ExecuteError::Rejected(KeysError::UnknownKey(_))) => {}
+                Err(e) => return Err(execute_error(e)),
+            }
+        }
+        Ok(MarkBadAnswer { index, revoked })
+    }
+
+    /// The platform's mark: `fingerprint` is listed (scope `platform`) and revoked in every
+    /// tenant's directory this service has. Returns each tenant's answer.
+    pub async fn mark_bad_platform(
+        &self,
+        fingerprint: [u8; 32],
+        reason: &str,
+    ) -> Result<Vec<(TenantId, MarkBadAnswer)>, KeysApiError> {
+        let entry = BadKey::new(BadScope::Platform, fingerprint, reason)
+            .ok_or_else(|| KeysApiError::invalid("reason must be 1 to 64 of [a-z0-9_]"))?;
+        let mut out = Vec::new();
+        for (id, tenant) in &self.inner.tenants {
+            out.push((id.clone(), self.mark_bad(tenant, &entry).await?));
+        }
+        Ok(out)
     }
 
     /// The tenant's reader, opened (and, with `refresh`, brought up to the log's end) first.
@@ -845,6 +1067,14 @@ fn label_hex(s: &str) -> Result<String, KeysApiError> {
 
 fn label_of(s: &str) -> Result<akd::AkdLabel, KeysApiError> {
     akd_label(&label_hex(s)?).ok_or_else(|| KeysApiError::invalid("recipient_label"))
+}
+
+fn fingerprint_of(s: &str) -> Result<[u8; 32], KeysApiError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .filter(|_| s.bytes().all(|b| !b.is_ascii_uppercase()))
+        .ok_or_else(|| KeysApiError::invalid("fingerprint must be 64 lowercase hex digits"))
 }
 
 fn check_id(field: &str, v: &str) -> Result<(), KeysApiError> {

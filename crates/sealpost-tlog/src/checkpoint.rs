@@ -136,6 +136,12 @@ impl LogSigner {
         &self.origin
     }
 
+    /// The same key signing another log, `origin` (a log's checkpoints name their origin, so
+    /// two logs under one key never take each other's checkpoints).
+    pub fn for_log(&self, origin: &str) -> Result<Self> {
+        Self::from_signing_key(origin, self.key.clone())
+    }
+
     /// The verifier key to publish and pin: `<origin>+<key id>+<base64(0x01||public key)>`.
     pub fn verifier_key(&self) -> &str {
         &self.verifier_key

@@ -37,6 +37,30 @@ pub enum KeysCommand {
     Lookup(ProvenArgs),
     /// A recipient's key history, verified the same way.
     History(ProvenArgs),
+    /// Mark a key bad by fingerprint: listed in the tenant's bad-key list and revoked wherever
+    /// the tenant's recipients published it. With --platform (the operator, with Sealpost's
+    /// own config and credentials), in every configured tenant's directory.
+    MarkBad {
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        tenant: Option<TenantId>,
+        #[arg(long)]
+        platform: bool,
+        /// The key's fingerprint, 64 lowercase hex digits.
+        #[arg(long)]
+        fingerprint: String,
+        /// 1 to 64 of [a-z0-9_], e.g. compromised.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The tenant's bad-key list, verified whole against its signed checkpoint.
+    BadKeys {
+        #[arg(long)]
+        tenant: TenantId,
+    },
     /// The directory's signed checkpoint: the latest, or the one of --size epochs.
     Checkpoint {
         #[arg(long)]
@@ -180,6 +204,37 @@ pub async fn run(cfg: &crate::Config, which: KeysCommand) -> anyhow::Result<()> 
             )
             .await
         }
+        KeysCommand::MarkBad {
+            tenant: None,
+            fingerprint,
+            reason,
+            ..
+        } => {
+            let fp: [u8; 32] = hex::decode(&fingerprint)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("--fingerprint must be 64 hex digits")?;
+            let client = crate::app::connect(cfg).await?;
+            let pool = crate::views::pool(cfg).await?;
+            let service = sealpost_keys::service::KeysService::new(
+                client,
+                pool,
+                crate::keys::directories(cfg)?,
+                cfg.keys.cache_mb << 20,
+            );
+            let done = service
+                .mark_bad_platform(fp, &reason)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for (tenant, answer) in done {
+                println!(
+                    "{tenant}: listed at index {}, {} key(s) revoked",
+                    answer.index,
+                    answer.revoked.len()
+                );
+            }
+            Ok(())
+        }
         other => {
             let client = crate::app::connect(cfg).await?;
             online(&client, other).await
@@ -199,6 +254,46 @@ async fn online(client: &async_nats::Client, which: KeysCommand) -> anyhow::Resu
             };
             let answer = ask(client, &tenant, KeysOp::Publish, body).await?;
             println!("{answer}");
+            Ok(())
+        }
+        KeysCommand::MarkBad {
+            tenant: Some(tenant),
+            fingerprint,
+            reason,
+            ..
+        } => {
+            let v = ask_json(
+                client,
+                &tenant,
+                KeysOp::MarkBad,
+                json!({"fingerprint": fingerprint, "reason": reason}),
+            )
+            .await?;
+            println!("{v}");
+            Ok(())
+        }
+        KeysCommand::BadKeys { tenant } => {
+            let info = info(client, &tenant).await?;
+            let key = CheckpointVerifier::new(&info.bad_keys_checkpoint_key)?;
+            let v = ask_json(client, &tenant, KeysOp::BadKeys, json!({})).await?;
+            let a: sealpost_keys::service::BadKeysAnswer = serde_json::from_value(v)?;
+            let entries: Vec<Vec<u8>> = a.entries.iter().map(|e| e.clone().into_bytes()).collect();
+            let list =
+                sealpost_keys::badkeys::verify_bad_keys(&key, &entries, a.checkpoint.as_bytes())
+                    .context("REFUSED")?;
+            println!(
+                "{} bad key(s), verified against the signed checkpoint",
+                list.len()
+            );
+            for e in list {
+                println!(
+                    "  {} ({:?}): {} safety number {}",
+                    hex::encode(e.fingerprint),
+                    e.scope,
+                    e.reason,
+                    sealpost_keyformat::safety_number(&e.fingerprint)
+                );
+            }
             Ok(())
         }
         KeysCommand::Lookup(a) => proven(client, a, false).await,
@@ -229,7 +324,9 @@ async fn online(client: &async_nats::Client, which: KeysCommand) -> anyhow::Resu
             )
             .await
         }
-        KeysCommand::GenSecrets { .. } | KeysCommand::Verify { .. } => Ok(()),
+        KeysCommand::GenSecrets { .. }
+        | KeysCommand::Verify { .. }
+        | KeysCommand::MarkBad { tenant: None, .. } => Ok(()),
     }
 }
 
