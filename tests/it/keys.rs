@@ -562,6 +562,7 @@ async fn a_hundred_concurrent_claims_hand_out_each_key_package_to_one_claimant_o
             device_id: "phone".into(),
             hash_refs: refs.clone(),
             last_resort: Some("ffff".into()),
+            key_packages: Default::default(),
             at: time::OffsetDateTime::now_utc(),
         },
         &meta("u"),

@@ -248,7 +248,7 @@ async fn publish_rotate_revoke_each_shows_in_a_verified_lookup_and_history_and_a
         .subscribe("sealpost.keys.acme-corp.changed")
         .await
         .unwrap();
-    nats.flush().await.unwrap();
+    sealpost_eventstore::server_round_trip(nats).await.unwrap();
     let mut client = Client::new(nats).await;
     let label = label_of("+447700900123");
 
@@ -1368,7 +1368,7 @@ async fn a_key_marked_bad_is_revoked_wherever_published_refused_at_publish_and_l
         .subscribe("sealpost.keys.acme-corp.changed")
         .await
         .unwrap();
-    nats.flush().await.unwrap();
+    sealpost_eventstore::server_round_trip(nats).await.unwrap();
     let (alice, bob, carol) = (
         label_of("+447700900001"),
         label_of("+447700900002"),
@@ -1593,4 +1593,165 @@ async fn a_key_marked_bad_is_revoked_wherever_published_refused_at_publish_and_l
     }
     revocations.sort();
     assert_eq!(revocations, ["ka", "kb", "kc"]);
+}
+
+/// `n` real MLS KeyPackages of one device and a last-resort one (TLS encoding, base64), made
+/// with OpenMLS as a device app would.
+fn key_packages(n: usize) -> (Vec<String>, String) {
+    use base64::Engine as _;
+    use openmls::prelude::tls_codec::Serialize as _;
+    use openmls::prelude::{
+        BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage,
+    };
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let suite = Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+    let signer =
+        openmls_basic_credential::SignatureKeyPair::new(suite.signature_algorithm()).unwrap();
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(b"device-phone".to_vec()).into(),
+        signature_key: signer.public().into(),
+    };
+    let make = |last_resort: bool| {
+        let mut builder = KeyPackage::builder();
+        if last_resort {
+            // The leaf must declare the extension it carries (RFC 9420 §7.2).
+            builder = builder
+                .leaf_node_capabilities(Capabilities::new(
+                    None,
+                    Some(&[suite]),
+                    Some(&[ExtensionType::LastResort]),
+                    None,
+                    None,
+                ))
+                .mark_as_last_resort();
+        }
+        let bundle = builder
+            .build(suite, &provider, &signer, credential.clone())
+            .unwrap();
+        base64::engine::general_purpose::STANDARD
+            .encode(bundle.key_package().tls_serialize_detached().unwrap())
+    };
+    ((0..n).map(|_| make(false)).collect(), make(true))
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_claims_over_the_api_hand_each_validated_key_package_to_one_claimant()
+{
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let r = start(&signer, None).await;
+    let nats = &r.env.client;
+    let label = label_of("+447700900123");
+    let (packages, last_resort) = key_packages(50);
+    let upload = |body: Value| ask(nats, TENANT, "upload", body);
+
+    // A device without a key has no packages; then the device's key.
+    let body = json!({"recipient_label": label, "device_id": "phone", "key_packages": packages, "last_resort": last_resort});
+    let e = upload(body.clone()).await.unwrap_err();
+    assert_eq!(e.0, "unknown_device", "{}", e.1);
+    ask(nats, TENANT, "publish", publish_body(&label, "k1", 1))
+        .await
+        .unwrap();
+
+    // Refused packages store nothing: tampered bytes, a non-package, the last-resort one in the
+    // wrong place.
+    let before = key_events(nats).await;
+    let tampered = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut bytes = b64.decode(&packages[0]).unwrap();
+        let n = bytes.len();
+        bytes[n - 10] ^= 1;
+        b64.encode(bytes)
+    };
+    for (what, body) in [
+        (
+            "a tampered signature",
+            json!({"recipient_label": label, "device_id": "phone", "key_packages": [tampered]}),
+        ),
+        (
+            "not a KeyPackage",
+            json!({"recipient_label": label, "device_id": "phone", "key_packages": ["AAECAw=="]}),
+        ),
+        (
+            "a last-resort package among the others",
+            json!({"recipient_label": label, "device_id": "phone", "key_packages": [last_resort]}),
+        ),
+        (
+            "an ordinary one as last resort",
+            json!({"recipient_label": label, "device_id": "phone", "last_resort": packages[0]}),
+        ),
+    ] {
+        let e = upload(body).await.unwrap_err();
+        assert_eq!(e.0, "invalid_key_package", "{what}: {}", e.1);
+    }
+    assert_eq!(
+        key_events(nats).await,
+        before,
+        "no refused upload stored anything"
+    );
+
+    let done = upload(body.clone()).await.unwrap();
+    assert_eq!(done["events"], json!(["key_packages_uploaded"]));
+    assert_eq!(
+        upload(body).await.unwrap()["events"],
+        json!([]),
+        "a resend stores nothing"
+    );
+
+    // 100 senders claim at once, over NATS.
+    let claims = futures::future::join_all((0..100).map(|i| {
+        let nats = nats.clone();
+        let label = label.clone();
+        async move {
+            loop {
+                match ask(
+                    &nats,
+                    TENANT,
+                    "claim",
+                    json!({"recipient_label": label, "device_id": "phone", "claimant": format!("sender-{i}")}),
+                )
+                .await
+                {
+                    Ok(v) => return v,
+                    Err((code, _)) if code == "unavailable" => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(e) => panic!("claim {i}: {e:?}"),
+                }
+            }
+        }
+    }))
+    .await;
+    let mut handed: Vec<String> = vec![];
+    let mut last = 0;
+    for c in &claims {
+        let bytes = c["key_package"].as_str().unwrap();
+        if c["last_resort"] == true {
+            assert_eq!(bytes, last_resort);
+            last += 1;
+        } else {
+            assert!(
+                packages.contains(&bytes.to_owned()),
+                "a package that was uploaded"
+            );
+            handed.push(bytes.to_owned());
+        }
+        // The hash_ref is the package's own, as OpenMLS computes it.
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(bytes)
+            .unwrap();
+        assert_eq!(
+            sealpost_keys::keypackages::validate(&raw).unwrap().hash_ref,
+            c["hash_ref"].as_str().unwrap()
+        );
+    }
+    handed.sort();
+    let mut all = packages.clone();
+    all.sort();
+    assert_eq!(
+        handed, all,
+        "each of the 50 packages to exactly one claimant"
+    );
+    assert_eq!(last, 50, "the other 50 got the last-resort package");
 }

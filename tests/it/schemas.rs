@@ -1151,6 +1151,12 @@ fn key_events_examples_decode_and_every_event_the_keys_aggregate_writes_validate
             device_id: "mdm:ios:1".into(),
             hash_refs: vec!["0a".repeat(32)],
             last_resort: Some("0c".repeat(32)),
+            // Stand-ins for TLS-encoded KeyPackages (the schema checks the base64 shape).
+            key_packages: [
+                ("0a".repeat(32), "AAEC".into()),
+                ("0c".repeat(32), "AwQF".into()),
+            ]
+            .into(),
             at: t0,
         },
         claim.clone(),

@@ -722,8 +722,8 @@ async fn a_tenant_reaches_only_its_own_key_directory_and_key_change_alerts() {
         .subscribe(format!("sealpost.keys.{BETA}.>"))
         .await
         .unwrap();
-    a.flush().await.unwrap();
-    b.flush().await.unwrap();
+    sealpost_eventstore::server_round_trip(&a).await.unwrap();
+    sealpost_eventstore::server_round_trip(&b).await.unwrap();
     let r = b
         .request(
             format!("sealpost.cmd.{BETA}.keys.publish"),

@@ -34,3 +34,21 @@ pub use codec::StoredEvent;
 pub use error::{ExecuteError, StoreError, StoreErrorKind};
 pub use executor::{CommandExecutor, Executed};
 pub use store::{JetStreamEventStore, Loaded, RawEvent, StoreConfig};
+
+/// Waits until the NATS server has processed everything `client` sent so far, such as the
+/// subscriptions of a service that is about to say it is ready. (async-nats' `flush` only
+/// empties the socket buffer: another connection's request can still reach the server before
+/// the subscription does.) A message to a fresh subject of this client's own comes back only
+/// after the server handled what came before it on the connection.
+pub async fn server_round_trip(client: &async_nats::Client) -> Result<(), async_nats::Error> {
+    use futures::StreamExt as _;
+    let subject = client.new_inbox();
+    let mut echo = client.subscribe(subject.clone()).await?;
+    client.publish(subject, bytes::Bytes::new()).await?;
+    client.flush().await?;
+    match tokio::time::timeout(std::time::Duration::from_secs(30), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed before the server answered".into()),
+        Err(_) => Err("the server did not answer within 30 s".into()),
+    }
+}

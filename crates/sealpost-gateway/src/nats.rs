@@ -40,7 +40,7 @@ pub async fn serve(
         endpoints.push(endpoint.boxed());
     }
     // The subscriptions exist once the server has seen them.
-    client.flush().await?;
+    sealpost_eventstore::server_round_trip(&client).await?;
     if let Some(tx) = ready {
         let _ = tx.send(());
     }

@@ -115,6 +115,9 @@ pub struct KeyPackagesUploaded {
     /// A new last-resort package, if this upload brought one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resort: Option<String>,
+    /// The new packages' bytes (TLS encoding, base64) by hash_ref, the last-resort one included.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub key_packages: BTreeMap<String, String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
@@ -125,6 +128,9 @@ pub struct KeyPackageClaimed {
     pub hash_ref: String,
     /// The last-resort package: handed out, and kept.
     pub last_resort: bool,
+    /// The package's bytes (TLS encoding, base64), as the claimant received them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_package: Option<String>,
     /// Who claimed it (the sender's tenant-scoped id), for the audit trail.
     pub claimant: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -257,6 +263,8 @@ pub enum KeysCommand {
         device_id: String,
         hash_refs: Vec<String>,
         last_resort: Option<String>,
+        /// The packages' bytes by hash_ref (validated by the caller), if it has them.
+        key_packages: BTreeMap<String, String>,
         at: OffsetDateTime,
     },
     ClaimKeyPackage {
@@ -335,6 +343,9 @@ pub struct Packages {
     /// Claimed once; never handed out again.
     pub claimed: Vec<String>,
     pub last_resort: Option<String>,
+    /// The bytes of the packages still to hand out (and of the last-resort one), by hash_ref.
+    #[serde(default)]
+    pub bytes: BTreeMap<String, String>,
 }
 
 /// One recipient's device keys and KeyPackages.
@@ -375,6 +386,7 @@ impl RecipientKeys {
                 device_id,
                 hash_refs,
                 last_resort,
+                key_packages,
                 at,
             } => {
                 if self.active_key(&device_id).is_none() {
@@ -395,10 +407,15 @@ impl RecipientKeys {
                 if new.is_empty() && last_resort.is_none() {
                     return Ok(vec![]);
                 }
+                let key_packages = key_packages
+                    .into_iter()
+                    .filter(|(h, _)| new.contains(h) || last_resort.as_ref() == Some(h))
+                    .collect();
                 Ok(vec![KeysEvent::KeyPackagesUploaded(KeyPackagesUploaded {
                     device_id,
                     hash_refs: new,
                     last_resort,
+                    key_packages,
                     at,
                 })])
             }
@@ -419,10 +436,12 @@ impl RecipientKeys {
                     (None, Some(l)) => (l.clone(), true),
                     (None, None) => return Err(KeysError::NoKeyPackage(device_id)),
                 };
+                let key_package = p.bytes.get(&hash_ref).cloned();
                 Ok(vec![KeysEvent::KeyPackageClaimed(KeyPackageClaimed {
                     device_id,
                     hash_ref,
                     last_resort,
+                    key_package,
                     claimant,
                     at,
                 })])
@@ -521,6 +540,7 @@ impl RecipientKeys {
             KeysEvent::KeyPackagesUploaded(u) => {
                 let p = self.packages.entry(u.device_id).or_default();
                 p.unclaimed.extend(u.hash_refs);
+                p.bytes.extend(u.key_packages);
                 if u.last_resort.is_some() {
                     p.last_resort = u.last_resort;
                 }
@@ -529,6 +549,7 @@ impl RecipientKeys {
                 if !c.last_resort {
                     let p = self.packages.entry(c.device_id).or_default();
                     p.unclaimed.retain(|h| h != &c.hash_ref);
+                    p.bytes.remove(&c.hash_ref);
                     p.claimed.push(c.hash_ref);
                 }
             }

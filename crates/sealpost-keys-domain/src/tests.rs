@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
 use time::macros::datetime;
 
 use super::*;
@@ -285,11 +287,24 @@ fn revoking_an_unknown_key_is_refused_a_revoked_one_writes_nothing_and_a_live_on
     assert!(g.0.active_key("phone").is_none());
 }
 
+/// A package's bytes in these tests.
+fn bytes_of(h: &str) -> String {
+    format!("kp{h}")
+}
+
+fn package_bytes(refs: &[&str], last: Option<&str>) -> BTreeMap<String, String> {
+    refs.iter()
+        .chain(last.iter())
+        .map(|h| (h.to_string(), bytes_of(h)))
+        .collect()
+}
+
 fn upload(refs: &[&str], last: Option<&str>) -> KeysCommand {
     KeysCommand::UploadKeyPackages {
         device_id: "phone".into(),
         hash_refs: refs.iter().map(|s| s.to_string()).collect(),
         last_resort: last.map(str::to_owned),
+        key_packages: package_bytes(refs, last),
         at: T0,
     }
 }
@@ -299,6 +314,7 @@ fn uploaded(refs: &[&str], last: Option<&str>) -> KeysEvent {
         device_id: "phone".into(),
         hash_refs: refs.iter().map(|s| s.to_string()).collect(),
         last_resort: last.map(str::to_owned),
+        key_packages: package_bytes(refs, last),
         at: T0,
     })
 }
@@ -338,6 +354,7 @@ fn claimed(h: &str, last_resort: bool) -> KeysEvent {
         device_id: "phone".into(),
         hash_ref: h.into(),
         last_resort,
+        key_package: Some(bytes_of(h)),
         claimant: "sender-1".into(),
         at: T0,
     })
@@ -357,6 +374,11 @@ fn each_key_package_is_handed_out_once_then_the_last_resort_one_which_is_kept() 
     }
     let g = given(history);
     assert_eq!(g.0.packages["phone"].claimed, vec!["a", "b"]);
+    // Each claim carried its package's bytes; only the kept last-resort one's remain.
+    assert_eq!(
+        g.0.packages["phone"].bytes.keys().collect::<Vec<_>>(),
+        ["lr"]
+    );
     // A claimed package uploaded again is not handed out again.
     assert_eq!(g.when(upload(&["a"], None), &policy()), Ok(vec![]));
     // Without a last-resort package, running out is an error.

@@ -22,6 +22,7 @@ pub mod badkeys;
 mod directory;
 mod entry;
 mod epochs;
+pub mod keypackages;
 pub mod publisher;
 pub mod service;
 mod storage;

@@ -334,6 +334,41 @@ impl AuditAnswer {
     }
 }
 
+/// The most KeyPackages one upload takes.
+pub const MAX_KEY_PACKAGES: usize = 200;
+
+/// `upload`: a device's MLS KeyPackages (TLS encoding, base64), and a last-resort one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    pub recipient_label: String,
+    pub device_id: String,
+    #[serde(default)]
+    pub key_packages: Vec<String>,
+    #[serde(default)]
+    pub last_resort: Option<String>,
+}
+
+/// `claim`: one KeyPackage of a recipient's device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub recipient_label: String,
+    pub device_id: String,
+    /// Who claims it (the sender's id, for the audit trail): 1 to 128 of `[A-Za-z0-9._:-]`.
+    pub claimant: String,
+}
+
+/// What a claim hands out.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClaimAnswer {
+    pub hash_ref: String,
+    /// The last-resort package (handed out to anyone once the others are gone).
+    pub last_resort: bool,
+    /// The package (TLS encoding, base64).
+    pub key_package: Option<String>,
+}
+
 /// `mark_bad`: a fingerprint to list, and why.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,6 +437,8 @@ struct TenantState {
     reader: RwLock<Option<PublishedDirectory>>,
     /// The bad-key list, opened on first use and refreshed before each use.
     bad: tokio::sync::Mutex<Option<BadKeyList>>,
+    /// Claims of one recipient are taken one at a time in a process (striped by aggregate id).
+    claims: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// The key API of every configured tenant.
@@ -461,6 +498,7 @@ impl KeysService {
                         executor,
                         reader: RwLock::new(None),
                         bad: tokio::sync::Mutex::new(None),
+                        claims: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                     },
                 )
             })
@@ -497,7 +535,7 @@ impl KeysService {
                 .await?;
             endpoints.push(endpoint.boxed());
         }
-        client.flush().await?;
+        sealpost_eventstore::server_round_trip(&client).await?;
         if let Some(tx) = ready {
             let _ = tx.send(());
         }
@@ -586,11 +624,8 @@ impl KeysService {
                     inclusion,
                 })
             }
-            KeysOp::Upload | KeysOp::Claim => Err(KeysApiError::new(
-                "not_implemented",
-                501,
-                "this operation is not built yet (issue 13: KeyPackages)",
-            )),
+            KeysOp::Upload => json(&self.upload(tenant, parse(body)?).await?),
+            KeysOp::Claim => json(&self.claim(tenant, parse(body)?).await?),
             KeysOp::Lookup => {
                 let r: RecipientRequest = parse(body)?;
                 let label = label_of(&r.recipient_label)?;
@@ -830,6 +865,116 @@ impl KeysService {
             fingerprint: None,
             safety_number: None,
         })
+    }
+
+    async fn upload(
+        &self,
+        tenant: &TenantState,
+        r: UploadRequest,
+    ) -> Result<CommandAnswer, KeysApiError> {
+        let label = label_hex(&r.recipient_label)?;
+        check_id("device_id", &r.device_id)?;
+        if r.key_packages.len() > MAX_KEY_PACKAGES {
+            return Err(KeysApiError::invalid(format!(
+                "at most {MAX_KEY_PACKAGES} KeyPackages per upload"
+            )));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let check = |i: String, text: &str, want_last_resort: bool| {
+            let invalid =
+                |why: String| KeysApiError::new("invalid_key_package", 400, format!("{i}: {why}"));
+            let bytes = b64.decode(text).map_err(|_| invalid("not base64".into()))?;
+            let valid = crate::keypackages::validate(&bytes).map_err(|e| invalid(e.to_string()))?;
+            if valid.last_resort != want_last_resort {
+                return Err(invalid(if want_last_resort {
+                    "the last-resort package lacks the last_resort extension".into()
+                } else {
+                    "a last-resort package belongs in last_resort, not key_packages".into()
+                }));
+            }
+            Ok((valid.hash_ref, b64.encode(&bytes)))
+        };
+        let mut hash_refs = Vec::with_capacity(r.key_packages.len());
+        let mut bytes = std::collections::BTreeMap::new();
+        for (i, text) in r.key_packages.iter().enumerate() {
+            let (h, b) = check(format!("key_packages[{i}]"), text, false)?;
+            hash_refs.push(h.clone());
+            bytes.insert(h, b);
+        }
+        let last_resort = match &r.last_resort {
+            None => None,
+            Some(text) => {
+                let (h, b) = check("last_resort".into(), text, true)?;
+                bytes.insert(h.clone(), b);
+                Some(h)
+            }
+        };
+        let done = executed(
+            tenant
+                .executor
+                .execute(
+                    &aggregate_id(&tenant.dir.keys.tenant, &label),
+                    KeysCommand::UploadKeyPackages {
+                        device_id: r.device_id,
+                        hash_refs,
+                        last_resort,
+                        key_packages: bytes,
+                        at: OffsetDateTime::now_utc(),
+                    },
+                    &HashMap::new(),
+                )
+                .await,
+        )?;
+        Ok(CommandAnswer {
+            events: done
+                .events
+                .iter()
+                .map(|e| e.event_type().as_str().to_owned())
+                .collect(),
+            fingerprint: None,
+            safety_number: None,
+        })
+    }
+
+    async fn claim(
+        &self,
+        tenant: &TenantState,
+        r: ClaimRequest,
+    ) -> Result<ClaimAnswer, KeysApiError> {
+        let label = label_hex(&r.recipient_label)?;
+        check_id("device_id", &r.device_id)?;
+        check_id("claimant", &r.claimant)?;
+        let id = aggregate_id(&tenant.dir.keys.tenant, &label);
+        // One claim per recipient at a time in this process; other processes race by OCC.
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut h);
+            (h.finish() % tenant.claims.len() as u64) as usize
+        };
+        let _turn = tenant.claims[stripe].lock().await;
+        let done = executed(
+            tenant
+                .executor
+                .execute(
+                    &id,
+                    KeysCommand::ClaimKeyPackage {
+                        device_id: r.device_id,
+                        claimant: r.claimant,
+                        at: OffsetDateTime::now_utc(),
+                    },
+                    &HashMap::new(),
+                )
+                .await,
+        )?;
+        match done.events.as_slice() {
+            [sealpost_keys_domain::KeysEvent::KeyPackageClaimed(c)] => Ok(ClaimAnswer {
+                hash_ref: c.hash_ref.clone(),
+                last_resort: c.last_resort,
+                key_package: c.key_package.clone(),
+            }),
+            _ => Err(KeysApiError::unavailable("the claim wrote nothing; retry")),
+        }
     }
 
     /// The tenant's bad-key list, opened or brought up to date.
