@@ -507,3 +507,81 @@ async fn versions(store: &BlobStore, r: &BlobRef) -> usize {
         .filter(|m| m.key() == Some(&r.key));
     versions.count() + markers.count()
 }
+
+#[tokio::test]
+async fn records_are_locked_in_compliance_mode_where_the_bucket_has_object_lock() {
+    let moto = MotoServer::start().await.expect("moto starts");
+    let plain = BlobStore::new(&moto.config("plain-records")).expect("client");
+    plain.ensure_bucket().await.expect("bucket");
+    assert!(!plain.object_lock_enabled().await.unwrap());
+
+    let store = BlobStore::new(&moto.config("locked-records")).expect("client");
+    store
+        .client()
+        .create_bucket()
+        .bucket("locked-records")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("create Object Lock bucket");
+    assert!(store.object_lock_enabled().await.unwrap());
+    let until = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    store
+        .put_record(
+            "keys/acme/checkpoints/1.txt",
+            b"a checkpoint".to_vec(),
+            "text/plain",
+            Some(until),
+        )
+        .await
+        .expect("stored locked");
+    assert_eq!(
+        store
+            .get_record("keys/acme/checkpoints/1.txt")
+            .await
+            .unwrap(),
+        b"a checkpoint"
+    );
+    let key = format!(
+        "{}keys/acme/checkpoints/1.txt",
+        sealpost_blobstore::RECORDS_PREFIX
+    );
+    // The object carries its lock (moto answers GetObjectRetention with the object itself, so
+    // the lock is read from HEAD, which S3 answers the same way).
+    let head = store
+        .client()
+        .head_object()
+        .bucket("locked-records")
+        .key(&key)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        head.object_lock_mode().map(|m| m.as_str()),
+        Some("COMPLIANCE")
+    );
+    assert_eq!(
+        head.object_lock_retain_until_date().map(|d| d.secs()),
+        Some(until.unix_timestamp())
+    );
+    // The locked version cannot be deleted.
+    let version = store
+        .client()
+        .head_object()
+        .bucket("locked-records")
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .version_id
+        .expect("a versioned bucket");
+    let deleted = store
+        .client()
+        .delete_object()
+        .bucket("locked-records")
+        .key(&key)
+        .version_id(version)
+        .send()
+        .await;
+    assert!(deleted.is_err(), "a record under retention is not deleted");
+}

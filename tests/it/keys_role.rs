@@ -420,6 +420,30 @@ async fn publish_rotate_revoke_each_shows_in_a_verified_lookup_and_history_and_a
     akd::auditor::audit_verify::<sealpost_keys::Config>(roots, audit.proof)
         .await
         .unwrap();
+
+    // The publisher archived each epoch for auditors: its checkpoint, and the append-only
+    // proof from the epoch before, both verifying on their own.
+    let store = r._app.blob_store().unwrap();
+    let tenant = TenantId::new(TENANT).unwrap();
+    for epoch in 1..=2u64 {
+        let (checkpoint, audit) = sealpost_keys::publisher::archive_names(&tenant, epoch);
+        let text = sealpost_testkit::eventually(Duration::from_secs(10), "the archive", || async {
+            store.get_record(&checkpoint).await.ok()
+        })
+        .await
+        .unwrap();
+        assert_eq!(client.checkpoint_key.open(&text).unwrap().size, epoch);
+        if let Some(audit) = audit {
+            let a: sealpost_keys::service::AuditAnswer =
+                serde_json::from_slice(&store.get_record(&audit).await.unwrap()).unwrap();
+            assert_eq!((a.from, a.to), (epoch - 1, epoch));
+            a.verify(&client.checkpoint_key, TENANT).await.unwrap();
+        }
+    }
+    assert!(
+        !store.object_lock_enabled().await.unwrap(),
+        "the embedded endpoint has no Object Lock: archived unlocked"
+    );
 }
 
 #[tokio::test]
@@ -631,6 +655,7 @@ async fn kill_9_of_the_publishing_keys_process_during_1000_publishes_loses_and_r
         ),
     )
     .unwrap();
+    let s3_dir = dir.path().join("s3");
     let spawn = || {
         let mut p = crate::support::ServeProcess::new("keys", config.clone(), env.server.url())
             .env("DATABASE_URL", &db.url)
@@ -638,6 +663,7 @@ async fn kill_9_of_the_publishing_keys_process_during_1000_publishes_loses_and_r
             .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "50")
             .env("SEALPOST_KEYS_EPOCH_MAX_CHANGES", "40")
             .env("SEALPOST_KEYS_LEASE_TTL_MS", "1500")
+            .env("SEALPOST_S3_EMBEDDED_DIR", s3_dir.to_str().unwrap())
             .env("SEALPOST_GATEWAY_HTTP_LISTEN", "127.0.0.1:0");
         p.spawn();
         p

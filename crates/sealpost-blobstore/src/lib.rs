@@ -22,6 +22,7 @@ mod error;
 mod hashing;
 mod objects;
 mod presign;
+mod records;
 mod reference;
 mod s3_error;
 mod store;
@@ -29,6 +30,7 @@ mod upload;
 
 pub use embedded::EmbeddedS3;
 pub use error::{BlobError, BlobErrorKind};
+pub use records::RECORDS_PREFIX;
 pub use reference::BlobRef;
 pub use store::{
     BlobStore, BlobStoreConfig, ObjectInfo, PresignedPut, StoredBlob, MULTIPART_THRESHOLD,

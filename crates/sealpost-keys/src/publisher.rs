@@ -38,6 +38,24 @@ use crate::{
     PublishedDirectory, VrfSecret,
 };
 
+/// Where each published epoch's signed checkpoint and append-only proof are kept for auditors
+/// (the `sealpost` application wires in S3, with Object Lock where the bucket has it). Best
+/// effort: both can be produced again from the directory (`sealpost keys audit --save`).
+#[async_trait::async_trait]
+pub trait EpochArchive: Send + Sync + std::fmt::Debug {
+    /// Stores `body` under `name` (e.g. `keys/<tenant>/checkpoints/<epoch>.txt`).
+    async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), String>;
+}
+
+/// The archive names of epoch `epoch` of `tenant`: its checkpoint, and the append-only proof
+/// from the epoch before (none for epoch 1). Epochs are zero-padded to 20 digits, so names sort.
+pub fn archive_names(tenant: &TenantId, epoch: u64) -> (String, Option<String>) {
+    (
+        format!("keys/{tenant}/checkpoints/{epoch:020}.txt"),
+        (epoch >= 2).then(|| format!("keys/{tenant}/audit/{:020}-{epoch:020}.json", epoch - 1)),
+    )
+}
+
 /// The KV bucket of publisher leases: key `<tenant>`, value the holder's id.
 pub const LEASE_BUCKET: &str = "sealpost_keys_publishers";
 
@@ -240,6 +258,7 @@ pub struct Publisher {
     settings: PublisherSettings,
     /// This process's id in the lease.
     holder: String,
+    archive: Option<std::sync::Arc<dyn EpochArchive>>,
 }
 
 /// A held lease.
@@ -282,6 +301,43 @@ impl Publisher {
             pool,
             settings,
             holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            archive: None,
+        }
+    }
+
+    /// Archives every epoch this publisher publishes.
+    pub fn with_archive(mut self, archive: std::sync::Arc<dyn EpochArchive>) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    /// Stores epoch `epoch`'s checkpoint and append-only proof in the archive.
+    async fn archive_epoch(&self, tenant: &TenantId, published: &PublishedDirectory, epoch: u64) {
+        let Some(archive) = &self.archive else { return };
+        let (checkpoint_name, audit_name) = archive_names(tenant, epoch);
+        let result = async {
+            let cp = published
+                .checkpoint(Some(epoch))
+                .map_err(|e| e.to_string())?;
+            archive
+                .put(
+                    &checkpoint_name,
+                    cp.as_bytes().to_vec(),
+                    "text/plain; charset=utf-8",
+                )
+                .await?;
+            if let Some(name) = audit_name {
+                let answer = crate::service::audit_answer(published, epoch - 1, epoch, epoch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
+                archive.put(&name, body, "application/json").await?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(directory = %tenant, epoch, error = %e, "archiving an epoch failed; `sealpost keys audit --save` can produce it again");
         }
     }
 
@@ -471,6 +527,8 @@ impl Publisher {
         }
         let started = std::time::Instant::now();
         let (record, _) = published.publish(updates, through).await?;
+        self.archive_epoch(&dir.tenant, published, record.epoch)
+            .await;
         tracing::info!(
             directory = %dir.tenant,
             epoch = record.epoch,

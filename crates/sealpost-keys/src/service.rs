@@ -269,6 +269,37 @@ pub struct AuditAnswer {
     pub proof: akd::AppendOnlyProof,
 }
 
+/// akd's append-only proof from epoch `from` to `to` with the epochs' entries and their
+/// inclusion in the checkpoint of `size` epochs (`1 <= from < to <= size <= d.epoch()`).
+pub async fn audit_answer(
+    d: &PublishedDirectory,
+    from: u64,
+    to: u64,
+    size: u64,
+) -> Result<AuditAnswer, EpochError> {
+    let proof = d.directory().audit(from, to).await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut entries = Vec::new();
+    let mut inclusion = Vec::new();
+    for e in from..=to {
+        entries.push(String::from_utf8_lossy(&d.record(e)?.encode()).into_owned());
+        inclusion.push(
+            d.inclusion(e, size)?
+                .iter()
+                .map(|h| b64.encode(h.0))
+                .collect(),
+        );
+    }
+    Ok(AuditAnswer {
+        from,
+        to,
+        entries,
+        inclusion,
+        checkpoint: String::from_utf8_lossy(d.checkpoint(Some(size))?.as_bytes()).into_owned(),
+        proof,
+    })
+}
+
 impl AuditAnswer {
     /// Verifies the answer on its own: the checkpoint's signature, each epoch entry's inclusion
     /// in it (so the roots are the logged ones), and akd's append-only proof between those
@@ -685,32 +716,7 @@ impl KeysService {
                         d.epoch()
                     )));
                 }
-                let proof = d
-                    .directory()
-                    .audit(r.from, r.to)
-                    .await
-                    .map_err(EpochError::from)?;
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let mut entries = Vec::new();
-                let mut inclusion = Vec::new();
-                for e in r.from..=r.to {
-                    entries.push(String::from_utf8_lossy(&d.record(e)?.encode()).into_owned());
-                    inclusion.push(
-                        d.inclusion(e, size)?
-                            .iter()
-                            .map(|h| b64.encode(h.0))
-                            .collect(),
-                    );
-                }
-                json(&AuditAnswer {
-                    from: r.from,
-                    to: r.to,
-                    entries,
-                    inclusion,
-                    checkpoint: String::from_utf8_lossy(d.checkpoint(Some(size))?.as_bytes())
-                        .into_owned(),
-                    proof,
-                })
+                json(&audit_answer(d, r.from, r.to, size).await?)
             }
             KeysOp::Info => {
                 let reader = self.reader(tenant, true).await?;

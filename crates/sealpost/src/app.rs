@@ -118,14 +118,15 @@ impl App {
             running.projector = Some(projector);
             running.background.push(AbortOnDrop(gauges));
         }
-        if has(Role::Keys) {
-            running.keys = Some(crate::keys::start(&cfg, connect(&cfg).await?).await?);
-        }
-        // The object store only for the roles that read or write ciphertext.
-        if has(Role::Gateway) || !delivery_roles.is_empty() {
+        // The object store only for the roles that read or write ciphertext, and the key
+        // directory's archive.
+        if has(Role::Gateway) || has(Role::Keys) || !delivery_roles.is_empty() {
             running.blobs = Some(blobs(&cfg).await?);
         }
         let store = running.blobs.as_ref().map(|b| b.store.clone());
+        if let (true, Some(store)) = (has(Role::Keys), store.clone()) {
+            running.keys = Some(crate::keys::start(&cfg, connect(&cfg).await?, store).await?);
+        }
         if let (true, Some(store)) = (has(Role::Gateway), store.clone()) {
             let gateway = gateway(&cfg, connect(&cfg).await?, store).await?;
             running.http_addr = Some(gateway.http_addr);

@@ -100,6 +100,8 @@ pub struct KeysSection {
     #[serde(rename = "lease_ttl_ms", with = "ms")]
     pub lease_ttl: Duration,
     pub cache_mb: usize,
+    /// How long archived checkpoints and proofs stay locked, where the bucket has Object Lock.
+    pub archive_retention_days: u64,
 }
 
 impl KeysSection {

@@ -87,8 +87,32 @@ impl Drop for RunningKeys {
     }
 }
 
-/// Starts the key API (answering once this returns) and a publisher per directory.
-pub async fn start(cfg: &Config, client: async_nats::Client) -> anyhow::Result<RunningKeys> {
+/// The archive of published epochs in the object store, locked where the bucket has Object Lock.
+#[derive(Debug)]
+struct S3Archive {
+    store: sealpost_blobstore::BlobStore,
+    /// Set when the bucket has Object Lock enabled.
+    retain: Option<std::time::Duration>,
+}
+
+#[async_trait::async_trait]
+impl sealpost_keys::publisher::EpochArchive for S3Archive {
+    async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), String> {
+        let until = self.retain.map(|d| time::OffsetDateTime::now_utc() + d);
+        self.store
+            .put_record(name, body, content_type, until)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Starts the key API (answering once this returns) and a publisher per directory, archiving
+/// epochs in `store`.
+pub async fn start(
+    cfg: &Config,
+    client: async_nats::Client,
+    store: sealpost_blobstore::BlobStore,
+) -> anyhow::Result<RunningKeys> {
     let dirs = directories(cfg)?;
     let pool = crate::views::pool(cfg).await?;
     sealpost_projections::migrate(&pool)
@@ -112,8 +136,19 @@ pub async fn start(cfg: &Config, client: async_nats::Client) -> anyhow::Result<R
     ready_rx
         .await
         .context("the key API did not start; see the log above")?;
+    let locked = store.object_lock_enabled().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the bucket's Object Lock configuration; archiving unlocked");
+        false
+    });
+    let archive: std::sync::Arc<dyn sealpost_keys::publisher::EpochArchive> =
+        std::sync::Arc::new(S3Archive {
+            store,
+            retain: locked
+                .then(|| Duration::from_secs(cfg.keys.archive_retention_days.max(1) * 86_400)),
+        });
     for d in dirs {
-        let publisher = Publisher::new(client.clone(), pool.clone(), cfg.keys.publisher());
+        let publisher = Publisher::new(client.clone(), pool.clone(), cfg.keys.publisher())
+            .with_archive(archive.clone());
         tasks.push(tokio::spawn(publisher.run(d.keys)));
     }
     Ok(RunningKeys { tasks })
