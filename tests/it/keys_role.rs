@@ -45,6 +45,8 @@ fn tenant_with_directory(signer: &LogSigner, enrollment_key: Option<String>) -> 
         enrollment_key,
         retire_after_secs: 86_400,
         label_key: None,
+        webhook_url: None,
+        webhook_secret: None,
     });
     t
 }
@@ -1780,4 +1782,113 @@ async fn a_hundred_concurrent_claims_over_the_api_hand_each_validated_key_packag
         "each of the 50 packages to exactly one claimant"
     );
     assert_eq!(last, 50, "the other 50 got the last-resort package");
+}
+
+#[tokio::test]
+async fn key_changes_reach_the_tenants_webhook_signed_and_retried_until_accepted() {
+    // The tenant's receiver: answers 500 to the first two deliveries, then 200, and keeps
+    // every (signature header, body) it was sent.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, u16)>>> =
+        Default::default();
+    let app = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let received = received.clone();
+                    async move {
+                        let mut r = received.lock().unwrap();
+                        let status = if r.len() < 2 { 500 } else { 200 };
+                        let sig = headers
+                            .get("sealpost-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        r.push((sig, body.to_vec(), status));
+                        axum::http::StatusCode::from_u16(status).unwrap()
+                    }
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+    let mut tenant = tenant_with_directory(&signer, None);
+    if let Some(k) = tenant.keys.as_mut() {
+        k.webhook_url = Some(hook);
+        k.webhook_secret = Some(Secret::new("whsec_acme_test"));
+    }
+    let r = start_tenant(tenant).await;
+    let nats = &r.env.client;
+    let label = label_of("+447700900123");
+    ask(nats, TENANT, "publish", publish_body(&label, "k1", 1))
+        .await
+        .unwrap();
+    ask(nats, TENANT, "publish", publish_body(&label, "k2", 2))
+        .await
+        .unwrap();
+
+    // Both changes arrive, each signed; the two refused deliveries were retried.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let accepted = loop {
+        let got: Vec<(String, Vec<u8>, u16)> = received.lock().unwrap().clone();
+        let ok: Vec<Value> = got
+            .iter()
+            .filter(|(_, _, status)| *status == 200)
+            .map(|(_, body, _)| serde_json::from_slice(body).unwrap())
+            .collect();
+        if ok.len() >= 2 {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (sig, body, _) in &accepted {
+        assert!(
+            sealpost_keys::publisher::verify_webhook_signature(
+                b"whsec_acme_test",
+                sig,
+                body,
+                now,
+                300
+            ),
+            "every delivery is signed with the tenant's secret"
+        );
+        assert!(!sealpost_keys::publisher::verify_webhook_signature(
+            b"another tenant's secret",
+            sig,
+            body,
+            now,
+            300
+        ));
+    }
+    let mut changes: Vec<(String, String)> = accepted
+        .iter()
+        .filter(|(_, _, s)| *s == 200)
+        .map(|(_, b, _)| {
+            let v: Value = serde_json::from_slice(b).unwrap();
+            (
+                v["change"].as_str().unwrap().to_owned(),
+                v["key_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    changes.sort();
+    changes.dedup();
+    assert_eq!(
+        changes,
+        [
+            ("key_published".to_owned(), "k1".to_owned()),
+            ("key_rotated".to_owned(), "k2".to_owned())
+        ]
+    );
+    assert!(accepted.iter().filter(|(_, _, s)| *s == 500).count() == 2);
 }

@@ -663,6 +663,8 @@ async fn a_tenant_reaches_only_its_own_key_directory_and_key_change_alerts() {
             enrollment_key: None,
             retire_after_secs: 60,
             label_key: None,
+            webhook_url: None,
+            webhook_secret: None,
         });
         t
     };

@@ -61,6 +61,13 @@ pub struct TenantKeysConfig {
     /// sealed to a revoked or unknown key (`key_stale`). A secret.
     #[serde(default)]
     pub label_key: Option<Secret>,
+    /// Where key-change alerts are also POSTed (https, or http on loopback), signed with
+    /// `webhook_secret` in the `Sealpost-Signature` header (docs/keys.md).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// The webhook's HMAC key. A secret.
+    #[serde(default)]
+    pub webhook_secret: Option<Secret>,
 }
 
 fn default_retire_after_secs() -> u64 {

@@ -106,6 +106,97 @@ impl sealpost_keys::publisher::EpochArchive for S3Archive {
     }
 }
 
+/// Key-change alerts POSTed to each tenant's webhook, signed, retried with exponential backoff
+/// (at least once while the process lives: a process that dies with deliveries pending loses
+/// them; the NATS subject has every alert).
+#[derive(Debug)]
+struct Webhooks {
+    http: reqwest::Client,
+    by_tenant: std::collections::HashMap<TenantId, (String, sealpost_domain::Secret)>,
+}
+
+impl sealpost_keys::publisher::AlertHook for Webhooks {
+    fn deliver(&self, tenant: &TenantId, alert: &[u8]) {
+        let Some((url, secret)) = self.by_tenant.get(tenant).cloned() else {
+            return;
+        };
+        let (http, body, tenant) = (self.http.clone(), alert.to_vec(), tenant.clone());
+        tokio::spawn(async move {
+            use backon::Retryable as _;
+            let send = || async {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let signature = sealpost_keys::publisher::webhook_signature(
+                    secret.expose().as_bytes(),
+                    now,
+                    &body,
+                );
+                let res = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("Sealpost-Signature", signature)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
+                if res.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}", res.status().as_u16()))
+                }
+            };
+            let delivered = send
+                .retry(
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(200))
+                        .with_max_delay(Duration::from_secs(30))
+                        .with_max_times(8)
+                        .with_jitter(),
+                )
+                .await;
+            if let Err(e) = delivered {
+                tracing::warn!(tenant = %tenant, error = %e, "a key-change webhook was not delivered after 8 retries");
+            }
+        });
+    }
+}
+
+fn webhooks(cfg: &Config) -> anyhow::Result<Webhooks> {
+    let mut by_tenant = std::collections::HashMap::new();
+    for t in &cfg.tenants {
+        let Some(k) = &t.keys else { continue };
+        match (&k.webhook_url, &k.webhook_secret) {
+            (None, None) => {}
+            (Some(url), Some(secret)) if !secret.is_empty() => {
+                let parsed = reqwest::Url::parse(url).with_context(|| {
+                    format!("tenants.keys.webhook_url of '{}' is not a URL", t.id)
+                })?;
+                let loopback =
+                    matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                anyhow::ensure!(
+                    parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback),
+                    "tenants.keys.webhook_url of '{}' must be https (http only on loopback)",
+                    t.id
+                );
+                by_tenant.insert(
+                    TenantId::new(&t.id).with_context(|| format!("tenant id '{}'", t.id))?,
+                    (url.clone(), secret.clone()),
+                );
+            }
+            _ => anyhow::bail!(
+                "tenants.keys of '{}': set both webhook_url and webhook_secret, or neither",
+                t.id
+            ),
+        }
+    }
+    Ok(Webhooks {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("building the webhook HTTP client")?,
+        by_tenant,
+    })
+}
+
 /// Starts the key API (answering once this returns) and a publisher per directory, archiving
 /// epochs in `store`.
 pub async fn start(
@@ -114,6 +205,8 @@ pub async fn start(
     store: sealpost_blobstore::BlobStore,
 ) -> anyhow::Result<RunningKeys> {
     let dirs = directories(cfg)?;
+    let hooks: std::sync::Arc<dyn sealpost_keys::publisher::AlertHook> =
+        std::sync::Arc::new(webhooks(cfg)?);
     let pool = crate::views::pool(cfg).await?;
     sealpost_projections::migrate(&pool)
         .await
@@ -148,7 +241,8 @@ pub async fn start(
         });
     for d in dirs {
         let publisher = Publisher::new(client.clone(), pool.clone(), cfg.keys.publisher())
-            .with_archive(archive.clone());
+            .with_archive(archive.clone())
+            .with_alert_hook(hooks.clone());
         tasks.push(tokio::spawn(publisher.run(d.keys)));
     }
     Ok(RunningKeys { tasks })
