@@ -1784,12 +1784,14 @@ async fn a_hundred_concurrent_claims_over_the_api_hand_each_validated_key_packag
     assert_eq!(last, 50, "the other 50 got the last-resort package");
 }
 
+/// One webhook delivery as the receiver saw it: signature header, body, the status it answered.
+type Delivery = (String, Vec<u8>, u16);
+
 #[tokio::test]
 async fn key_changes_reach_the_tenants_webhook_signed_and_retried_until_accepted() {
     // The tenant's receiver: answers 500 to the first two deliveries, then 200, and keeps
     // every (signature header, body) it was sent.
-    let received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, u16)>>> =
-        Default::default();
+    let received: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>> = Default::default();
     let app = {
         let received = received.clone();
         axum::Router::new().route(
@@ -1835,7 +1837,7 @@ async fn key_changes_reach_the_tenants_webhook_signed_and_retried_until_accepted
     // Both changes arrive, each signed; the two refused deliveries were retried.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let accepted = loop {
-        let got: Vec<(String, Vec<u8>, u16)> = received.lock().unwrap().clone();
+        let got: Vec<Delivery> = received.lock().unwrap().clone();
         let ok: Vec<Value> = got
             .iter()
             .filter(|(_, _, status)| *status == 200)
