@@ -51,6 +51,21 @@ fn tenant_with_directory(signer: &LogSigner, enrollment_key: Option<String>) -> 
     t
 }
 
+/// RFC 9162 proof hashes from their base64 wire form.
+fn hashes<'a>(b64: impl Iterator<Item = &'a str>) -> Vec<sealpost_tlog::Hash> {
+    use base64::Engine as _;
+    b64.map(|h| {
+        sealpost_tlog::Hash(
+            base64::engine::general_purpose::STANDARD
+                .decode(h)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+    })
+    .collect()
+}
+
 /// A NATS request to the key API: `Ok(answer)` or `Err((code, message))`.
 async fn ask(
     client: &async_nats::Client,
@@ -133,18 +148,13 @@ impl Client {
         )
         .await
         .unwrap();
-        v["proof"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                use base64::Engine as _;
-                let b = base64::engine::general_purpose::STANDARD
-                    .decode(h.as_str().unwrap())
-                    .unwrap();
-                sealpost_tlog::Hash(b.try_into().unwrap())
-            })
-            .collect()
+        hashes(
+            v["proof"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h.as_str().unwrap()),
+        )
     }
 
     /// A verified lookup: the entry it proves, and the epoch.
@@ -388,21 +398,13 @@ async fn publish_rotate_revoke_each_shows_in_a_verified_lookup_and_history_and_a
     )
     .await
     .unwrap();
-    let proof: Vec<sealpost_tlog::Hash> = proof["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            use base64::Engine as _;
-            sealpost_tlog::Hash(
-                base64::engine::general_purpose::STANDARD
-                    .decode(h.as_str().unwrap())
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let proof = hashes(
+        proof["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap()),
+    );
     sealpost_tlog::verify_consistency(&proof, 1, first.root, latest.size, latest.root).unwrap();
     // akd's append-only proof between two epochs, from the API, verifies.
     let audit = ask(nats, TENANT, "audit", json!({"from": 1, "to": 2}))
@@ -1517,21 +1519,14 @@ async fn a_key_marked_bad_is_revoked_wherever_published_refused_at_publish_and_l
             .unwrap();
     assert_eq!(hex::encode(list[0].fingerprint), bad);
     let cp = list_key.open(answer.checkpoint.as_bytes()).unwrap();
-    let proof: Vec<sealpost_tlog::Hash> = answer
-        .inclusion
-        .unwrap()
-        .iter()
-        .map(|h| {
-            use base64::Engine as _;
-            sealpost_tlog::Hash(
-                base64::engine::general_purpose::STANDARD
-                    .decode(h)
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let proof = hashes(
+        answer
+            .inclusion
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(String::as_str),
+    );
     sealpost_tlog::verify_inclusion(
         &proof,
         cp.size,

@@ -308,6 +308,23 @@ fn change_of(
     })
 }
 
+/// A key event of `tenant` as a consumer delivered it.
+fn change_from(
+    tenant: &TenantId,
+    msg: &async_nats::jetstream::Message,
+) -> Result<Change, PublisherError> {
+    let seq = msg
+        .info()
+        .map_err(nats("a key event's metadata"))?
+        .stream_sequence;
+    let version = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(sealpost_eventstore::store::HDR_EVENT_VERSION))
+        .map_or("1", |v| v.as_str());
+    change_of(tenant, &msg.subject, seq, version, &msg.payload)
+}
+
 /// Leads directories: holds their leases and publishes their epochs.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -531,14 +548,7 @@ impl Publisher {
                             source: "ended".into(),
                         }),
                     };
-                    let seq = msg.info().map_err(nats("a key event's metadata"))?.stream_sequence;
-                    let version = msg
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(sealpost_eventstore::store::HDR_EVENT_VERSION))
-                        .map_or("1", |v| v.as_str())
-                        .to_owned();
-                    pending.push(change_of(&dir.tenant, &msg.subject, seq, &version, &msg.payload)?);
+                    pending.push(change_from(&dir.tenant, &msg)?);
                     if pending.len() >= self.settings.max_changes {
                         if !lease.renew().await {
                             return Ok(());
@@ -701,17 +711,8 @@ pub async fn rebuild(
                     })
                 }
             };
-            seq = msg
-                .info()
-                .map_err(nats("a key event's metadata"))?
-                .stream_sequence;
-            let version = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(sealpost_eventstore::store::HDR_EVENT_VERSION))
-                .map_or("1", |v| v.as_str())
-                .to_owned();
-            let c = change_of(tenant, &msg.subject, seq, &version, &msg.payload)?;
+            let c = change_from(tenant, &msg)?;
+            seq = c.seq;
             if ENTRY_CHANGES.contains(&c.event.event_type()) {
                 changed.insert(c.label.clone());
             }

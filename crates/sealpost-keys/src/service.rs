@@ -827,11 +827,7 @@ impl KeysService {
                 .await,
         )?;
         Ok(CommandAnswer {
-            events: done
-                .events
-                .iter()
-                .map(|e| e.event_type().as_str().to_owned())
-                .collect(),
+            events: event_types(&done.events),
             fingerprint: Some(hex::encode(fp)),
             safety_number: Some(sealpost_keyformat::safety_number(&fp)),
         })
@@ -863,11 +859,7 @@ impl KeysService {
                 .await,
         )?;
         Ok(CommandAnswer {
-            events: done
-                .events
-                .iter()
-                .map(|e| e.event_type().as_str().to_owned())
-                .collect(),
+            events: event_types(&done.events),
             fingerprint: None,
             safety_number: None,
         })
@@ -932,11 +924,7 @@ impl KeysService {
                 .await,
         )?;
         Ok(CommandAnswer {
-            events: done
-                .events
-                .iter()
-                .map(|e| e.event_type().as_str().to_owned())
-                .collect(),
+            events: event_types(&done.events),
             fingerprint: None,
             safety_number: None,
         })
@@ -1177,6 +1165,14 @@ impl KeysService {
             "the directory is publishing an epoch; retry in a moment",
         ))
     }
+}
+
+/// The wire names of the events a command wrote.
+fn event_types(events: &[sealpost_keys_domain::KeysEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.event_type().as_str().to_owned())
+        .collect()
 }
 
 fn not_open() -> KeysApiError {

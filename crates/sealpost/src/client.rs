@@ -47,10 +47,20 @@ pub async fn request(
     body: Vec<u8>,
 ) -> anyhow::Result<String> {
     let subject = ServiceSubject::new(tenant.clone(), op).to_string();
+    request_subject(client, subject, body, "sealpost serve").await
+}
+
+/// One request to a Sealpost service subject; `serving` names what must run to answer it.
+pub async fn request_subject(
+    client: &async_nats::Client,
+    subject: String,
+    body: Vec<u8>,
+    serving: &str,
+) -> anyhow::Result<String> {
     let reply = client
         .request(subject.clone(), body.into())
         .await
-        .with_context(|| format!("no answer on {subject}; is `sealpost serve` running?"))?;
+        .with_context(|| format!("no answer on {subject}; is `{serving}` running?"))?;
     let text = String::from_utf8_lossy(&reply.payload).into_owned();
     let failed = reply
         .headers

@@ -187,12 +187,22 @@ pub async fn run(cfg: &crate::Config, which: KeysCommand) -> anyhow::Result<()> 
             to,
             state,
             save,
-            offline: Some(dir),
+            offline,
             checkpoint_key,
         } => {
-            let key = CheckpointVerifier::new(checkpoint_key.as_deref().unwrap_or_default())
-                .context("--checkpoint-key is not a verifier key")?;
-            let source = Source::Offline(dir);
+            let (source, key) = match offline {
+                Some(dir) => (
+                    Source::Offline(dir),
+                    CheckpointVerifier::new(checkpoint_key.as_deref().unwrap_or_default())
+                        .context("--checkpoint-key is not a verifier key")?,
+                ),
+                None => {
+                    let client = crate::app::connect(cfg).await?;
+                    let key =
+                        CheckpointVerifier::new(&info(&client, &tenant).await?.checkpoint_key)?;
+                    (Source::Online(client, tenant.clone()), key)
+                }
+            };
             audit(
                 &source,
                 &key,
@@ -303,29 +313,9 @@ async fn online(client: &async_nats::Client, which: KeysCommand) -> anyhow::Resu
             print!("{}", v["checkpoint"].as_str().unwrap_or_default());
             Ok(())
         }
-        KeysCommand::Audit {
-            tenant,
-            from,
-            to,
-            state,
-            save,
-            ..
-        } => {
-            let key = CheckpointVerifier::new(&info(client, &tenant).await?.checkpoint_key)?;
-            let source = Source::Online(client.clone(), tenant.clone());
-            audit(
-                &source,
-                &key,
-                &tenant,
-                from,
-                to,
-                state.as_deref(),
-                save.as_deref(),
-            )
-            .await
-        }
         KeysCommand::GenSecrets { .. }
         | KeysCommand::Verify { .. }
+        | KeysCommand::Audit { .. }
         | KeysCommand::MarkBad { tenant: None, .. } => Ok(()),
     }
 }
@@ -337,20 +327,7 @@ async fn ask(
     body: Vec<u8>,
 ) -> anyhow::Result<String> {
     let subject = KeysSubject::new(tenant.clone(), op).to_string();
-    let reply = client
-        .request(subject.clone(), body.into())
-        .await
-        .with_context(|| {
-            format!("no answer on {subject}; is `sealpost serve --roles keys` running?")
-        })?;
-    let text = String::from_utf8_lossy(&reply.payload).into_owned();
-    let failed = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
-        .is_some();
-    anyhow::ensure!(!failed, "{text}");
-    Ok(text)
+    crate::client::request_subject(client, subject, body, "sealpost serve --roles keys").await
 }
 
 async fn ask_json(
