@@ -461,6 +461,21 @@ pub struct InfoAnswer {
     pub epoch: u64,
 }
 
+impl TenantState {
+    /// Runs a command on a recipient's keys (`aggregate`: `<tenant>.<label>`).
+    async fn execute(
+        &self,
+        aggregate: &str,
+        command: KeysCommand,
+    ) -> Result<sealpost_eventstore::Executed<RecipientKeys>, KeysApiError> {
+        executed(
+            self.executor
+                .execute(aggregate, command, &HashMap::new())
+                .await,
+        )
+    }
+}
+
 struct TenantState {
     dir: TenantDirectory,
     executor: CommandExecutor<RecipientKeys>,
@@ -816,16 +831,9 @@ impl KeysService {
             marked_bad,
             at: OffsetDateTime::now_utc(),
         }));
-        let done = executed(
-            tenant
-                .executor
-                .execute(
-                    &aggregate_id(&tenant.dir.keys.tenant, &label),
-                    command,
-                    &HashMap::new(),
-                )
-                .await,
-        )?;
+        let done = tenant
+            .execute(&aggregate_id(&tenant.dir.keys.tenant, &label), command)
+            .await?;
         Ok(CommandAnswer {
             events: event_types(&done.events),
             fingerprint: Some(hex::encode(fp)),
@@ -844,20 +852,16 @@ impl KeysService {
                 "reason must be compromised, decommissioned, marked_bad or administrative",
             )
         })?;
-        let done = executed(
-            tenant
-                .executor
-                .execute(
-                    &aggregate_id(&tenant.dir.keys.tenant, &label),
-                    KeysCommand::Revoke {
-                        key_id: r.key_id,
-                        reason,
-                        at: OffsetDateTime::now_utc(),
-                    },
-                    &HashMap::new(),
-                )
-                .await,
-        )?;
+        let done = tenant
+            .execute(
+                &aggregate_id(&tenant.dir.keys.tenant, &label),
+                KeysCommand::Revoke {
+                    key_id: r.key_id,
+                    reason,
+                    at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await?;
         Ok(CommandAnswer {
             events: event_types(&done.events),
             fingerprint: None,
@@ -907,22 +911,18 @@ impl KeysService {
                 Some(h)
             }
         };
-        let done = executed(
-            tenant
-                .executor
-                .execute(
-                    &aggregate_id(&tenant.dir.keys.tenant, &label),
-                    KeysCommand::UploadKeyPackages {
-                        device_id: r.device_id,
-                        hash_refs,
-                        last_resort,
-                        key_packages: bytes,
-                        at: OffsetDateTime::now_utc(),
-                    },
-                    &HashMap::new(),
-                )
-                .await,
-        )?;
+        let done = tenant
+            .execute(
+                &aggregate_id(&tenant.dir.keys.tenant, &label),
+                KeysCommand::UploadKeyPackages {
+                    device_id: r.device_id,
+                    hash_refs,
+                    last_resort,
+                    key_packages: bytes,
+                    at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await?;
         Ok(CommandAnswer {
             events: event_types(&done.events),
             fingerprint: None,
@@ -947,20 +947,16 @@ impl KeysService {
             (h.finish() % tenant.claims.len() as u64) as usize
         };
         let _turn = tenant.claims[stripe].lock().await;
-        let done = executed(
-            tenant
-                .executor
-                .execute(
-                    &id,
-                    KeysCommand::ClaimKeyPackage {
-                        device_id: r.device_id,
-                        claimant: r.claimant,
-                        at: OffsetDateTime::now_utc(),
-                    },
-                    &HashMap::new(),
-                )
-                .await,
-        )?;
+        let done = tenant
+            .execute(
+                &id,
+                KeysCommand::ClaimKeyPackage {
+                    device_id: r.device_id,
+                    claimant: r.claimant,
+                    at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await?;
         match done.events.as_slice() {
             [sealpost_keys_domain::KeysEvent::KeyPackageClaimed(c)] => Ok(ClaimAnswer {
                 hash_ref: c.hash_ref.clone(),
