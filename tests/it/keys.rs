@@ -271,6 +271,7 @@ fn check(
         consistency,
         state,
     )
+    .map_err(EpochError::from)
 }
 
 #[tokio::test]
@@ -454,6 +455,7 @@ fn check_label(
         &[],
         &mut ClientState::default(),
     )
+    .map_err(EpochError::from)
 }
 
 // ---------------------------------------------------------------------------------------------

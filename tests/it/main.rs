@@ -14,6 +14,7 @@ mod metrics;
 mod projections;
 mod replay;
 mod schemas;
+mod sdk;
 mod support;
 mod tenancy;
 mod tlog;

@@ -16,9 +16,12 @@
 //!   TTL_EXPIRATION_REVOKED to the webhook URL, retried with backoff until a 2xx (at least once,
 //!   so they survive a receiver restart), with duplicate and out-of-order faults.
 //! - Introspection for assertions: [`RunningSim::stats`], [`RunningSim::accepted_ids`],
-//!   [`RunningSim::requests_for`], [`RunningSim::notices`], [`RunningSim::revoked`].
+//!   [`RunningSim::requests_for`], [`RunningSim::notices`], [`RunningSim::revoked`], and
+//!   [`RunningSim::handset`] (what the recipient's device received: the payload link and digest,
+//!   for the SDK's end-to-end tests).
 //!
-//! **Must not:** fetch the `fileUrl` (a presigned URL to ciphertext) or log it; log full phone
+//! **Must not:** fetch the `fileUrl` (a presigned URL to ciphertext) or log it (it keeps it in
+//! memory only, as the handset's copy); log full phone
 //! numbers; be used as a production endpoint. It keeps everything in memory.
 
 mod config;
@@ -78,6 +81,13 @@ pub struct NoticeRecord {
     /// The `client_ref` (our message id).
     pub message_id: String,
     pub text: String,
+}
+
+/// What a handset received for an RBM message with a payload link: the link and the digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandsetMessage {
+    pub file_url: String,
+    pub sha256: String,
 }
 
 /// A running simulator. Dropping it stops the server and every pending webhook.
@@ -156,6 +166,16 @@ impl RunningSim {
             self.shared.lock().messages.get(message_id).map(|m| m.phase),
             Some(Phase::Revoked)
         )
+    }
+
+    /// What the recipient's handset got for `message_id` (its payload link and digest), as a
+    /// device app would read it: for end-to-end tests of the client SDK.
+    pub fn handset(&self, message_id: &str) -> Option<HandsetMessage> {
+        self.shared
+            .lock()
+            .messages
+            .get(message_id)
+            .and_then(|m| m.content.clone())
     }
 
     /// Whether the simulator has delivered `message_id` (DELIVERED is sent or being sent).

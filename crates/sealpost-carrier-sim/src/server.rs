@@ -133,6 +133,8 @@ impl SimState {
 pub(crate) struct Msg {
     pub(crate) recipient: Arc<str>,
     pub(crate) phase: Phase,
+    /// What the handset receives: the payload link and digest (kept in memory, never logged).
+    pub(crate) content: Option<crate::HandsetMessage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +227,7 @@ async fn send(
             None,
         );
     }
-    let expire_time = match parse_send_body(&body) {
+    let (expire_time, content) = match parse_send_body(&body) {
         Ok(t) => t,
         Err(msg) => {
             record(400);
@@ -282,6 +284,7 @@ async fn send(
                 Msg {
                     recipient: recipient.clone(),
                     phase: Phase::Pending,
+                    content,
                 },
             );
         }
@@ -316,8 +319,12 @@ async fn send(
     }
 }
 
-/// Validates an `agentMessages.create` body; returns its `expireTime`.
-fn parse_send_body(body: &[u8]) -> Result<Option<OffsetDateTime>, &'static str> {
+/// Validates an `agentMessages.create` body; returns its `expireTime` and, for a payload link,
+/// what the handset receives.
+#[allow(clippy::type_complexity)]
+fn parse_send_body(
+    body: &[u8],
+) -> Result<(Option<OffsetDateTime>, Option<crate::HandsetMessage>), &'static str> {
     let msg: AgentMessage =
         serde_json::from_slice(body).map_err(|_| "Invalid JSON payload received.")?;
     let c = &msg.content_message;
@@ -329,20 +336,26 @@ fn parse_send_body(body: &[u8]) -> Result<Option<OffsetDateTime>, &'static str> 
     if !has_text && !has_file {
         return Err("contentMessage needs text or contentInfo.fileUrl.");
     }
+    let mut content = None;
     if has_file {
-        let digest_ok = msg.sealpost_payload.as_ref().is_some_and(|p| {
-            p.sha256.len() == 64 && p.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        let digest = msg
+            .sealpost_payload
+            .as_ref()
+            .map(|p| p.sha256.clone())
+            .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or("sealpostPayload.sha256 (64 hex digits) is required with a fileUrl.")?;
+        content = c.content_info.as_ref().map(|i| crate::HandsetMessage {
+            file_url: i.file_url.clone(),
+            sha256: digest,
         });
-        if !digest_ok {
-            return Err("sealpostPayload.sha256 (64 hex digits) is required with a fileUrl.");
+    }
+    let expire_time = match msg.expire_time {
+        None => None,
+        Some(t) => {
+            Some(OffsetDateTime::parse(&t, &Rfc3339).map_err(|_| "expireTime is not RFC 3339.")?)
         }
-    }
-    match msg.expire_time {
-        None => Ok(None),
-        Some(t) => OffsetDateTime::parse(&t, &Rfc3339)
-            .map(Some)
-            .map_err(|_| "expireTime is not RFC 3339."),
-    }
+    };
+    Ok((expire_time, content))
 }
 
 fn decide(sh: &Shared, st: &mut SimState, phone: &str, message_id: &str) -> Decision {
@@ -573,12 +586,14 @@ mod tests {
         let digest = "ab".repeat(32);
         assert_eq!(
             parse_send_body(br#"{"contentMessage":{"text":"hi"}}"#),
-            Ok(None)
+            Ok((None, None))
         );
         let with_file = format!(
             r#"{{"contentMessage":{{"contentInfo":{{"fileUrl":"https://x"}}}},"sealpostPayload":{{"sha256":"{digest}"}},"expireTime":"2030-01-01T00:00:00Z"}}"#
         );
-        assert!(matches!(parse_send_body(with_file.as_bytes()), Ok(Some(_))));
+        let (expires, content) = parse_send_body(with_file.as_bytes()).unwrap();
+        assert!(expires.is_some());
+        assert_eq!(content.unwrap().file_url, "https://x");
         assert!(parse_send_body(b"nope").is_err());
         assert!(parse_send_body(br#"{"contentMessage":{}}"#).is_err());
         assert!(

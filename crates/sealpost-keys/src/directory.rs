@@ -12,22 +12,7 @@ use akd::{
 
 use crate::PgAkdStorage;
 
-/// The domain separator of every hash the directory computes: a proof from this directory can
-/// never verify as another application's (or as WhatsApp's).
-pub const DOMAIN_LABEL: &[u8] = b"sealpost key directory v1";
-
-/// [`DOMAIN_LABEL`] as akd's type-level label.
-#[derive(Debug, Clone, Copy)]
-pub struct SealpostDomain;
-
-impl akd::DomainLabel for SealpostDomain {
-    fn domain_label() -> &'static [u8] {
-        DOMAIN_LABEL
-    }
-}
-
-/// akd's experimental configuration (its current one), domain-separated by [`DOMAIN_LABEL`].
-pub type Config = akd::ExperimentalConfiguration<SealpostDomain>;
+pub use sealpost_keys_client::{Config, SealpostDomain, DOMAIN_LABEL};
 
 /// The directory's VRF private key (32 bytes, an Ed25519 seed as akd takes it). Secret: its
 /// `Debug` shows nothing of it.

@@ -8,31 +8,21 @@
 //! checks that each new one extends it (a consistency proof); two checkpoints that do not prove
 //! consistent are a split view, and the client refuses the answer.
 //!
-//! The epoch entry (all ASCII, each line ending in `\n`):
-//!
-//! ```text
-//! sealpost-keys/epoch/v1
-//! <directory>
-//! <epoch in decimal>
-//! <base64 of the 32-byte akd root>
-//! <stream sequence, in decimal, of the epoch's last key event on SEALPOST_KEYS>
-//! ```
+//! The epoch entry's format, [`EpochRecord`], and the client's checks are
+//! `sealpost-keys-client`'s.
 //!
 //! The last line ties the epoch to the key events it holds: epoch `e` publishes the directory
 //! entries of every recipient with a key event in the sequence range (`through` of epoch `e - 1`,
 //! `through` of epoch `e`], so a rebuild from the stream alone gives the same roots.
 
-use akd::{AkdLabel, EpochHash, LookupProof, VerifyResult};
-use base64::Engine as _;
-use sealpost_tlog::{
-    leaf_hash, verify_consistency, verify_inclusion, Checkpoint, CheckpointVerifier, Hash,
-    JetStreamLog, LogSigner, SignedCheckpoint,
+use akd::{AkdLabel, EpochHash};
+pub use sealpost_keys_client::{
+    verify_history, verify_lookup, ClientState, EpochRecord, Proven, VerifiableHistory,
+    VerifiableLookup, VerifyError,
 };
+use sealpost_tlog::{Hash, JetStreamLog, LogSigner, SignedCheckpoint};
 
-use crate::directory::Config;
 use crate::Directory;
-
-const EPOCH_TAG: &str = "sealpost-keys/epoch/v1";
 
 /// What went wrong publishing or verifying.
 #[derive(Debug, thiserror::Error)]
@@ -57,82 +47,14 @@ pub enum EpochError {
     Refused(String),
 }
 
-/// One published epoch: the log entry's contents.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EpochRecord {
-    pub directory: String,
-    pub epoch: u64,
-    pub root: [u8; 32],
-    /// The stream sequence of the epoch's last key event.
-    pub through: u64,
-}
-
-impl EpochRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        format!(
-            "{EPOCH_TAG}\n{}\n{}\n{}\n{}\n",
-            self.directory,
-            self.epoch,
-            base64::engine::general_purpose::STANDARD.encode(self.root),
-            self.through
-        )
-        .into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, EpochError> {
-        let bad = |why: &str| EpochError::BadEntry(why.to_owned());
-        let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
-        let body = text
-            .strip_suffix('\n')
-            .ok_or_else(|| bad("no final newline"))?;
-        let lines: Vec<&str> = body.split('\n').collect();
-        let [tag, directory, epoch, root, through] = lines[..] else {
-            return Err(bad("not five lines"));
-        };
-        if tag != EPOCH_TAG {
-            return Err(bad("not a sealpost-keys/epoch/v1 entry"));
+impl From<VerifyError> for EpochError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::BadEntry(why) => EpochError::BadEntry(why),
+            VerifyError::Refused(why) => EpochError::Refused(why),
         }
-        let epoch: u64 = epoch
-            .parse()
-            .map_err(|_| bad("the epoch is not a number"))?;
-        let root: [u8; 32] = base64::engine::general_purpose::STANDARD
-            .decode(root)
-            .ok()
-            .and_then(|r| r.try_into().ok())
-            .ok_or_else(|| bad("the root is not 32 bytes of base64"))?;
-        let through: u64 = through
-            .parse()
-            .map_err(|_| bad("the last event's sequence is not a number"))?;
-        let record = EpochRecord {
-            directory: directory.to_owned(),
-            epoch,
-            root,
-            through,
-        };
-        if record.encode() != bytes {
-            return Err(bad("not in canonical form"));
-        }
-        Ok(record)
     }
 }
-
-/// An answer a client can check on its own: akd's proof (`P`: a lookup or a history proof) at
-/// an epoch, that epoch's log entry, its inclusion proof and the signed checkpoint.
-#[derive(Debug, Clone)]
-pub struct Proven<P> {
-    pub proof: P,
-    /// The epoch entry the proof is against.
-    pub record: EpochRecord,
-    /// The inclusion proof of that entry (index `epoch - 1`) in the checkpoint's tree.
-    pub inclusion: Vec<Hash>,
-    /// The epoch log's signed checkpoint.
-    pub checkpoint: SignedCheckpoint,
-}
-
-/// A lookup answer.
-pub type VerifiableLookup = Proven<LookupProof>;
-/// A key-history answer.
-pub type VerifiableHistory = Proven<akd::HistoryProof>;
 
 /// Where each epoch's range of key events is fixed before the epoch is committed (the
 /// `key_epochs` table): the first publisher to propose epoch `e` decides its last event, and
@@ -277,7 +199,7 @@ impl PublishedDirectory {
             .checked_sub(1)
             .and_then(|i| self.log.entry(i))
             .ok_or_else(|| EpochError::BadEntry(format!("epoch {epoch} is not in the log")))?;
-        EpochRecord::decode(entry)
+        Ok(EpochRecord::decode(entry)?)
     }
 
     /// The last key event published so far (0: none).
@@ -374,118 +296,4 @@ impl PublishedDirectory {
     pub fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, EpochError> {
         Ok(self.log.tree().consistency_proof(old, new)?)
     }
-}
-
-/// What a client remembers between answers: the largest checkpoint it has verified.
-#[derive(Debug, Clone, Default)]
-pub struct ClientState {
-    pub last: Option<Checkpoint>,
-}
-
-/// Checks what anchors an answer: the checkpoint's signature, that it extends the client's last
-/// checkpoint (`consistency` proves it; empty when the client has none or the sizes are equal),
-/// and that the answer's epoch entry is in it. Returns the new checkpoint.
-fn verify_anchor<P>(
-    log_key: &CheckpointVerifier,
-    directory: &str,
-    answer: &Proven<P>,
-    consistency: &[Hash],
-    state: &ClientState,
-) -> Result<Checkpoint, EpochError> {
-    let refused = |what: String| EpochError::Refused(what);
-    let cp = log_key
-        .open(answer.checkpoint.as_bytes())
-        .map_err(|e| refused(format!("the checkpoint: {e}")))?;
-    if let Some(last) = &state.last {
-        if cp.size < last.size {
-            return Err(refused(format!(
-                "the checkpoint (size {}) is older than one already seen (size {})",
-                cp.size, last.size
-            )));
-        }
-        verify_consistency(consistency, last.size, last.root, cp.size, cp.root).map_err(|e| {
-            refused(format!(
-                "a split view: this checkpoint does not extend the last one seen ({e})"
-            ))
-        })?;
-    }
-    let record = &answer.record;
-    if record.directory != directory {
-        return Err(refused(format!(
-            "an answer of directory '{}', not '{directory}'",
-            record.directory
-        )));
-    }
-    if record.epoch == 0 || record.epoch > cp.size {
-        return Err(refused(format!(
-            "epoch {} is not in the checkpoint (size {})",
-            record.epoch, cp.size
-        )));
-    }
-    verify_inclusion(
-        &answer.inclusion,
-        cp.size,
-        cp.root,
-        record.epoch - 1,
-        leaf_hash(&record.encode()),
-    )
-    .map_err(|e| {
-        refused(format!(
-            "epoch {} is not in the signed log ({e})",
-            record.epoch
-        ))
-    })?;
-    Ok(cp)
-}
-
-/// Verifies a lookup answer: its anchor in the signed log (signature, consistency with the
-/// client's last checkpoint, inclusion of the epoch) and akd's lookup proof against that epoch's
-/// root. On success the client's state moves to the new checkpoint.
-pub fn verify_lookup(
-    vrf_public_key: &[u8],
-    log_key: &CheckpointVerifier,
-    directory: &str,
-    label: AkdLabel,
-    answer: &VerifiableLookup,
-    consistency: &[Hash],
-    state: &mut ClientState,
-) -> Result<VerifyResult, EpochError> {
-    let cp = verify_anchor(log_key, directory, answer, consistency, state)?;
-    let result = akd::client::lookup_verify::<Config>(
-        vrf_public_key,
-        answer.record.root,
-        answer.record.epoch,
-        label,
-        answer.proof.clone(),
-    )
-    .map_err(|e| EpochError::Refused(format!("the lookup proof: {e:?}")))?;
-    state.last = Some(cp);
-    Ok(result)
-}
-
-/// Verifies a key-history answer like [`verify_lookup`], with akd's complete-history check:
-/// every version of the label's value, newest first.
-pub fn verify_history(
-    vrf_public_key: &[u8],
-    log_key: &CheckpointVerifier,
-    directory: &str,
-    label: AkdLabel,
-    answer: &VerifiableHistory,
-    consistency: &[Hash],
-    state: &mut ClientState,
-) -> Result<Vec<VerifyResult>, EpochError> {
-    let cp = verify_anchor(log_key, directory, answer, consistency, state)?;
-    let results = akd::client::key_history_verify::<Config>(
-        vrf_public_key,
-        answer.record.root,
-        answer.record.epoch,
-        label,
-        answer.proof.clone(),
-        akd::HistoryVerificationParams::Default {
-            history_params: akd::HistoryParams::Complete,
-        },
-    )
-    .map_err(|e| EpochError::Refused(format!("the history proof: {e:?}")))?;
-    state.last = Some(cp);
-    Ok(results)
 }

@@ -23,7 +23,7 @@ pub use akd;
 
 pub mod badkeys;
 mod directory;
-mod entry;
+pub mod entry;
 mod epochs;
 pub mod keypackages;
 pub mod publisher;
@@ -31,9 +31,9 @@ pub mod service;
 mod storage;
 
 pub use directory::{Config, Directory, SealpostDomain, VrfSecret, DOMAIN_LABEL};
-pub use entry::{DeviceKey, DirectoryEntry, KeyStatus, ENTRY_VERSION};
 pub use epochs::{
     verify_history, verify_lookup, ClientState, EpochError, EpochIntents, EpochRecord, Proven,
     PublishedDirectory, VerifiableHistory, VerifiableLookup,
 };
+pub use sealpost_keys_client::{api, DeviceKey, DirectoryEntry, KeyStatus, ENTRY_VERSION};
 pub use storage::PgAkdStorage;

@@ -34,8 +34,7 @@ use sealpost_tlog::{JetStreamLog, LogLocation, LogSigner};
 use serde::Serialize;
 
 use crate::{
-    Directory, DirectoryEntry, EpochError, EpochIntents, EpochRecord, PgAkdStorage,
-    PublishedDirectory, VrfSecret,
+    Directory, EpochError, EpochIntents, EpochRecord, PgAkdStorage, PublishedDirectory, VrfSecret,
 };
 
 /// Where each published epoch's signed checkpoint and append-only proof are kept for auditors
@@ -202,11 +201,7 @@ pub fn aggregate_id(tenant: &TenantId, label_hex: &str) -> String {
     format!("{tenant}.{label_hex}")
 }
 
-/// The AKD label of a recipient: the 32 bytes of its [`sealpost_keyformat::RecipientLabel`].
-pub fn akd_label(label_hex: &str) -> Option<AkdLabel> {
-    let bytes = hex::decode(label_hex).ok()?;
-    (bytes.len() == 32).then_some(AkdLabel(bytes))
-}
+pub use sealpost_keys_client::api::akd_label;
 
 /// Where a tenant's epoch log lives.
 pub fn epoch_log_location(tenant: &TenantId) -> LogLocation {
@@ -645,7 +640,7 @@ async fn entry_at(
         }
         keys.apply_event(store.decode_event(raw, i + 1)?);
     }
-    Ok(DirectoryEntry::of(&keys).to_value())
+    Ok(crate::entry::directory_entry(&keys).to_value())
 }
 
 /// What [`rebuild`] found.
@@ -672,7 +667,8 @@ pub async fn rebuild(
             .map_err(EpochError::from)?;
     let records: Vec<EpochRecord> = (0..log.size())
         .map(|i| {
-            EpochRecord::decode(log.entry(i).unwrap_or_default()).map_err(PublisherError::from)
+            EpochRecord::decode(log.entry(i).unwrap_or_default())
+                .map_err(|e| PublisherError::from(EpochError::from(e)))
         })
         .collect::<Result<_, _>>()?;
     let directory = Directory::open(into, vrf).await.map_err(EpochError::from)?;
@@ -721,7 +717,7 @@ pub async fn rebuild(
         let updates: Vec<(AkdLabel, AkdValue)> = std::mem::take(&mut changed)
             .into_iter()
             .map(|label| {
-                let value = DirectoryEntry::of(&state[&label]).to_value();
+                let value = crate::entry::directory_entry(&state[&label]).to_value();
                 akd_label(&label)
                     .map(|l| (l, value))
                     .ok_or_else(|| PublisherError::Foreign {

@@ -111,6 +111,12 @@ pub enum Command {
         #[command(subcommand)]
         which: crate::keys_cli::KeysCommand,
     },
+    /// The client SDK: device keys, publication and rotation, sealing, sending and opening
+    /// end-to-end encrypted payloads.
+    Sdk {
+        #[command(subcommand)]
+        which: crate::sdk_cli::SdkCommand,
+    },
     // --- auditors
     /// Replay the event stream as NDJSON (with --verify: audit it). `--projection <name>
     /// --from-start` instead rebuilds a Postgres view from stream sequence 1.
@@ -202,6 +208,13 @@ pub enum BenchCommand {
         #[arg(long)]
         no_write: bool,
     },
+    /// The client SDK: seal and open per second (1 KiB and 1 MiB, 1 and 5 devices) against raw
+    /// XChaCha20-Poly1305 on the same buffers, and the cost of verifying a lookup.
+    Sdk {
+        /// Seconds to run each measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// The key directory's AKD on Postgres against akd's own in-memory storage in the same run:
     /// publish (changes/s, time per epoch), lookups with proof (per second, p50, p99), proof
     /// sizes.
@@ -277,6 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay(args) => replay(&cfg, args).await,
         Command::Keys { which } => crate::keys_cli::run(&cfg, which).await,
+        Command::Sdk { which } => crate::sdk_cli::run(which).await,
     }
 }
 
@@ -393,6 +407,7 @@ async fn bench(cfg: &Config, which: BenchCommand) -> anyhow::Result<()> {
             )
             .await
         }
+        BenchCommand::Sdk { seconds } => bench::sdk::run(seconds).await,
         BenchCommand::Projections { events, no_write } => {
             bench::projections::run(cfg, events.max(5), !no_write).await
         }

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod keys_cli;
 pub mod replay;
 pub mod roles;
+pub mod sdk_cli;
 pub mod status;
 pub mod views;
 

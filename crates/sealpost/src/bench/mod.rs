@@ -6,7 +6,8 @@
 //! - [`ingress`]: accepted sends over NATS and HTTP through [`crate::App`];
 //! - [`delivery`]: end to end through the [`harness`](crate::harness), and a backlog drain;
 //! - [`projections`]: a rebuild against a raw Postgres insert baseline;
-//! - [`keys`]: the key directory's AKD on Postgres against akd's in-memory storage.
+//! - [`keys`]: the key directory's AKD on Postgres against akd's in-memory storage;
+//! - [`sdk`]: the client SDK's seal, open and lookup verification against raw AEAD.
 
 pub mod delivery;
 pub mod eventstore;
@@ -14,6 +15,7 @@ pub mod fixtures;
 pub mod ingress;
 pub mod keys;
 pub mod projections;
+pub mod sdk;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,458 @@
+//! The client SDK against the real platform: a nats-server, Postgres, the embedded S3 endpoint,
+//! the key directory, the delivery roles and the carrier simulator, all started with
+//! `sealpost::App::start`. The sender seals with the SDK after verifying the directory's
+//! answer, the platform carries the envelope, and each device fetches it from the link the
+//! carrier got and opens it. Then every refusal the SDK promises, each on its own.
+
+// Test fixtures: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sealpost::{App, Role};
+use sealpost_carrier_sim::{CarrierSim, HandsetMessage, RunningSim, SimConfig};
+use sealpost_domain::Secret;
+use sealpost_gateway::TenantKeysConfig;
+use sealpost_keyformat::{LabelKey, RecipientLabel};
+use sealpost_sdk::{
+    Device, HttpApi, KeyDirectory, Keyring, OpenError, Outgoing, Platform, SdkError, Sender, Trust,
+};
+use sealpost_testkit::{eventually, PgDatabase};
+use sealpost_tlog::LogSigner;
+use time::{Duration as TimeDuration, OffsetDateTime};
+
+use crate::support::{app_config, Env};
+
+const TENANT: &str = "acme-corp";
+const API_KEY: &str = "acme-corp-key";
+const LABEL_KEY: [u8; 32] = [9; 32];
+const ALICE: &str = "+447700900123";
+const BOB: &str = "+447700900456";
+
+pub(crate) struct Stack {
+    pub env: Env,
+    _db: PgDatabase,
+    dir: tempfile::TempDir,
+    pub sim: RunningSim,
+    pub app: sealpost::Running,
+    pub signer: LogSigner,
+}
+
+impl Stack {
+    /// Gateway, key directory and delivery roles in one process, with the simulator's receipts.
+    pub async fn start() -> Stack {
+        let env = Env::start().await;
+        let db = PgDatabase::create().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sim_cfg = SimConfig {
+            receipt_delay: Duration::from_millis(20),
+            ..SimConfig::default()
+        };
+        let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), sim_cfg.clone())
+            .await
+            .unwrap();
+        let (signer, _) = LogSigner::generate("sealpost.test/keys/acme-corp").unwrap();
+        let mut tenant = crate::gateway::tenant_config(TENANT);
+        tenant.keys = Some(TenantKeysConfig {
+            vrf_seed: Secret::new(hex::encode([7u8; 32])),
+            checkpoint_key: Secret::new(signer.secret()),
+            enrollment_key: None,
+            retire_after_secs: 86_400,
+            label_key: Some(Secret::new(hex::encode(LABEL_KEY))),
+            webhook_url: None,
+            webhook_secret: None,
+        });
+        let mut cfg = app_config(&env.server.url(), &dir.path().join("s3"), vec![tenant]);
+        cfg.postgres.url = Secret::new(db.url.clone());
+        cfg.keys.epoch_interval = Duration::from_millis(100);
+        cfg.retry.base = Duration::from_millis(100);
+        cfg.retry.max = Duration::from_millis(1000);
+        let rbm = &mut cfg.carriers.rbm;
+        rbm.base_url = sim.base_url();
+        rbm.agent_id.clone_from(&sim_cfg.agent_id);
+        rbm.bearer_token = sim_cfg.bearer_token.clone();
+        rbm.client_token = sim_cfg.client_token.clone();
+        cfg.carriers.sms.base_url = sim.base_url();
+        cfg.carriers.sms.api_key = sim_cfg.sms_api_key.clone();
+        let mut roles = vec![Role::Gateway, Role::Keys];
+        roles.extend(Role::DELIVERY);
+        let app = App::start(cfg, &roles, std::future::pending())
+            .await
+            .unwrap();
+        sim.set_webhook_url(Some(format!(
+            "http://{}/v1/receipts/rbm",
+            app.http_addr().unwrap()
+        )));
+        Stack {
+            env,
+            _db: db,
+            dir,
+            sim,
+            app,
+            signer,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.app.http_addr().unwrap())
+    }
+
+    /// The SDK's view of the platform: HTTP, and NATS too when `nats`.
+    pub fn platform(&self, nats: bool) -> Platform {
+        Platform::new(
+            TENANT,
+            Some(HttpApi::new(&self.base_url(), API_KEY).unwrap()),
+            nats.then(|| self.env.client.clone()),
+        )
+        .unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A sender that pinned the directory's keys from `info` and keeps its checkpoint in
+    /// `state`.
+    pub async fn sender(&self, nats: bool, state: &str) -> Sender {
+        let platform = self.platform(nats);
+        let info = KeyDirectory::info(&platform).await.unwrap();
+        let directory =
+            KeyDirectory::open(platform, Trust::of(&info).unwrap(), Some(self.path(state)))
+                .unwrap();
+        Sender::new(directory, LabelKey::new(LABEL_KEY), None)
+    }
+
+    /// A new device of `number` with one key, published.
+    pub async fn device(&self, number: &str, device_id: &str, key_id: &str) -> Device {
+        let ring = Keyring::generate(
+            TENANT,
+            &label(number),
+            device_id,
+            key_id,
+            TimeDuration::days(365),
+            OffsetDateTime::now_utc(),
+        );
+        let device = Device::new(ring);
+        self.publish(&device).await;
+        device
+    }
+
+    pub async fn publish(&self, device: &Device) {
+        let request = device.publish_request().unwrap();
+        self.platform(false)
+            .keys("publish", &request)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until a verified lookup of `number` lists `active` as its active key ids.
+    pub async fn await_keys(&self, sender: &Sender, number: &str, active: &[&str]) {
+        let label = label(number);
+        let mut want: Vec<String> = active.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        eventually(
+            Duration::from_secs(20),
+            "the keys in a published epoch",
+            || {
+                let (label, want) = (label.clone(), want.clone());
+                async move {
+                    let keys = sender.directory().lookup(&label).await.ok()?;
+                    let mut ids: Vec<String> = keys
+                        .sealable(OffsetDateTime::now_utc())
+                        .into_iter()
+                        .map(|k| k.key_id.clone())
+                        .collect();
+                    ids.sort();
+                    (ids == want).then_some(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// What the recipient's handset got for `message_id`.
+    pub async fn handset(&self, message_id: &str) -> HandsetMessage {
+        eventually(
+            Duration::from_secs(20),
+            "the carrier's delivery",
+            || async { self.sim.handset(message_id) },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+pub(crate) fn label(number: &str) -> String {
+    RecipientLabel::of(&LabelKey::new(LABEL_KEY), TENANT, number)
+        .unwrap()
+        .to_hex()
+}
+
+fn outgoing(number: &str, key: &str) -> Outgoing {
+    Outgoing {
+        recipient: number.into(),
+        idempotency_key: key.into(),
+        message_type: "transactional".into(),
+        ttl_seconds: Some(3600),
+        correlation_id: Some(format!("corr-{key}")),
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+#[tokio::test]
+async fn a_sealed_message_travels_through_delivery_and_each_of_three_devices_opens_it() {
+    let s = Stack::start().await;
+    let devices = [
+        s.device(ALICE, "phone", "phone-k1").await,
+        s.device(ALICE, "tablet", "tablet-k1").await,
+        s.device(ALICE, "laptop", "laptop-k1").await,
+    ];
+    for (nats, key) in [(false, "e2e-http"), (true, "e2e-nats")] {
+        let sender = s.sender(nats, &format!("{key}.checkpoint")).await;
+        s.await_keys(&sender, ALICE, &["laptop-k1", "phone-k1", "tablet-k1"])
+            .await;
+        let plaintext = format!("Your statement is ready ({key}). Balance: 1,234.56 EUR");
+        let sent = sender
+            .send(&outgoing(ALICE, key), plaintext.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(sent.reply["message_id"], sent.message_id.as_str());
+        assert_eq!(sent.key_ids.len(), 3);
+
+        // The carrier got a link and a digest; each device fetches without any API key.
+        let got = s.handset(&sent.message_id).await;
+        assert_eq!(got.sha256, sent.blob.sha256);
+        let sealed = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+        for d in &devices {
+            let opened = d
+                .open_checked(&sealed, &got.sha256, &sent.message_id, now())
+                .unwrap();
+            assert_eq!(opened.as_slice(), plaintext.as_bytes());
+        }
+        // The platform stored ciphertext only.
+        assert!(!sealed
+            .windows(plaintext.len())
+            .any(|w| w == plaintext.as_bytes()));
+    }
+}
+
+#[tokio::test]
+async fn after_a_rotation_old_messages_still_open_new_ones_use_the_new_key_and_the_tenant_is_alerted(
+) {
+    let s = Stack::start().await;
+    let mut alerts = s
+        .env
+        .client
+        .subscribe(format!("sealpost.keys.{TENANT}.changed"))
+        .await
+        .unwrap();
+    let mut phone = s.device(ALICE, "phone", "phone-k1").await;
+    let sender = s.sender(false, "rotation.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["phone-k1"]).await;
+    let before = sender
+        .send(&outgoing(ALICE, "before-rotation"), b"sealed before")
+        .await
+        .unwrap();
+    assert_eq!(before.key_ids, ["phone-k1"]);
+
+    let request = phone
+        .rotate(
+            "phone-k2",
+            TimeDuration::days(365),
+            TimeDuration::days(30),
+            now(),
+        )
+        .unwrap();
+    s.platform(false).keys("publish", &request).await.unwrap();
+    s.await_keys(&sender, ALICE, &["phone-k2"]).await;
+    let after = sender
+        .send(&outgoing(ALICE, "after-rotation"), b"sealed after")
+        .await
+        .unwrap();
+    assert_eq!(after.key_ids, ["phone-k2"], "new messages use the new key");
+
+    for (sent, text) in [
+        (&before, &b"sealed before"[..]),
+        (&after, &b"sealed after"[..]),
+    ] {
+        let got = s.handset(&sent.message_id).await;
+        let sealed = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+        let opened = phone
+            .open_checked(&sealed, &got.sha256, &sent.message_id, now())
+            .unwrap();
+        assert_eq!(opened.as_slice(), text);
+    }
+    // Once the old key is past its retirement date, what was sealed to it no longer opens.
+    let got = s.handset(&before.message_id).await;
+    let sealed = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+    assert_eq!(
+        phone
+            .open(&sealed, &before.message_id, now() + TimeDuration::days(31))
+            .err(),
+        Some(OpenError::NotForThisDevice)
+    );
+
+    // The tenant's key-change alerts: the publication, then the rotation.
+    let mut kinds: Vec<String> = Vec::new();
+    while !kinds.iter().any(|k| k == "key_rotated") {
+        let m = tokio::time::timeout(Duration::from_secs(20), alerts.next())
+            .await
+            .expect("a key-change alert")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["recipient_label"] == label(ALICE) {
+            kinds.push(v["change"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("key_published"),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn tampered_misrouted_and_replayed_envelopes_are_refused_with_a_typed_error() {
+    let s = Stack::start().await;
+    let phone = s.device(ALICE, "phone", "phone-k1").await;
+    let bobs = s.device(BOB, "phone", "bob-k1").await;
+    let sender = s.sender(false, "refusals.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["phone-k1"]).await;
+    let sent = sender
+        .send(&outgoing(ALICE, "refusals-1"), b"for alice only")
+        .await
+        .unwrap();
+    let got = s.handset(&sent.message_id).await;
+    let sealed = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+
+    // A tampered ciphertext: the digest check catches it, and so does the AEAD without it.
+    let mut tampered = sealed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert_eq!(
+        phone
+            .open_checked(&tampered, &got.sha256, &sent.message_id, now())
+            .err(),
+        Some(OpenError::DigestMismatch)
+    );
+    assert_eq!(
+        phone.open(&tampered, &sent.message_id, now()).err(),
+        Some(OpenError::Tampered)
+    );
+    // The wrong device: Bob's phone has no slot, and is not the recipient either.
+    assert_eq!(
+        bobs.open(&sealed, &sent.message_id, now()).err(),
+        Some(OpenError::WrongBinding("recipient"))
+    );
+    // A second device of Alice's, published after the message was sealed.
+    let late = s.device(ALICE, "tablet", "tablet-k1").await;
+    assert_eq!(
+        late.open(&sealed, &sent.message_id, now()).err(),
+        Some(OpenError::NotForThisDevice)
+    );
+
+    // Replayed: the same stored envelope sent again under another idempotency key (so another
+    // message id). The platform carries it; the device refuses it.
+    let replay_id = sender.message_id("refusals-replayed").unwrap();
+    let command = serde_json::json!({
+        "idempotency_key": "refusals-replayed",
+        "recipient": ALICE,
+        "encrypted_payload_reference": sent.blob.reference,
+        "payload_sha256": sent.blob.sha256,
+        "encryption_metadata": {"mls_version": "sealpost-envelope-v1", "cipher": "XChaCha20-Poly1305", "key_id": "phone-k1"},
+        "metadata": {"tenant_id": TENANT, "message_type": "transactional"},
+    });
+    let reply = s.platform(false).send(&command).await.unwrap();
+    assert_eq!(reply["message_id"], replay_id.as_str());
+    let got = s.handset(&replay_id).await;
+    let replayed = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+    assert_eq!(
+        phone
+            .open_checked(&replayed, &got.sha256, &replay_id, now())
+            .err(),
+        Some(OpenError::WrongBinding("message id"))
+    );
+    assert_eq!(
+        OpenError::WrongBinding("message id").code(),
+        "wrong_binding"
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_whose_proof_fails_or_whose_checkpoint_forks_is_refused_and_nothing_is_sealed() {
+    let s = Stack::start().await;
+    let _alice = s.device(ALICE, "phone", "phone-k1").await;
+    let _bob = s.device(BOB, "phone", "bob-k1").await;
+    let sender = s.sender(false, "proofs.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["phone-k1"]).await;
+    s.await_keys(&sender, BOB, &["bob-k1"]).await;
+    let platform = s.platform(false);
+    let answer = platform
+        .keys(
+            "lookup",
+            &serde_json::json!({ "recipient_label": label(ALICE) }),
+        )
+        .await
+        .unwrap();
+    let directory = sender.directory();
+    directory
+        .verify_lookup_answer(&label(ALICE), &answer)
+        .await
+        .unwrap();
+
+    // Alice's proof offered for Bob: akd's proof is for another label.
+    let err = directory
+        .verify_lookup_answer(&label(BOB), &answer)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SdkError::Refused(_)), "{err}");
+    // A different root in the epoch entry: not the logged one.
+    let mut v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let entry = v["epoch_entry"].as_str().unwrap().to_owned();
+    let mut lines: Vec<String> = entry.lines().map(str::to_owned).collect();
+    lines[3] = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0u8; 32]);
+    v["epoch_entry"] = serde_json::json!(format!("{}\n", lines.join("\n")));
+    let err = directory
+        .verify_lookup_answer(&label(ALICE), &serde_json::to_vec(&v).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not in the signed log"), "{err}");
+
+    // A checkpoint this sender saw before that the directory's log does not extend (a fork,
+    // signed with the directory's own key): every lookup is refused and nothing is sealed.
+    let forked = s.signer.sign(1, sealpost_tlog::Hash([0xee; 32])).unwrap();
+    std::fs::write(s.path("forked.checkpoint"), forked.as_bytes()).unwrap();
+    let info = KeyDirectory::info(&platform).await.unwrap();
+    let forked_dir = KeyDirectory::open(
+        s.platform(false),
+        Trust::of(&info).unwrap(),
+        Some(s.path("forked.checkpoint")),
+    )
+    .unwrap();
+    let forked_sender = Sender::new(forked_dir, LabelKey::new(LABEL_KEY), None);
+    let err = forked_sender
+        .seal(ALICE, "never-sealed", b"must not be sealed")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("split view"), "{err}");
+    // The state file still holds the forked checkpoint: the refusal did not move it.
+    assert_eq!(
+        std::fs::read(s.path("forked.checkpoint")).unwrap(),
+        forked.as_bytes()
+    );
+    // A recipient without keys: refused before anything is sealed.
+    let err = sender
+        .seal("+447700900999", "no-keys", b"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SdkError::Refused(m) if m.contains("no keys in the directory")),
+        "{err}"
+    );
+}
