@@ -456,3 +456,127 @@ async fn a_lookup_whose_proof_fails_or_whose_checkpoint_forks_is_refused_and_not
         "{err}"
     );
 }
+
+/// A device in mode `mls`: its directory key (the gateway checks sends against it), and its
+/// MLS member with the provider that stores its KeyPackages' keys and its group state.
+struct MlsDevice {
+    device: Device,
+    provider: openmls_rust_crypto::OpenMlsRustCrypto,
+}
+
+impl Stack {
+    async fn mls_device(&self, number: &str, device_id: &str) -> MlsDevice {
+        let device = self
+            .device(number, device_id, &format!("{device_id}-k1"))
+            .await;
+        let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+        let member =
+            sealpost_sdk::mls::Member::new(&format!("{}/{device_id}", label(number))).unwrap();
+        let (packages, last_resort) = member.key_packages(&provider, 3).unwrap();
+        self.platform(false)
+            .keys(
+                "upload",
+                &sealpost_keys_client::api::UploadRequest {
+                    recipient_label: label(number),
+                    device_id: device_id.into(),
+                    key_packages: packages,
+                    last_resort: Some(last_resort),
+                },
+            )
+            .await
+            .unwrap();
+        MlsDevice { device, provider }
+    }
+}
+
+#[tokio::test]
+async fn an_mls_conversation_travels_through_delivery_and_a_device_added_later_joins_by_a_new_claim(
+) {
+    use sealpost_sdk::mls::{self, Member};
+    let s = Stack::start().await;
+    let phone = s.mls_device(ALICE, "phone").await;
+    let tablet = s.mls_device(ALICE, "tablet").await;
+    let sender = s.sender(true, "mls.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["phone-k1", "tablet-k1"])
+        .await;
+
+    // The business's member and its own provider (its group state).
+    let business = Member::new("acme-corp/business").unwrap();
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let keys = sender.directory().lookup(&label(ALICE)).await.unwrap();
+    let packages = sender
+        .claim_key_packages(&keys, "acme-corp-backend")
+        .await
+        .unwrap();
+    assert_eq!(packages.len(), 2, "one KeyPackage per device");
+    let (mut group, welcome) = business
+        .create_group(&provider, TENANT, &label(ALICE), &packages)
+        .unwrap();
+
+    let binding = sender.binding(&label(ALICE), "mls-1").unwrap();
+    let payload = business
+        .seal(
+            &provider,
+            &mut group,
+            &binding,
+            Some(welcome),
+            b"Hello from Acme",
+        )
+        .unwrap();
+    let first = sealpost_sdk::Sealed::mls(binding, payload, &keys, now());
+    let sent = sender
+        .send_sealed(&outgoing(ALICE, "mls-1"), first)
+        .await
+        .unwrap();
+    let got = s.handset(&sent.message_id).await;
+    let payload = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+    for d in [&phone, &tablet] {
+        let opened = mls::open(&d.provider, &payload, &d.device.binding(&sent.message_id)).unwrap();
+        assert_eq!(opened, b"Hello from Acme");
+    }
+
+    // A laptop joins later: a new claim, a Commit for the others and a Welcome for it.
+    let laptop = s.mls_device(ALICE, "laptop").await;
+    s.await_keys(&sender, ALICE, &["laptop-k1", "phone-k1", "tablet-k1"])
+        .await;
+    let keys = sender.directory().lookup(&label(ALICE)).await.unwrap();
+    let claimed = sender
+        .claim_key_packages(&keys, "acme-corp-backend")
+        .await
+        .unwrap();
+    let laptop_package = claimed
+        .into_iter()
+        .find(|p| {
+            // The laptop's package names its identity in its credential.
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, p).unwrap();
+            bytes.windows(6).any(|w| w == b"laptop")
+        })
+        .unwrap();
+    let added = business
+        .add(&provider, &mut group, &[laptop_package])
+        .unwrap();
+    let binding = sender.binding(&label(ALICE), "mls-2").unwrap();
+    let payload = business
+        .seal(
+            &provider,
+            &mut group,
+            &binding,
+            Some(added),
+            b"Now on three devices",
+        )
+        .unwrap();
+    let sent = sender
+        .send_sealed(
+            &outgoing(ALICE, "mls-2"),
+            sealpost_sdk::Sealed::mls(binding, payload, &keys, now()),
+        )
+        .await
+        .unwrap();
+    let got = s.handset(&sent.message_id).await;
+    let payload = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+    for d in [&phone, &tablet, &laptop] {
+        let opened = mls::open(&d.provider, &payload, &d.device.binding(&sent.message_id)).unwrap();
+        assert_eq!(opened, b"Now on three devices");
+    }
+}

@@ -59,6 +59,15 @@ impl Device {
         self.publish_request()
     }
 
+    /// What a message delivered as `message_id` to this device must be bound to.
+    pub fn binding(&self, message_id: &str) -> Binding {
+        Binding {
+            tenant: self.keyring.tenant.clone(),
+            message_id: message_id.to_owned(),
+            recipient_label: self.keyring.recipient_label.clone(),
+        }
+    }
+
     /// Opens an envelope delivered as message `message_id`.
     pub fn open(
         &self,
@@ -66,11 +75,7 @@ impl Device {
         message_id: &str,
         now: OffsetDateTime,
     ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-        let binding = Binding {
-            tenant: self.keyring.tenant.clone(),
-            message_id: message_id.to_owned(),
-            recipient_label: self.keyring.recipient_label.clone(),
-        };
+        let binding = self.binding(message_id);
         let keys = self
             .keyring
             .unwrappers(now)

@@ -13,6 +13,8 @@
 //!   and key ids;
 //! - [`directory`]: verified lookups (proof, signed epoch log, consistency with the last
 //!   checkpoint seen, persisted), key publication and KeyPackage claims;
+//! - [`mls`]: mode `mls`, conversations as MLS groups (OpenMLS) formed from KeyPackages
+//!   claimed from the directory;
 //! - [`sender`] and [`device`]: the two flows; [`keyring`]: a device's keys, rotation and key
 //!   files (mode 0600); [`platform`]: the HTTP and NATS transports.
 //!
@@ -27,6 +29,7 @@ pub mod envelope;
 pub mod escrow;
 pub mod hpke;
 pub mod keyring;
+pub mod mls;
 pub mod platform;
 pub mod sender;
 
@@ -65,4 +68,7 @@ pub enum SdkError {
     KeyFile(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// An MLS operation failed (OpenMLS's error, which names no key or plaintext).
+    #[error("MLS: {0}")]
+    Mls(String),
 }

@@ -19,8 +19,33 @@ pub struct Sealed {
     pub binding: Binding,
     /// The envelope's bytes (ciphertext only).
     pub envelope: Vec<u8>,
-    /// The device key ids it is sealed to, in slot order.
+    /// The device key ids it is sealed to, in slot order (MLS: the devices' directory keys).
     pub key_ids: Vec<String>,
+    /// `encryption_metadata.mls_version` and `.cipher` of the send.
+    pub mls_version: &'static str,
+    pub cipher: &'static str,
+}
+
+impl Sealed {
+    /// An MLS payload ([`crate::mls`]) to send to the devices of `keys`.
+    pub fn mls(
+        binding: Binding,
+        payload: Vec<u8>,
+        keys: &VerifiedKeys,
+        now: OffsetDateTime,
+    ) -> Self {
+        Sealed {
+            binding,
+            envelope: payload,
+            key_ids: keys
+                .sealable(now)
+                .into_iter()
+                .map(|k| k.key_id.clone())
+                .collect(),
+            mls_version: crate::mls::MLS_VERSION,
+            cipher: crate::mls::MLS_CIPHER,
+        }
+    }
 }
 
 /// What to send besides the payload.
@@ -157,7 +182,52 @@ impl Sender {
             binding,
             envelope,
             key_ids: devices.into_iter().map(|d| d.key_id).collect(),
+            mls_version: HPKE_ENVELOPE_NAME,
+            cipher: CIPHER_NAME,
         })
+    }
+
+    /// The binding of a message to a recipient (what an envelope or MLS payload is bound to).
+    pub fn binding(
+        &self,
+        recipient_label: &str,
+        idempotency_key: &str,
+    ) -> Result<Binding, SdkError> {
+        Ok(Binding {
+            tenant: self.tenant().to_owned(),
+            message_id: self.message_id(idempotency_key)?,
+            recipient_label: recipient_label.to_owned(),
+        })
+    }
+
+    /// Claims one MLS KeyPackage of each device with a sealable key in `keys` (mode `mls`):
+    /// base64 packages for [`crate::mls::Member::create_group`] or `add`.
+    pub async fn claim_key_packages(
+        &self,
+        keys: &VerifiedKeys,
+        claimant: &str,
+    ) -> Result<Vec<String>, SdkError> {
+        let mut devices: Vec<&str> = keys
+            .sealable(OffsetDateTime::now_utc())
+            .into_iter()
+            .map(|k| k.device_id.as_str())
+            .collect();
+        devices.dedup();
+        let mut out = Vec::with_capacity(devices.len());
+        for device_id in devices {
+            let claim = self
+                .directory
+                .claim(&sealpost_keys_client::api::ClaimRequest {
+                    recipient_label: keys.recipient_label().to_owned(),
+                    device_id: device_id.to_owned(),
+                    claimant: claimant.to_owned(),
+                })
+                .await?;
+            out.push(claim.key_package.ok_or_else(|| {
+                SdkError::Refused(format!("device {device_id} has no KeyPackage to claim"))
+            })?);
+        }
+        Ok(out)
     }
 
     /// Seals, stores and sends: the whole flow.
@@ -190,8 +260,8 @@ impl Sender {
             "encrypted_payload_reference": blob.reference,
             "payload_sha256": blob.sha256,
             "encryption_metadata": {
-                "mls_version": HPKE_ENVELOPE_NAME,
-                "cipher": CIPHER_NAME,
+                "mls_version": sealed.mls_version,
+                "cipher": sealed.cipher,
                 "key_id": key_id,
             },
             "metadata": metadata,
