@@ -580,3 +580,244 @@ async fn an_mls_conversation_travels_through_delivery_and_a_device_added_later_j
         assert_eq!(opened, b"Now on three devices");
     }
 }
+
+#[tokio::test]
+async fn the_payload_link_a_device_gets_expires_with_its_message_and_opens_no_other_object() {
+    let s = Stack::start().await;
+    let phone = s.device(ALICE, "phone", "phone-k1").await;
+    let sender = s.sender(false, "links.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["phone-k1"]).await;
+    let mut short = outgoing(ALICE, "links-short");
+    short.ttl_seconds = Some(4);
+    let a = sender.send(&short, b"short-lived").await.unwrap();
+    let b = sender
+        .send(&outgoing(ALICE, "links-other"), b"another message")
+        .await
+        .unwrap();
+    let link_a = s.handset(&a.message_id).await.file_url;
+    let link_b = s.handset(&b.message_id).await.file_url;
+    // The link works without any API key while the message lives.
+    let sealed = sealpost_sdk::device::fetch(&link_a).await.unwrap();
+    assert_eq!(
+        phone
+            .open(&sealed, &a.message_id, now())
+            .unwrap()
+            .as_slice(),
+        b"short-lived"
+    );
+
+    // A link for one message opens nothing else: the same signature on another object's path.
+    let key_of = |reference: &str| reference.splitn(4, '/').nth(3).unwrap().to_owned();
+    let (key_a, key_b) = (key_of(&a.blob.reference), key_of(&b.blob.reference));
+    assert!(link_a.contains(&key_a) && link_b.contains(&key_b));
+    let forged = link_a.replacen(&key_a, &key_b, 1);
+    assert_ne!(forged, link_a);
+    assert!(matches!(
+        sealpost_sdk::device::fetch(&forged).await,
+        Err(SdkError::Fetch { status: 403 })
+    ));
+
+    // The link expires with the message (its TTL bounds the URL's lifetime).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(matches!(
+        sealpost_sdk::device::fetch(&link_a).await,
+        Err(SdkError::Fetch { status: 403 })
+    ));
+    // The longer-lived message's link still works.
+    assert!(sealpost_sdk::device::fetch(&link_b).await.is_ok());
+}
+
+/// Runs `sealpost sdk <args>`; returns (success, stdout, stderr).
+async fn sdk_cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(crate::support::sealpost_binary())
+        .arg("sdk")
+        .args(args)
+        .env("SEALPOST_API_KEY", API_KEY)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_sdk_cli_keygens_publishes_seals_sends_and_opens_with_private_key_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Stack::start().await;
+    let base = s.base_url();
+    let p = |name: &str| s.path(name).display().to_string();
+    let alice = label(ALICE);
+    let (ok, out, err) = sdk_cli(&[
+        "keygen",
+        "--tenant",
+        TENANT,
+        "--label",
+        &alice,
+        "--device",
+        "phone",
+        "--key-id",
+        "cli-k1",
+        "--out",
+        &p("phone.json"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let ring = Keyring::load(&s.path("phone.json")).unwrap();
+    let mode = std::fs::metadata(s.path("phone.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "key files are private");
+    assert!(out.contains("safety number"), "{out}");
+    let secret = serde_json::to_value(&ring).unwrap()["keys"][0]["secret_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !out.contains(&secret) && !err.contains(&secret),
+        "keygen printed the key"
+    );
+    // Never overwritten.
+    let (ok, _, err) = sdk_cli(&[
+        "keygen",
+        "--tenant",
+        TENANT,
+        "--label",
+        &alice,
+        "--device",
+        "phone",
+        "--key-id",
+        "cli-k2",
+        "--out",
+        &p("phone.json"),
+    ])
+    .await;
+    assert!(!ok && err.contains("never overwrites"), "{err}");
+
+    let (ok, _, err) = sdk_cli(&[
+        "publish",
+        "--tenant",
+        TENANT,
+        "--api",
+        &base,
+        "--key-file",
+        &p("phone.json"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    std::fs::write(s.path("label.key"), hex::encode(LABEL_KEY)).unwrap();
+    std::fs::write(s.path("plain.txt"), b"CLI plaintext 4242").unwrap();
+    let sender = s.sender(false, "cli-wait.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["cli-k1"]).await;
+    let seal_args = |out: &str, key: &str| {
+        vec![
+            "--tenant".to_owned(),
+            TENANT.into(),
+            "--api".into(),
+            base.clone(),
+            "--trust".into(),
+            p("trust.json"),
+            "--state".into(),
+            p("cli.checkpoint"),
+            "--recipient".into(),
+            ALICE.into(),
+            "--label-key-file".into(),
+            p("label.key"),
+            "--idempotency-key".into(),
+            key.into(),
+            "--in".into(),
+            p("plain.txt"),
+            "-o".into(),
+            out.into(),
+        ]
+    };
+    let mut args = vec!["seal".to_owned()];
+    args.extend(seal_args(&p("sealed.bin"), "cli-1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = sdk_cli(&args).await;
+    assert!(ok, "{err}");
+    assert!(!out.contains("CLI plaintext") && !err.contains("CLI plaintext"));
+    assert!(
+        err.contains("pinned directory"),
+        "first use pins the directory: {err}"
+    );
+    let message_id = sender.message_id("cli-1").unwrap();
+
+    // Open to a file (0600), and to the terminal only with -o -.
+    let (ok, out, err) = sdk_cli(&[
+        "open",
+        "--key-file",
+        &p("phone.json"),
+        "--message-id",
+        &message_id,
+        "--in",
+        &p("sealed.bin"),
+        "-o",
+        &p("opened.txt"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(!out.contains("CLI plaintext"));
+    assert_eq!(
+        std::fs::read(s.path("opened.txt")).unwrap(),
+        b"CLI plaintext 4242"
+    );
+    let (ok, out, _) = sdk_cli(&[
+        "open",
+        "--key-file",
+        &p("phone.json"),
+        "--message-id",
+        &message_id,
+        "--in",
+        &p("sealed.bin"),
+        "-o",
+        "-",
+    ])
+    .await;
+    assert!(ok);
+    assert_eq!(out, "CLI plaintext 4242");
+    // Under another message id: refused, with the reason.
+    let (ok, _, err) = sdk_cli(&[
+        "open",
+        "--key-file",
+        &p("phone.json"),
+        "--message-id",
+        "other",
+        "--in",
+        &p("sealed.bin"),
+        "-o",
+        "-",
+    ])
+    .await;
+    assert!(!ok && err.contains("another message id"), "{err}");
+
+    // Send: sealed, stored and sent; the device fetches it from the carrier's link.
+    let mut args = vec!["send".to_owned()];
+    args.extend(seal_args("unused", "cli-2"));
+    args.truncate(args.len() - 2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = sdk_cli(&args).await;
+    assert!(ok, "{err}");
+    let sent_id = out.trim().to_owned();
+    assert_eq!(sent_id, sender.message_id("cli-2").unwrap());
+    let got = s.handset(&sent_id).await;
+    let (ok, out, err) = sdk_cli(&[
+        "open",
+        "--key-file",
+        &p("phone.json"),
+        "--message-id",
+        &sent_id,
+        "--url",
+        &got.file_url,
+        "--sha256",
+        &got.sha256,
+        "-o",
+        "-",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "CLI plaintext 4242");
+}
