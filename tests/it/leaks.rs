@@ -409,3 +409,250 @@ label_key = "{label_key}"
         canaries.len()
     );
 }
+
+/// A plaintext the SDK seals: it must appear nowhere the platform keeps or emits anything.
+const PLAINTEXT_CANARY: &str = "PLAINTEXT-CANARY-4e1f-your-voucher-is-7731";
+
+#[tokio::test]
+async fn a_plaintext_sealed_with_the_sdk_appears_in_no_object_event_table_log_line_or_metric() {
+    use sealpost_sdk::{Device, HttpApi, KeyDirectory, Keyring, Outgoing, Platform, Sender, Trust};
+    let env = crate::support::Env::start().await;
+    let sim_cfg = SimConfig {
+        receipt_delay: Duration::from_millis(10),
+        ..SimConfig::default()
+    };
+    let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), sim_cfg.clone())
+        .await
+        .unwrap();
+    let port = sealpost_testkit::free_port().unwrap();
+    sim.set_webhook_url(Some(format!("http://127.0.0.1:{port}/v1/receipts/rbm")));
+    let dir = tempfile::tempdir().unwrap();
+    let db = sealpost_testkit::PgDatabase::create().await.unwrap();
+    let (signer, _) = sealpost_tlog::LogSigner::generate("sealpost/keys/leak-co").unwrap();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nhttp_listen = \"127.0.0.1:{port}\"\n[s3]\nembedded_dir = \"{s3dir}\"\n\
+             [carriers.rbm]\nbase_url = \"{sim}\"\nagent_id = \"{agent}\"\nbearer_token = \"{bearer}\"\n\
+             client_token = \"{client}\"\n[carriers.sms]\nbase_url = \"{sim}\"\napi_key = \"{sms}\"\n\
+             [log]\nformat = \"json\"\nfilter = \"debug,h2=info,hyper=info,tower=info,sqlx=info,async_nats=info,aws=info,rustls=info\"\n\
+             [[tenants]]\nid = \"{TENANT}\"\napi_key_sha256 = [\"{hash}\"]\n\
+             [tenants.keys]\nvrf_seed = \"{vrf}\"\ncheckpoint_key = \"{checkpoint}\"\nlabel_key = \"{label_key}\"\n",
+            s3dir = dir.path().join("s3").display(),
+            sim = sim.base_url(),
+            agent = sim_cfg.agent_id,
+            bearer = sim_cfg.bearer_token.expose(),
+            client = sim_cfg.client_token.expose(),
+            sms = sim_cfg.sms_api_key.expose(),
+            hash = sealpost_gateway::hash_api_key(API_KEY),
+            vrf = hex::encode(VRF_SEED),
+            checkpoint = signer.secret(),
+            label_key = hex::encode(LABEL_KEY),
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("sealpost.log");
+    let mut child = tokio::process::Command::new(crate::support::sealpost_binary())
+        .args([
+            "serve",
+            "--roles",
+            "gateway,delivery,receipts,expiry,fallback,keys,projector",
+        ])
+        .env("SEALPOST_CONFIG", &config)
+        .env("DATABASE_URL", &db.url)
+        .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "100")
+        .env("SEALPOST_NATS_URL", env.server.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    sealpost_testkit::eventually(Duration::from_secs(30), "the gateway", || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+
+    // The whole flow: a device publishes its key; the sender verifies, seals, uploads and
+    // sends; the carrier delivers; the device fetches from the link and opens.
+    const PHONE: &str = "+447700931999";
+    let label = sealpost_keyformat::RecipientLabel::of(
+        &sealpost_keyformat::LabelKey::new(LABEL_KEY),
+        TENANT,
+        PHONE,
+    )
+    .unwrap()
+    .to_hex();
+    let platform =
+        || Platform::new(TENANT, Some(HttpApi::new(&base, API_KEY).unwrap()), None).unwrap();
+    let device = Device::new(Keyring::generate(
+        TENANT,
+        &label,
+        "phone",
+        "phone-k1",
+        time::Duration::days(30),
+        time::OffsetDateTime::now_utc(),
+    ));
+    platform()
+        .keys("publish", &device.publish_request().unwrap())
+        .await
+        .unwrap();
+    let info = KeyDirectory::info(&platform()).await.unwrap();
+    let sender = Sender::new(
+        KeyDirectory::open(platform(), Trust::of(&info).unwrap(), None).unwrap(),
+        sealpost_keyformat::LabelKey::new(LABEL_KEY),
+        None,
+    );
+    let outgoing = Outgoing {
+        recipient: PHONE.into(),
+        idempotency_key: "canary-1".into(),
+        message_type: "transactional".into(),
+        ttl_seconds: Some(3600),
+        correlation_id: Some("corr-canary".into()),
+    };
+    let sent = sealpost_testkit::eventually(Duration::from_secs(20), "a sealed send", || async {
+        sender
+            .send(&outgoing, PLAINTEXT_CANARY.as_bytes())
+            .await
+            .ok()
+    })
+    .await
+    .unwrap();
+    let got = sealpost_testkit::eventually(Duration::from_secs(20), "the delivery", || async {
+        sim.handset(&sent.message_id)
+    })
+    .await
+    .unwrap();
+    let sealed = sealpost_sdk::device::fetch(&got.file_url).await.unwrap();
+    let opened = device
+        .open_checked(
+            &sealed,
+            &got.sha256,
+            &sent.message_id,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    assert_eq!(
+        opened.as_slice(),
+        PLAINTEXT_CANARY.as_bytes(),
+        "the flow ran"
+    );
+
+    // Settled and projected.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sealpost_testkit::eventually(Duration::from_secs(30), "the projected row", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (n >= 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let logs = std::fs::read(&log_path).unwrap();
+
+    // Every S3 object, byte for byte.
+    let mut objects = Vec::new();
+    let mut pending = vec![dir.path().join("s3")];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                objects.push(std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    assert!(
+        objects.iter().any(|o| o.as_slice() == sealed.as_slice()),
+        "the envelope is stored"
+    );
+    // Every message of every stream: subjects, headers and bodies.
+    let js = async_nats::jetstream::new(env.client.clone());
+    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(js.stream_names())
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut events = Vec::new();
+    for name in &names {
+        let stream = js.get_stream(name).await.unwrap();
+        let mut seq = 1;
+        let last = stream.cached_info().state.last_sequence;
+        while seq <= last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                events.extend_from_slice(format!("{} {:?} ", m.subject, m.headers).as_bytes());
+                events.extend_from_slice(&m.payload);
+            }
+            seq += 1;
+        }
+    }
+    assert!(names.iter().any(|n| n == "SEALPOST_EVENTS"), "{names:?}");
+    // Every row of every table.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for t in &tables {
+        let r: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM \"{t}\" t"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        rows.extend(r.into_iter().flat_map(|r| r.into_bytes()));
+    }
+    assert!(tables.iter().any(|t| t == "messages"), "{tables:?}");
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let canaries = [
+        PLAINTEXT_CANARY.to_owned(),
+        hex::encode(PLAINTEXT_CANARY),
+        b64.encode(PLAINTEXT_CANARY),
+        "PLAINTEXT-CANARY".to_owned(),
+    ];
+    let places: [(&str, &[u8]); 5] = [
+        ("S3 objects", &objects.concat()),
+        ("stream messages", &events),
+        ("Postgres tables", &rows),
+        ("the log", &logs),
+        ("/metrics", metrics.as_bytes()),
+    ];
+    for (place, bytes) in places {
+        assert!(!bytes.is_empty(), "{place}: nothing to scan");
+        for c in &canaries {
+            assert!(
+                !bytes.windows(c.len()).any(|w| w == c.as_bytes()),
+                "{place} hold the plaintext ({c})"
+            );
+        }
+    }
+    eprintln!(
+        "scanned {} S3 objects, {} streams, {} tables, {} bytes of logs and {} bytes of /metrics: no plaintext",
+        objects.len(),
+        names.len(),
+        tables.len(),
+        logs.len(),
+        metrics.len()
+    );
+}
