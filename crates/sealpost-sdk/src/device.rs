@@ -84,6 +84,23 @@ impl Device {
         envelope::open(&self.hpke, sealed, &binding, &keys)
     }
 
+    /// Opens a rendered [`crate::template::Content`] and merges its sealed placeholders: the
+    /// text the recipient reads.
+    pub fn open_content(
+        &self,
+        sealed: &[u8],
+        message_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<String, OpenError> {
+        let content = crate::template::Content::from_bytes(&self.open(sealed, message_id, now)?)?;
+        let keys = self
+            .keyring
+            .unwrappers(now)
+            .map_err(|_| OpenError::NotForThisDevice)?;
+        let keys: Vec<&dyn KeyUnwrapper> = keys.iter().map(|k| k as &dyn KeyUnwrapper).collect();
+        content.merge(&self.hpke, &self.binding(message_id), &keys)
+    }
+
     /// Opens after checking the payload's SHA-256 against the one the message carried.
     pub fn open_checked(
         &self,

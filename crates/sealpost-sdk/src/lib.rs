@@ -15,6 +15,8 @@
 //!   checkpoint seen, persisted), key publication and KeyPackage claims;
 //! - [`mls`]: mode `mls`, conversations as MLS groups (OpenMLS) formed from KeyPackages
 //!   claimed from the directory;
+//! - [`template`]: personalisation rendered locally (sandboxed MiniJinja), with sealed
+//!   placeholders only the device opens;
 //! - [`sender`] and [`device`]: the two flows; [`keyring`]: a device's keys, rotation and key
 //!   files (mode 0600); [`platform`]: the HTTP and NATS transports.
 //!
@@ -32,6 +34,7 @@ pub mod keyring;
 pub mod mls;
 pub mod platform;
 pub mod sender;
+pub mod template;
 
 pub use device::Device;
 pub use directory::{KeyDirectory, Trust, VerifiedKeys};
