@@ -821,3 +821,18 @@ async fn the_sdk_cli_keygens_publishes_seals_sends_and_opens_with_private_key_fi
     assert!(ok, "{err}");
     assert_eq!(out, "CLI plaintext 4242");
 }
+
+#[test]
+fn the_clients_key_api_subjects_are_the_servers() {
+    use sealpost_eventstore::names::{KeysOp, KeysSubject};
+    let tenant = sealpost_domain::TenantId::new(TENANT).unwrap();
+    assert_eq!(sealpost_keys_client::api::OPS.len(), KeysOp::ALL.len());
+    for &op in KeysOp::ALL {
+        assert_eq!(
+            sealpost_keys_client::api::subject(TENANT, op.as_str()),
+            Some(KeysSubject::new(tenant.clone(), op).to_string()),
+            "{op}"
+        );
+    }
+    assert_eq!(sealpost_keys_client::api::subject(TENANT, "nope"), None);
+}
