@@ -99,33 +99,18 @@ label_key = "{label_key}"
     )
     .unwrap();
     let log_path = dir.path().join("sealpost.log");
-    let mut child = tokio::process::Command::new(crate::support::sealpost_binary())
-        .args([
-            "serve",
-            "--roles",
-            "gateway,delivery,receipts,expiry,fallback,keys",
-        ])
-        .env("SEALPOST_CONFIG", &config)
-        .env("DATABASE_URL", &db.url)
-        .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "100")
-        .env("SEALPOST_NATS_URL", server.url())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging(
+        "gateway,delivery,receipts,expiry,fallback,keys",
+        &config,
+        &db.url,
+        server.url(),
+        &log_path,
+        port,
+    )
+    .await;
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    sealpost_testkit::eventually(Duration::from_secs(30), "the gateway", || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await
-    .unwrap();
     let blob: Value = http
         .post(format!("{base}/v1/blobs"))
         .bearer_auth(API_KEY)
@@ -410,6 +395,40 @@ label_key = "{label_key}"
     );
 }
 
+/// Starts `sealpost serve --roles <roles>` with `config`, logging to `log_path`, and waits until
+/// its gateway on `port` answers.
+async fn serve_logging(
+    roles: &str,
+    config: &std::path::Path,
+    db_url: &str,
+    nats_url: String,
+    log_path: &std::path::Path,
+    port: u16,
+) -> tokio::process::Child {
+    let child = tokio::process::Command::new(crate::support::sealpost_binary())
+        .args(["serve", "--roles", roles])
+        .env("SEALPOST_CONFIG", config)
+        .env("DATABASE_URL", db_url)
+        .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "100")
+        .env("SEALPOST_NATS_URL", nats_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    sealpost_testkit::eventually(Duration::from_secs(30), "the gateway", || async {
+        http.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    child
+}
+
 /// A plaintext the SDK seals: it must appear nowhere the platform keeps or emits anything.
 const PLAINTEXT_CANARY: &str = "PLAINTEXT-CANARY-4e1f-your-voucher-is-7731";
 
@@ -453,32 +472,17 @@ async fn a_plaintext_sealed_with_the_sdk_appears_in_no_object_event_table_log_li
     )
     .unwrap();
     let log_path = dir.path().join("sealpost.log");
-    let mut child = tokio::process::Command::new(crate::support::sealpost_binary())
-        .args([
-            "serve",
-            "--roles",
-            "gateway,delivery,receipts,expiry,fallback,keys,projector",
-        ])
-        .env("SEALPOST_CONFIG", &config)
-        .env("DATABASE_URL", &db.url)
-        .env("SEALPOST_KEYS_EPOCH_INTERVAL_MS", "100")
-        .env("SEALPOST_NATS_URL", env.server.url())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging(
+        "gateway,delivery,receipts,expiry,fallback,keys,projector",
+        &config,
+        &db.url,
+        env.server.url(),
+        &log_path,
+        port,
+    )
+    .await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    sealpost_testkit::eventually(Duration::from_secs(30), "the gateway", || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await
-    .unwrap();
 
     // The whole flow: a device publishes its key; the sender verifies, seals, uploads and
     // sends; the carrier delivers; the device fetches from the link and opens.
