@@ -18,9 +18,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cqrs_es::Aggregate;
 use sealpost_domain::events::{
-    Accepted, AttemptFailed, Cancelled, CarrierAcked, Delivered, Displayed, EncryptionMetadata,
-    EndReason, ErrorClass, Expired, Failed, Fallback, FallbackChannel, FallbackTriggered, Held,
-    MessageType, Purged, Queued, Released, RetryScheduled, RevokeOutcome,
+    Accepted, AttemptFailed, Cancelled, CarrierAcked, DecryptFailure, DecryptionFailed, Delivered,
+    Displayed, EncryptionMetadata, EndReason, ErrorClass, Expired, Failed, Fallback,
+    FallbackChannel, FallbackTriggered, Held, MessageType, Purged, Queued, Released,
+    RetryScheduled, RevokeOutcome,
 };
 use sealpost_domain::{
     AcceptMessage, CarrierOutcome, EventType, Message, MessageCommand, MessageEvent, MessageId,
@@ -505,11 +506,23 @@ fn every_variant() -> Vec<(MessageEvent, bool)> {
             at: T1,
         })
     };
+    let decryption_failed = |full: bool| {
+        E::DecryptionFailed(DecryptionFailed {
+            reason: if full {
+                DecryptFailure::WrongKey
+            } else {
+                DecryptFailure::Tampered
+            },
+            key_id: full.then(|| "user-public-key-v2".into()),
+            at: T1,
+        })
+    };
     let mut out = Vec::new();
     for full in [true, false] {
         out.push((accepted(full), full));
         out.push((attempt_failed(full), full));
         out.push((fallback_triggered(full), full));
+        out.push((decryption_failed(full), full));
     }
     // Variants without optional fields: "full" and "bare" are the same body.
     let fixed = [
@@ -725,7 +738,8 @@ fn every_event_the_aggregate_writes_validates_against_its_current_schema() -> Re
     let after_expiry = datetime!(2026-01-05 00:00 UTC);
     let scenarios = vec![
         // Transient failure, retry, throttled with Retry-After, retry, ack, read receipt
-        // (implied delivered + displayed), then a legal hold, its release, and purge.
+        // (implied delivered + displayed), two decryption failures, then a legal hold, its
+        // release, and purge.
         vec![
             accept("happy-path", true),
             carrier_result(
@@ -754,6 +768,17 @@ fn every_event_the_aggregate_writes_validates_against_its_current_schema() -> Re
             MessageCommand::RecordReceipt {
                 receipt_id: "rbm-evt-read".into(),
                 kind: ReceiptKind::Displayed,
+                at: later,
+            },
+            // A device could not open it, and a second one named no key.
+            MessageCommand::RecordDecryptionFailure {
+                reason: DecryptFailure::WrongKey,
+                key_id: Some("user-public-key-v1".into()),
+                at: later,
+            },
+            MessageCommand::RecordDecryptionFailure {
+                reason: DecryptFailure::Tampered,
+                key_id: None,
                 at: later,
             },
             MessageCommand::Hold {
@@ -947,7 +972,12 @@ fn every_gateway_error_code_and_the_send_reply_validate_against_their_schemas() 
 
 /// `schemas/commands/<file>`'s `properties.<field>.enum`, without `null`.
 fn enum_of(file: &str, field: &str) -> Result<BTreeSet<String>> {
-    let schema = read_json(&schemas_dir().join("commands").join(file))?;
+    let path = SCHEMA_DIRS
+        .iter()
+        .map(|d| schemas_dir().join(d).join(file))
+        .find(|p| p.exists())
+        .with_context(|| format!("no schema {file}"))?;
+    let schema = read_json(&path)?;
     let values = schema["properties"][field]["enum"]
         .as_array()
         .with_context(|| format!("{file}: {field} has no enum"))?;
@@ -966,35 +996,43 @@ fn the_status_row_schema_lists_exactly_the_domains_names() -> Result<()> {
     use sealpost_domain::{RowSource, Status};
     let list = |all: Vec<&'static str>| names(&all);
     ensure!(
-        enum_of("status_row.v2.json", "status")?
+        enum_of("status_row.v3.json", "status")?
             == list(Status::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "last_event_type")?
+        enum_of("status_row.v3.json", "last_event_type")?
             == list(EventType::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "message_type")?
+        enum_of("status_row.v3.json", "message_type")?
             == list(MessageType::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "fallback_channel")?
+        enum_of("status_row.v3.json", "fallback_channel")?
             == list(FallbackChannel::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "last_error_class")?
+        enum_of("status_row.v3.json", "last_decryption_failure")?
+            == list(DecryptFailure::ALL.iter().map(|s| s.as_str()).collect())
+    );
+    ensure!(
+        enum_of("decryption_failed.v1.json", "reason")?
+            == list(DecryptFailure::ALL.iter().map(|s| s.as_str()).collect())
+    );
+    ensure!(
+        enum_of("status_row.v3.json", "last_error_class")?
             == list(ErrorClass::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "end_reason")?
+        enum_of("status_row.v3.json", "end_reason")?
             == list(EndReason::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "revoke_outcome")?
+        enum_of("status_row.v3.json", "revoke_outcome")?
             == list(RevokeOutcome::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
-        enum_of("status_row.v2.json", "source")?
+        enum_of("status_row.v3.json", "source")?
             == list(RowSource::ALL.iter().map(|s| s.as_str()).collect())
     );
     ensure!(
@@ -1008,7 +1046,7 @@ fn the_status_row_schema_lists_exactly_the_domains_names() -> Result<()> {
 fn every_status_row_the_fold_builds_validates_against_its_schema() -> Result<()> {
     use sealpost_domain::{RowSource, StatusRow};
     let schema = validator(&read_json(
-        &schemas_dir().join("commands").join("status_row.v2.json"),
+        &schemas_dir().join("commands").join("status_row.v3.json"),
     )?)?;
     let mut checked = 0;
     for (event, _) in every_variant() {

@@ -80,9 +80,16 @@ impl Status {
             E::Displayed => Status::Displayed,
             E::Expired => Status::Expired,
             E::Cancelled => Status::Cancelled,
-            E::AttemptFailed | E::Held | E::Released | E::Purged => return None,
+            E::AttemptFailed | E::Held | E::Released | E::Purged | E::DecryptionFailed => {
+                return None
+            }
         })
     }
+}
+
+/// How a `decryption_failed` report is told apart from the others of its message.
+fn decryption_report_key(reason: DecryptFailure, key_id: Option<&str>) -> String {
+    format!("{reason}:{}", key_id.unwrap_or(""))
 }
 
 /// State rebuilt from a message's events.
@@ -98,7 +105,15 @@ pub struct Message {
     pub receipts_seen: BTreeSet<String>,
     pub holds: BTreeSet<String>,
     pub purged: bool,
+    /// The distinct `decryption_failed` reports recorded, as `<reason>:<key id>`.
+    #[serde(default)]
+    pub decryption_failures: BTreeSet<String>,
 }
+
+/// At most this many distinct `decryption_failed` reports are recorded per message; later ones
+/// change nothing. A capability link is a bearer secret: whoever holds one must not be able to
+/// grow the message's stream without bound.
+pub const MAX_DECRYPTION_REPORTS: usize = 8;
 
 impl Message {
     pub fn message_id(&self) -> Option<&MessageId> {
@@ -238,6 +253,30 @@ impl Message {
                     return Err(MessageError::NotSettled(self.status));
                 }
                 Ok(vec![MessageEvent::Purged(Purged { at })])
+            }
+            C::RecordDecryptionFailure { reason, key_id, at } => {
+                self.accepted()?;
+                if self.purged {
+                    return Err(MessageError::Purged);
+                }
+                match self.status {
+                    Status::CarrierAcked
+                    | Status::Delivered
+                    | Status::Displayed
+                    | Status::FallbackTriggered => {}
+                    s => return Err(MessageError::NotHandedOver(s)),
+                }
+                let seen = decryption_report_key(reason, key_id.as_deref());
+                if self.decryption_failures.contains(&seen)
+                    || self.decryption_failures.len() >= MAX_DECRYPTION_REPORTS
+                {
+                    return Ok(vec![]);
+                }
+                Ok(vec![MessageEvent::DecryptionFailed(DecryptionFailed {
+                    reason,
+                    key_id,
+                    at,
+                })])
             }
         }
     }
@@ -538,6 +577,10 @@ impl Aggregate for Message {
             }
             MessageEvent::Purged(_) => {
                 self.purged = true;
+            }
+            MessageEvent::DecryptionFailed(e) => {
+                self.decryption_failures
+                    .insert(decryption_report_key(e.reason, e.key_id.as_deref()));
             }
         }
     }

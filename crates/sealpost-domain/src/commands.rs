@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::events::{EncryptionMetadata, Fallback, MessageType, RevokeOutcome};
+use crate::events::{DecryptFailure, EncryptionMetadata, Fallback, MessageType, RevokeOutcome};
 use crate::ids::{Recipient, Sha256Hex, TenantId};
 
 /// A validated send request. Parsing and checking the public JSON happens in the gateway; the
@@ -137,6 +137,12 @@ pub enum MessageCommand {
         at: OffsetDateTime,
     },
     Purge {
+        at: OffsetDateTime,
+    },
+    /// A recipient's device could not open the payload (its capability link authenticated it).
+    RecordDecryptionFailure {
+        reason: DecryptFailure,
+        key_id: Option<String>,
         at: OffsetDateTime,
     },
 }

@@ -33,6 +33,8 @@ pub enum MessageError {
     NotSettled(Status),
     #[error("the message payload was purged")]
     Purged,
+    #[error("the message never reached a carrier ({0}); no device could have received it")]
+    NotHandedOver(Status),
 }
 
 impl MessageError {
@@ -52,6 +54,7 @@ impl MessageError {
             Self::UnderLegalHold => "legal_hold",
             Self::NotSettled(_) => "not_settled",
             Self::Purged => "purged",
+            Self::NotHandedOver(_) => "not_handed_over",
         }
     }
 

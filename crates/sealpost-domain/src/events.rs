@@ -27,6 +27,7 @@ wire_enum! {
         Held => "held",
         Released => "released",
         Purged => "purged",
+        DecryptionFailed => "decryption_failed",
     }
 }
 
@@ -69,6 +70,28 @@ pub struct EncryptionMetadata {
     pub cipher: String,
     pub key_id: String,
 }
+
+wire_enum! {
+    /// Why a recipient's device could not open a payload (the SDK's `OpenError` codes,
+    /// `docs/envelope.md`).
+    pub enum DecryptFailure: "decryption failure" {
+        /// Not an envelope or MLS payload this format describes.
+        Malformed => "malformed",
+        /// A format version the device does not know.
+        UnknownVersion => "unknown_version",
+        /// Sealed under another tenant, message or recipient.
+        WrongBinding => "wrong_binding",
+        /// Sealed to no key the device holds.
+        WrongKey => "wrong_key",
+        /// The authentication tag did not verify.
+        Tampered => "tampered",
+        /// The fetched bytes do not have the message's SHA-256.
+        DigestMismatch => "digest_mismatch",
+    }
+}
+
+/// The longest `key_id` a `decryption_failed` report may name.
+pub const MAX_REPORTED_KEY_ID: usize = 128;
 
 wire_enum! {
     /// Where a fallback notice goes.
@@ -233,6 +256,18 @@ pub struct Displayed {
     pub at: OffsetDateTime,
 }
 
+/// A recipient's device reported that it could not open the payload. Leaves the status as it
+/// is: the carrier did deliver; the tenant learns its recipient could not read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecryptionFailed {
+    pub reason: DecryptFailure,
+    /// The device key the report names (a key id, never a key), when the device gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expired {
     pub revoke: RevokeOutcome,
@@ -289,6 +324,7 @@ pub enum MessageEvent {
     Held(Held),
     Released(Released),
     Purged(Purged),
+    DecryptionFailed(DecryptionFailed),
 }
 
 /// Why an event body could not be turned back into a [`MessageEvent`].
@@ -326,6 +362,7 @@ impl MessageEvent {
             Self::Held(_) => EventType::Held,
             Self::Released(_) => EventType::Released,
             Self::Purged(_) => EventType::Purged,
+            Self::DecryptionFailed(_) => EventType::DecryptionFailed,
         }
     }
 
@@ -346,6 +383,7 @@ impl MessageEvent {
             Self::Held(e) => e.at,
             Self::Released(e) => e.at,
             Self::Purged(e) => e.at,
+            Self::DecryptionFailed(e) => e.at,
         }
     }
 
@@ -366,6 +404,7 @@ impl MessageEvent {
             Self::Held(e) => serde_json::to_vec(e),
             Self::Released(e) => serde_json::to_vec(e),
             Self::Purged(e) => serde_json::to_vec(e),
+            Self::DecryptionFailed(e) => serde_json::to_vec(e),
         }
     }
 

@@ -53,9 +53,12 @@
 //! | hold (new id) / (held id) | not_accepted | `held` / — | ← | ← | ← | ← | ← | ← |
 //! | release (held id) / (other id) | not_accepted | `released` / not_held | ← | ← | ← | ← | ← | ← |
 //! | purge | not_accepted | not_settled | not_settled | `purged` | `purged` | `purged` | `purged` | `purged` |
+//! | decryption failure (new report) / (seen report) | not_accepted | not_handed_over | `decryption_failed` / — | ← | ← | not_handed_over | `decryption_failed` / — | not_handed_over |
 //!
 //! Hold on a purged message is `purged`; purge while any hold is active is `legal_hold`; purge of
-//! a purged message is —.
+//! a purged message is —. A decryption failure is a device's report through its capability
+//! link: it leaves the status as it is, is `purged` after a purge, and is — once the message has
+//! [`aggregate::MAX_DECRYPTION_REPORTS`] distinct reports (reason and key id).
 //!
 //! **Carrier results** for the current attempt:
 //! - acked (including 409 / reused id) → `carrier_acked`;

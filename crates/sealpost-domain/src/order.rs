@@ -67,6 +67,13 @@ pub fn legal_before(event_type: EventType) -> &'static [Status] {
         // A READ receipt on an acked message writes an implied `delivered` first.
         E::Displayed => &[S::Delivered],
         E::Held | E::Released => ANY_ACCEPTED,
+        // A device reports what the carrier or a fallback notice handed it.
+        E::DecryptionFailed => &[
+            S::CarrierAcked,
+            S::Delivered,
+            S::Displayed,
+            S::FallbackTriggered,
+        ],
         E::Purged => SETTLED,
     }
 }

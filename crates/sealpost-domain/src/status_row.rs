@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 
 use crate::aggregate::Status;
 use crate::events::{
-    EndReason, ErrorClass, EventType, FallbackChannel, MessageEvent, MessageType, RevokeOutcome,
+    DecryptFailure, EndReason, ErrorClass, EventType, FallbackChannel, MessageEvent, MessageType,
+    RevokeOutcome,
 };
 use crate::ids::Recipient;
 
@@ -91,6 +92,14 @@ pub struct StatusRow {
     pub held: bool,
     pub active_holds: u32,
     pub purged: bool,
+    /// `decryption_failed` reports recorded: a recipient's device could not open the payload.
+    #[serde(default)]
+    pub decryption_failures: u32,
+    /// The reason of the latest one.
+    #[serde(default)]
+    pub last_decryption_failure: Option<DecryptFailure>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_decryption_failure_at: Option<OffsetDateTime>,
     /// Events applied to this row.
     pub event_count: u32,
     pub last_event_type: Option<EventType>,
@@ -139,6 +148,9 @@ impl StatusRow {
             held: false,
             active_holds: 0,
             purged: false,
+            decryption_failures: 0,
+            last_decryption_failure: None,
+            last_decryption_failure_at: None,
             event_count: 0,
             last_event_type: None,
             last_event_at: None,
@@ -166,6 +178,7 @@ impl StatusRow {
             &mut self.purged_at,
             &mut self.expires_at,
             &mut self.next_attempt_at,
+            &mut self.last_decryption_failure_at,
             &mut self.last_event_at,
         ] {
             *t = t.map(to_micros);
@@ -247,6 +260,11 @@ impl StatusRow {
             E::Purged(p) => {
                 self.purged = true;
                 self.purged_at = Some(p.at);
+            }
+            E::DecryptionFailed(d) => {
+                self.decryption_failures += 1;
+                self.last_decryption_failure = Some(d.reason);
+                self.last_decryption_failure_at = Some(d.at);
             }
         }
         self.event_count += 1;
@@ -392,5 +410,43 @@ mod tests {
         assert!(row.held);
         assert_eq!(row.active_holds, 1);
         assert_eq!(row.status, Status::Queued, "holds leave the status alone");
+    }
+
+    #[test]
+    fn given_decryption_failures_then_the_row_counts_them_keeps_the_latest_and_the_status() {
+        let mut row = StatusRow::new("acme", "m1");
+        row.apply(&accepted(), 1, None);
+        row.apply(
+            &MessageEvent::CarrierAcked(CarrierAcked {
+                attempt: 1,
+                carrier: "rbm".into(),
+                carrier_message_id: "m1".into(),
+                at: T0,
+            }),
+            2,
+            None,
+        );
+        for (i, reason) in [DecryptFailure::WrongKey, DecryptFailure::Tampered]
+            .into_iter()
+            .enumerate()
+        {
+            row.apply(
+                &MessageEvent::DecryptionFailed(DecryptionFailed {
+                    reason,
+                    key_id: Some("k1".into()),
+                    at: T0 + Duration::from_secs(i as u64 + 1),
+                }),
+                3 + i as u64,
+                None,
+            );
+        }
+        assert_eq!(row.status, Status::CarrierAcked);
+        assert_eq!(row.decryption_failures, 2);
+        assert_eq!(row.last_decryption_failure, Some(DecryptFailure::Tampered));
+        assert_eq!(
+            row.last_decryption_failure_at,
+            Some(T0 + Duration::from_secs(2))
+        );
+        assert_eq!(row.last_event_type, Some(EventType::DecryptionFailed));
     }
 }

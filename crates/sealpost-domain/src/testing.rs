@@ -714,6 +714,23 @@ impl<'a> Sim<'a> {
                 );
             }
         }
+        // A device that cannot open the payload reports it, sometimes twice (a retried
+        // request), up to a minute after the ack.
+        if self.roll(3) == 0 {
+            let t = now + self.roll(60_000) as i64;
+            let reason = DecryptFailure::ALL[self.roll(DecryptFailure::ALL.len() as u32) as usize];
+            for c in 0..1 + self.roll(2) {
+                let ti = t + c as i64 * 1_000;
+                self.schedule(
+                    ti,
+                    Action::Command(MessageCommand::RecordDecryptionFailure {
+                        reason,
+                        key_id: Some("device-1".into()),
+                        at: at(ti),
+                    }),
+                );
+            }
+        }
     }
 }
 
@@ -863,6 +880,11 @@ fn commands_writing(first: &MessageEvent) -> Vec<MessageCommand> {
             at: r.at,
         }],
         E::Purged(p) => vec![C::Purge { at: p.at }],
+        E::DecryptionFailed(d) => vec![C::RecordDecryptionFailure {
+            reason: d.reason,
+            key_id: d.key_id.clone(),
+            at: d.at,
+        }],
     }
 }
 

@@ -1075,6 +1075,110 @@ fn purge_under_hold_is_refused_until_released_and_purging_twice_is_a_no_op() {
     assert_eq!(when(h, MessageCommand::Purge { at: LATER }), NONE);
 }
 
+// ---------------------------------------------------------------- decryption failures
+
+fn report(reason: DecryptFailure, key_id: Option<&str>) -> MessageCommand {
+    MessageCommand::RecordDecryptionFailure {
+        reason,
+        key_id: key_id.map(str::to_owned),
+        at: LATER,
+    }
+}
+
+fn decryption_failed(reason: DecryptFailure, key_id: Option<&str>) -> MessageEvent {
+    MessageEvent::DecryptionFailed(DecryptionFailed {
+        reason,
+        key_id: key_id.map(str::to_owned),
+        at: LATER,
+    })
+}
+
+#[test]
+fn decryption_failure_in_every_status_is_recorded_once_a_device_could_have_the_payload() {
+    for_every_status(
+        |_| report(DecryptFailure::WrongKey, Some("k1")),
+        |s| match s {
+            Status::New => Err(MessageError::NotAccepted),
+            Status::CarrierAcked
+            | Status::Delivered
+            | Status::Displayed
+            | Status::FallbackTriggered => Ok(vec![decryption_failed(
+                DecryptFailure::WrongKey,
+                Some("k1"),
+            )]),
+            s => Err(MessageError::NotHandedOver(s)),
+        },
+    );
+}
+
+#[test]
+fn given_a_recorded_decryption_failure_when_the_same_report_comes_again_then_nothing_is_recorded() {
+    let mut h = given(Status::Delivered);
+    h.push(decryption_failed(DecryptFailure::Tampered, Some("k1")));
+    assert_eq!(
+        when(h.clone(), report(DecryptFailure::Tampered, Some("k1"))),
+        NONE
+    );
+    // Another key or another reason is another report.
+    assert_eq!(
+        when(h.clone(), report(DecryptFailure::Tampered, Some("k2"))),
+        Ok(vec![decryption_failed(
+            DecryptFailure::Tampered,
+            Some("k2")
+        )])
+    );
+    assert_eq!(
+        when(h, report(DecryptFailure::WrongKey, None)),
+        Ok(vec![decryption_failed(DecryptFailure::WrongKey, None)])
+    );
+}
+
+#[test]
+fn given_the_most_reports_a_message_keeps_when_another_comes_then_nothing_is_recorded() {
+    let mut h = given(Status::Displayed);
+    for i in 0..crate::aggregate::MAX_DECRYPTION_REPORTS {
+        h.push(decryption_failed(
+            DecryptFailure::WrongKey,
+            Some(&format!("k{i}")),
+        ));
+    }
+    assert_eq!(when(h, report(DecryptFailure::WrongKey, Some("new"))), NONE);
+}
+
+#[test]
+fn given_a_purged_message_when_a_decryption_failure_is_reported_then_it_is_refused() {
+    let mut h = given(Status::Displayed);
+    h.push(MessageEvent::Purged(Purged { at: LATER }));
+    assert_eq!(
+        when(h, report(DecryptFailure::Malformed, None)),
+        Err(MessageError::Purged)
+    );
+}
+
+#[test]
+fn a_decryption_failure_leaves_the_status_and_is_legal_exactly_where_decide_records_it() {
+    use crate::order::check_type;
+    for s in ALL {
+        let mut m = Message::default();
+        for e in given(s) {
+            cqrs_es::Aggregate::apply(&mut m, e);
+        }
+        let decided = m.decide(
+            report(DecryptFailure::Tampered, None),
+            &RetryPolicy::default(),
+        );
+        let legal = check_type(s, EventType::DecryptionFailed);
+        assert_eq!(decided.is_ok(), legal.is_ok(), "given status {s}");
+        if let Ok(events) = decided {
+            assert_eq!(legal, Ok(s));
+            for e in events {
+                cqrs_es::Aggregate::apply(&mut m, e);
+            }
+            assert_eq!(m.status, s);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- state helpers and codec
 
 #[test]
@@ -1131,6 +1235,8 @@ fn every_event_round_trips_through_its_stored_body() {
         at: LATER,
     }));
     all.push(MessageEvent::Purged(Purged { at: LATER }));
+    all.push(decryption_failed(DecryptFailure::WrongKey, Some("k1")));
+    all.push(decryption_failed(DecryptFailure::Tampered, None));
     let mut types: Vec<EventType> = all.iter().map(|e| e.event_type()).collect();
     types.sort_unstable();
     types.dedup();
@@ -1240,6 +1346,7 @@ fn errors_have_stable_codes_and_messages_without_secrets() {
         MessageError::UnderLegalHold,
         MessageError::NotSettled(Status::Queued),
         MessageError::Purged,
+        MessageError::NotHandedOver(Status::Queued),
     ];
     let mut codes: Vec<&str> = all.iter().map(MessageError::code).collect();
     assert_eq!(codes[0], "idempotency_conflict");

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 
-use sealpost_domain::events::{EndReason, ErrorClass, FallbackChannel, MessageType, RevokeOutcome};
+use sealpost_domain::events::{
+    DecryptFailure, EndReason, ErrorClass, FallbackChannel, MessageType, RevokeOutcome,
+};
 use sealpost_domain::{EventType, Status, StatusRow, UnknownName};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
@@ -59,6 +61,9 @@ pub(crate) fn from_row(r: &PgRow) -> crate::Result<StatusRow> {
         held: r.try_get("held")?,
         active_holds: count(r.try_get("active_holds")?),
         purged: r.try_get("purged")?,
+        decryption_failures: count(r.try_get("decryption_failures")?),
+        last_decryption_failure: wire(r.try_get("last_decryption_failure")?)?,
+        last_decryption_failure_at: r.try_get("last_decryption_failure_at")?,
         event_count: count(r.try_get("event_count")?),
         last_event_type: wire(
             Some(r.try_get::<String, _>("last_event_type")?).filter(|s| !s.is_empty()),
@@ -74,7 +79,8 @@ pub(crate) const COLUMNS: &str = "tenant, message_id, status, message_type, reci
     carrier, carrier_message_id, attempts, last_error_class, last_error_code, end_reason, \
     revoke_outcome, accepted_at, carrier_acked_at, delivered_at, displayed_at, failed_at, \
     fallback_at, expired_at, cancelled_at, purged_at, expires_at, next_attempt_at, held, \
-    active_holds, purged, event_count, last_event_type, last_event_at, last_seq";
+    active_holds, purged, decryption_failures, last_decryption_failure, \
+    last_decryption_failure_at, event_count, last_event_type, last_event_at, last_seq";
 
 pub(crate) async fn truncate(tx: &mut PgConnection) -> crate::Result<()> {
     sqlx::query("TRUNCATE messages").execute(tx).await?;
@@ -148,7 +154,8 @@ async fn upsert<'a>(
          $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::timestamptz[], \
          $24::timestamptz[], $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], \
          $28::timestamptz[], $29::timestamptz[], $30::bool[], $31::int4[], $32::bool[], \
-         $33::int4[], $34::text[], $35::timestamptz[], $36::int8[]) \
+         $33::int4[], $34::text[], $35::timestamptz[], $36::int4[], $37::text[], \
+         $38::timestamptz[], $39::int8[]) \
          ON CONFLICT (tenant, message_id) DO UPDATE SET {}",
         update.join(", ")
     );
@@ -189,6 +196,12 @@ async fn upsert<'a>(
         .bind(col!(held))
         .bind(col!(active_holds, int))
         .bind(col!(purged))
+        .bind(col!(decryption_failures, int))
+        .bind(col!(last_decryption_failure, |v: &Option<
+            DecryptFailure,
+        >| v
+            .map(DecryptFailure::as_str)))
+        .bind(col!(last_decryption_failure_at))
         .bind(col!(event_count, int))
         .bind(col!(last_event_type, |v: &Option<EventType>| v
             .map_or("", EventType::as_str)))
