@@ -55,6 +55,7 @@ fn opaque(message_id: &str, recipient: &str) -> Submission {
             url: format!("https://s3.example/sealpost/{message_id}.enc?X-Amz-Signature=abc"),
             sha256: "5d".repeat(32),
             size: Some(1024),
+            link: None,
         },
         expire_time: None,
     }

@@ -83,11 +83,13 @@ pub struct NoticeRecord {
     pub text: String,
 }
 
-/// What a handset received for an RBM message with a payload link: the link and the digest.
+/// What a handset received for an RBM message with a payload link: the link and the digest,
+/// and the message's device link when Sealpost sent one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandsetMessage {
     pub file_url: String,
     pub sha256: String,
+    pub link: Option<String>,
 }
 
 /// A running simulator. Dropping it stops the server and every pending webhook.

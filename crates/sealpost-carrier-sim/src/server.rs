@@ -347,6 +347,7 @@ fn parse_send_body(
         content = c.content_info.as_ref().map(|i| crate::HandsetMessage {
             file_url: i.file_url.clone(),
             sha256: digest,
+            link: msg.sealpost_payload.as_ref().and_then(|p| p.link.clone()),
         });
     }
     let expire_time = match msg.expire_time {

@@ -50,11 +50,13 @@ pub enum Delivers {
 /// What one submission carries.
 #[derive(Clone)]
 pub enum Content {
-    /// The ciphertext, by reference: a presigned GET URL (secret, never logged) plus its digest.
+    /// The ciphertext, by reference: a presigned GET URL (secret, never logged) plus its digest,
+    /// and the message's device link (also a secret) when device links are enabled.
     Opaque {
         url: String,
         sha256: String,
         size: Option<u64>,
+        link: Option<String>,
     },
     /// A neutral notice without message content.
     Notice { text: String },
@@ -63,11 +65,14 @@ pub enum Content {
 impl fmt::Debug for Content {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Content::Opaque { sha256, size, .. } => f
+            Content::Opaque {
+                sha256, size, link, ..
+            } => f
                 .debug_struct("Opaque")
                 .field("url", &"<redacted>")
                 .field("sha256", sha256)
                 .field("size", size)
+                .field("link", &link.as_ref().map(|_| "<redacted>"))
                 .finish(),
             Content::Notice { text } => f
                 .debug_struct("Notice")
@@ -147,6 +152,7 @@ mod tests {
                 url: "https://s3.example/bucket/obj?X-Amz-Signature=deadbeef".into(),
                 sha256: "ab".repeat(32),
                 size: Some(10),
+                link: Some("https://sp.example/v1/d/acme/m-1/secrettoken".into()),
             },
             expire_time: None,
         };
@@ -155,6 +161,7 @@ mod tests {
         assert!(d.contains("+**********23"), "{d}");
         assert!(!d.contains("s3.example"), "{d}");
         assert!(!d.contains("deadbeef"), "{d}");
+        assert!(!d.contains("secrettoken"), "{d}");
         assert!(d.contains("m-1"), "{d}");
         assert!(d.contains(&"ab".repeat(32)), "{d}");
     }

@@ -75,7 +75,12 @@ impl RbmCarrier {
 
     fn body(s: &Submission) -> AgentMessage {
         let (content_message, sealpost_payload) = match &s.content {
-            Content::Opaque { url, sha256, size } => (
+            Content::Opaque {
+                url,
+                sha256,
+                size,
+                link,
+            } => (
                 ContentMessage {
                     text: None,
                     content_info: Some(ContentInfo {
@@ -86,6 +91,7 @@ impl RbmCarrier {
                 Some(SealpostPayload {
                     sha256: sha256.clone(),
                     size: *size,
+                    link: link.clone(),
                 }),
             ),
             Content::Notice { text } => (
@@ -255,6 +261,7 @@ mod tests {
                 url: "https://blob/x".into(),
                 sha256: "ab".repeat(32),
                 size: Some(42),
+                link: Some("https://sp.example/v1/d/acme/m1/token".into()),
             },
             expire_time: Some(time::macros::datetime!(2030-01-02 03:04:05 +01:00)),
         };
@@ -264,9 +271,16 @@ mod tests {
             serde_json::json!({
                 "contentMessage": {"contentInfo": {"fileUrl": "https://blob/x", "forceRefresh": false}},
                 "expireTime": "2030-01-02T02:04:05Z",
-                "sealpostPayload": {"sha256": "ab".repeat(32), "size": 42},
+                "sealpostPayload": {
+                    "sha256": "ab".repeat(32),
+                    "size": 42,
+                    "link": "https://sp.example/v1/d/acme/m1/token",
+                },
             })
         );
+        let body = RbmCarrier::body(&s);
+        let printed = format!("{body:?}");
+        assert!(!printed.contains("/v1/d/"), "{printed}");
     }
 
     #[test]

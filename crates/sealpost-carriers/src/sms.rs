@@ -157,6 +157,7 @@ mod tests {
                     url: "https://x".into(),
                     sha256: "00".repeat(32),
                     size: None,
+                    link: None,
                 },
                 expire_time: None,
             })

@@ -3,7 +3,8 @@
 //! RBM shapes follow Google's RBM REST API v1 (`phones.agentMessages.create`, `phones.getCapabilities`,
 //! errors as `google.rpc.Status`). One field is ours: [`AgentMessage::sealpost_payload`]
 //! (`"sealpostPayload"`), a non-Google extension carrying the ciphertext's digest next to the
-//! `fileUrl`, so a receiver (the simulator, a cooperating aggregator) can check what it fetched.
+//! `fileUrl`, so a receiver (the simulator, a cooperating aggregator) can check what it fetched,
+//! and the message's device link.
 //! RBM ignores unknown top-level fields.
 
 use std::fmt;
@@ -50,12 +51,26 @@ impl fmt::Debug for ContentInfo {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SealpostPayload {
     /// Lowercase hex SHA-256 of the ciphertext.
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The message's device link (`sealpost_keyformat::device_link`): the app fetches the
+    /// payload again and reports a decryption failure through it. A secret, hidden from `Debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl fmt::Debug for SealpostPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealpostPayload")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .field("link", &self.link.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// An RBM error answer: `{"error": {"code": 404, "message": "...", "status": "NOT_FOUND"}}`.

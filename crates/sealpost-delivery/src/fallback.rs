@@ -2,7 +2,8 @@
 //! message where a copy may have reached the carrier, then sends the tenant's neutral notice (no
 //! message content) over the notice carrier (SMS), or publishes it for the tenant's app. The SMS
 //! submission carries the message id as its client reference, so a redelivered job is answered
-//! "already accepted" instead of texting the recipient twice.
+//! "already accepted" instead of texting the recipient twice. With device links enabled, both
+//! notices carry the message's link, through which the app fetches and opens the payload.
 
 use std::time::Duration;
 
@@ -83,13 +84,23 @@ impl Delivery {
                 .await;
             tracing::info!(%message_id, revoke = ?r, "revoked before fallback");
         }
+        // The device opens the payload through its link; the notice itself carries no content.
+        let link = self
+            .inner
+            .cfg
+            .device_links
+            .as_ref()
+            .and_then(|d| d.link(&tenant, &message_id));
         match fb.channel {
             FallbackChannel::InApp => {
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "message_id": message_id.as_str(),
                     "notice_template": fb.notice_template,
                     "at": OffsetDateTime::now_utc().unix_timestamp(),
                 });
+                if let Some(link) = &link {
+                    body["link"] = serde_json::Value::String(link.clone());
+                }
                 let client = self.inner.js.client();
                 match client
                     .publish(
@@ -117,13 +128,14 @@ impl Delivery {
                         message_id: message_id.as_str().to_owned(),
                         recipient: recipient.to_owned(),
                         content: Content::Notice {
-                            text: self
-                                .inner
-                                .cfg
-                                .notice_texts
-                                .get(&fb.notice_template)
-                                .map_or(crate::DEFAULT_NOTICE, String::as_str)
-                                .to_owned(),
+                            text: notice_text(
+                                self.inner
+                                    .cfg
+                                    .notice_texts
+                                    .get(&fb.notice_template)
+                                    .map_or(crate::DEFAULT_NOTICE, String::as_str),
+                                link.as_deref(),
+                            ),
                         },
                         expire_time: None,
                     })
@@ -149,5 +161,28 @@ impl Delivery {
                 }
             }
         }
+    }
+}
+
+/// The SMS text: the tenant's neutral notice, then the device link on its own line when there
+/// is one (the app registered for the link's host opens it; nothing of the message is in it).
+fn notice_text(notice: &str, link: Option<&str>) -> String {
+    match link {
+        Some(link) => format!("{notice}\n{link}"),
+        None => notice.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notice_text;
+
+    #[test]
+    fn the_notice_carries_the_link_on_its_own_line_or_nothing_more() {
+        assert_eq!(
+            notice_text("You have a secure message.", Some("https://sp/v1/d/a/m/t")),
+            "You have a secure message.\nhttps://sp/v1/d/a/m/t"
+        );
+        assert_eq!(notice_text("Hi", None), "Hi");
     }
 }

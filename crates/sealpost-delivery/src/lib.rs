@@ -98,6 +98,35 @@ pub struct DeliveryConfig {
     /// A template not listed here is sent as [`DEFAULT_NOTICE`]. Texts must stay neutral: no
     /// message content, ever.
     pub notice_texts: HashMap<String, String>,
+    /// Devices' capability links: when set, each RBM submission carries the message's link
+    /// (`sealpostPayload.link`), and so do SMS and in-app fallback notices.
+    pub device_links: Option<DeviceLinks>,
+}
+
+/// How delivery mints device links (`sealpost_keyformat::device_link`).
+#[derive(Debug, Clone)]
+pub struct DeviceLinks {
+    /// The platform's link key; the gateway checks links with the same key.
+    pub key: sealpost_keyformat::device_link::DeviceLinkKey,
+    /// The gateway's public URL, e.g. `https://sealpost.example.com`.
+    pub base: String,
+}
+
+impl DeviceLinks {
+    /// The link of one message, or none when the ids cannot form one (they always can: tenant
+    /// and message ids are validated to the same alphabet).
+    pub fn link(&self, tenant: &TenantId, message_id: &MessageId) -> Option<String> {
+        match self
+            .key
+            .link(&self.base, tenant.as_str(), message_id.as_str())
+        {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mint a device link");
+                None
+            }
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -112,6 +141,7 @@ impl Default for DeliveryConfig {
                 "secure_message_waiting".to_owned(),
                 DEFAULT_NOTICE.to_owned(),
             )]),
+            device_links: None,
         }
     }
 }

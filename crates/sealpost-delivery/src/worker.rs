@@ -235,6 +235,12 @@ impl Delivery {
                 url,
                 sha256: accepted.payload_sha256.as_str().to_owned(),
                 size: accepted.payload_size,
+                link: self
+                    .inner
+                    .cfg
+                    .device_links
+                    .as_ref()
+                    .and_then(|d| d.link(tenant, &accepted.message_id)),
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot presign the payload URL; retrying the job");

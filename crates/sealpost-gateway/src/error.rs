@@ -24,11 +24,13 @@ pub enum ErrorCode {
     /// The send is sealed to a key the key directory holds as revoked or marked bad, or does
     /// not hold for that recipient.
     KeyStale,
+    /// A device link whose message has expired, ended undelivered or been purged.
+    Expired,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive checks (the error schema lists exactly these).
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::InvalidRequest,
         Self::Unauthorized,
         Self::TenantMismatch,
@@ -41,6 +43,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::InvalidState,
         Self::KeyStale,
+        Self::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::InvalidState => "invalid_state",
             Self::KeyStale => "key_stale",
+            Self::Expired => "expired",
         }
     }
 
@@ -71,6 +75,7 @@ impl ErrorCode {
             Self::PayloadNotFound | Self::DigestMismatch => 422,
             Self::RateLimited | Self::QuotaExceeded => 429,
             Self::Unavailable => 503,
+            Self::Expired => 410,
         }
     }
 }

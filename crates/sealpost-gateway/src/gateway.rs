@@ -69,6 +69,8 @@ struct Inner {
     receipts: crate::receipts::ReceiptConfig,
     status_source: Option<Arc<dyn crate::view::StatusSource>>,
     keys: crate::keys::KeyCheck,
+    /// Checks devices' capability links; none = the `/v1/d/` routes answer `not_found`.
+    device_links: Option<sealpost_keyformat::device_link::DeviceLinkKey>,
 }
 
 /// Counts an answered send in `sealpost_ingress_requests_total`.
@@ -118,6 +120,7 @@ impl Gateway {
                 max_blob_bytes,
                 receipts: Default::default(),
                 status_source: None,
+                device_links: None,
             }),
         }
     }
@@ -151,6 +154,35 @@ impl Gateway {
                 Self { inner: shared }
             }
         }
+    }
+
+    /// Enables devices' capability links (`/v1/d/...`, [`crate::device`]) under the platform's
+    /// link key. Call it on a new gateway, before it is cloned into a server.
+    pub fn with_device_links(self, key: sealpost_keyformat::device_link::DeviceLinkKey) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Self {
+                inner: Arc::new(Inner {
+                    device_links: Some(key),
+                    ..inner
+                }),
+            },
+            Err(shared) => {
+                tracing::error!(
+                    "device links configured on a gateway already in use; they stay off"
+                );
+                Self { inner: shared }
+            }
+        }
+    }
+
+    pub(crate) fn device_link_key(
+        &self,
+    ) -> Option<&sealpost_keyformat::device_link::DeviceLinkKey> {
+        self.inner.device_links.as_ref()
+    }
+
+    pub(crate) fn executor(&self) -> &CommandExecutor<Message> {
+        &self.inner.executor
     }
 
     pub fn receipts(&self) -> &crate::receipts::ReceiptConfig {

@@ -3,7 +3,8 @@
 //! `POST /v1/keys/{op}` (the key directory's API, forwarded to the `keys` role), `/healthz`,
 //! `/readyz`, `/metrics` and `/openapi.json`. Every `/v1` call needs
 //! `Authorization: Bearer <tenant API key>`, except `POST /v1/receipts/{carrier}`, which carriers
-//! call with a signed body instead.
+//! call with a signed body instead, and the device links under `/v1/d/` ([`crate::device`]),
+//! whose token is the credential.
 //!
 //! Each handler carries its `#[utoipa::path]` and is registered through `utoipa-axum`, so the
 //! OpenAPI document ([`crate::openapi`]) is generated from these routes.
@@ -44,6 +45,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(upload))
         .routes(routes!(presign))
         .routes(routes!(receipt))
+        .routes(routes!(device_payload))
+        .routes(routes!(device_report))
         .routes(routes!(keys))
         .routes(routes!(healthz))
         .routes(routes!(ready))
@@ -420,6 +423,73 @@ async fn receipt(
         Ok(crate::receipts::ReceiptReply::Verification { secret }) => {
             json(StatusCode::OK, &serde_json::json!({ "secret": secret }))
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A device link: where one message's sealed payload is, for a few minutes.
+#[utoipa::path(
+    get,
+    path = "/v1/d/{tenant}/{message_id}/{token}",
+    tag = "devices",
+    params(
+        ("tenant" = String, Path, description = "The tenant the link names"),
+        ("message_id" = String, Path, description = "The message the link names"),
+        ("token" = String, Path, description = "The link's token (43 characters); a bearer secret"),
+    ),
+    responses(
+        (status = 200, description = "A presigned GET of the payload, with its digest", body = schemas::DevicePayload),
+        (status = 401, description = "`unauthorized`: the token does not match tenant and message", body = schemas::Error),
+        (status = 404, description = "`not_found`: no such message, or device links are not enabled", body = schemas::Error),
+        (status = 410, description = "`expired`: the message expired, ended undelivered or was purged", body = schemas::Error),
+        (status = 503, description = "`unavailable`: retry", body = schemas::Error),
+    ),
+)]
+async fn device_payload(
+    State(s): State<AppState>,
+    Path((tenant, message_id, token)): Path<(String, String, String)>,
+) -> Response {
+    match s.gateway.device_payload(&tenant, &message_id, &token).await {
+        Ok(reply) => json(StatusCode::OK, &reply),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A device could not open the message's payload: recorded as a `decryption_failed` event.
+#[utoipa::path(
+    post,
+    path = "/v1/d/{tenant}/{message_id}/{token}/decryption-failed",
+    tag = "devices",
+    params(
+        ("tenant" = String, Path, description = "The tenant the link names"),
+        ("message_id" = String, Path, description = "The message the link names"),
+        ("token" = String, Path, description = "The link's token; a bearer secret"),
+    ),
+    request_body(content = schemas::DecryptionReport, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded, or the same report was recorded before", body = schemas::DecryptionReportReply),
+        (status = 400, description = "`invalid_request`: an unknown reason or a bad key id", body = schemas::Error),
+        (status = 401, description = "`unauthorized`: the token does not match tenant and message", body = schemas::Error),
+        (status = 404, description = "`not_found`: no such message, or device links are not enabled", body = schemas::Error),
+        (status = 409, description = "`invalid_state`: the message never reached a carrier", body = schemas::Error),
+        (status = 410, description = "`expired`: the message was purged", body = schemas::Error),
+        (status = 503, description = "`unavailable`: send the report again", body = schemas::Error),
+    ),
+)]
+async fn device_report(
+    State(s): State<AppState>,
+    Path((tenant, message_id, token)): Path<(String, String, String)>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let body = read_body(body, crate::device::MAX_REPORT_BYTES).await?;
+        s.gateway
+            .report_decryption_failure(&tenant, &message_id, &token, &body)
+            .await
+    }
+    .await;
+    match result {
+        Ok(reply) => json(StatusCode::ACCEPTED, &reply),
         Err(e) => e.into_response(),
     }
 }

@@ -8,8 +8,9 @@
 //! of every rule of the send command ([`send`]), tenants with their API-key hashes, rate limits,
 //! daily quotas ([`tenants`]), the send path's `key_stale` check against the key directory
 //! (`keys`), the NATS accounts that isolate tenants ([`accounts`]), the check that a payload reference
-//! lies in the tenant's prefix and the object exists with its digest, and idempotent acceptance
-//! through the event store.
+//! lies in the tenant's prefix and the object exists with its digest, idempotent acceptance
+//! through the event store, and devices' capability links ([`device`]: fetch one message's
+//! payload, report that it could not be opened).
 //!
 //! **Must not:** keep state a `kill -9` can lose (every answer comes from JetStream or S3; the
 //! blob index and rate buckets are caches and limits, not records); read, log or return
@@ -18,6 +19,7 @@
 //! signed receipts, [`receipts`]).
 
 pub mod accounts;
+pub mod device;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -30,7 +30,7 @@ pub const CONTRACT_SCHEMAS: &[(&str, &str)] = &[
     ),
     (
         "StatusRow",
-        include_str!("../../../schemas/commands/status_row.v2.json"),
+        include_str!("../../../schemas/commands/status_row.v3.json"),
     ),
     (
         "CancelReply",
@@ -47,6 +47,18 @@ pub const CONTRACT_SCHEMAS: &[(&str, &str)] = &[
     (
         "PresignReply",
         include_str!("../../../schemas/commands/presign_reply.v1.json"),
+    ),
+    (
+        "DevicePayload",
+        include_str!("../../../schemas/commands/device_payload.v1.json"),
+    ),
+    (
+        "DecryptionReport",
+        include_str!("../../../schemas/commands/decryption_report.v1.json"),
+    ),
+    (
+        "DecryptionReportReply",
+        include_str!("../../../schemas/commands/decryption_report_reply.v1.json"),
     ),
 ];
 
@@ -87,6 +99,9 @@ pub mod schemas {
         BlobReply,
         PresignRequest,
         PresignReply,
+        DevicePayload,
+        DecryptionReport,
+        DecryptionReportReply,
     );
 }
 

@@ -10,7 +10,9 @@
 //! - [`fingerprint`]: a key's fingerprint (the SHA-256 that enrollment statements and bad-key
 //!   lists name) and [`safety_number`], its 30-digit human-comparable form;
 //! - [`EnrollmentStatement`]: the statement a tenant's MDM enrollment key signs to tie a device
-//!   key to an enrolled device, and its verification.
+//!   key to an enrolled device, and its verification;
+//! - [`device_link`]: the capability link a device fetches one message's payload with and reports
+//!   a decryption failure through (minted by delivery, checked by the gateway, parsed by the SDK).
 //!
 //! **Must not:** implement a primitive (HMAC-SHA-256 is `hmac` + `sha2`, Ed25519 is
 //! `ed25519-dalek`), print a label key, or accept a number that is not E.164.
@@ -19,6 +21,8 @@
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+pub mod device_link;
 
 /// What is wrong with an input; the text says how to fix it, never echoing a secret or a
 /// phone number.

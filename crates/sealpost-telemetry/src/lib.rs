@@ -76,6 +76,14 @@ pub struct KeyLookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecryptionFailureLabels {
+    pub tenant: String,
+    /// The device's reason: `malformed`, `unknown_version`, `wrong_binding`, `wrong_key`,
+    /// `tampered`, `digest_mismatch`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProjectionLabels {
     pub projection: String,
 }
@@ -99,6 +107,7 @@ pub struct Metrics {
     pub queue_depth: Family<ConsumerLabels, Gauge>,
     pub tenant_queue_depth: Family<TenantLabels, Gauge>,
     pub key_lookups: Family<KeyLookupLabels, Counter>,
+    pub decryption_failures: Family<DecryptionFailureLabels, Counter>,
     pub projection_lag: Family<ProjectionLabels, Gauge>,
 }
 
@@ -114,6 +123,7 @@ impl Metrics {
         let queue_depth = Family::<ConsumerLabels, Gauge>::default();
         let tenant_queue_depth = Family::<TenantLabels, Gauge>::default();
         let key_lookups = Family::<KeyLookupLabels, Counter>::default();
+        let decryption_failures = Family::<DecryptionFailureLabels, Counter>::default();
         let projection_lag = Family::<ProjectionLabels, Gauge>::default();
         registry.register(
             "sealpost_ingress_requests",
@@ -151,6 +161,11 @@ impl Metrics {
             key_lookups.clone(),
         );
         registry.register(
+            "sealpost_decryption_failures",
+            "decryption_failed reports recorded from recipients' devices (through their device links), by tenant and reason",
+            decryption_failures.clone(),
+        );
+        registry.register(
             "sealpost_projection_lag",
             "Events a projection has not applied yet",
             projection_lag.clone(),
@@ -164,6 +179,7 @@ impl Metrics {
             queue_depth,
             tenant_queue_depth,
             key_lookups,
+            decryption_failures,
             projection_lag,
         }
     }

@@ -337,6 +337,10 @@ async fn gateway(
         Some(source) => gateway.with_status_source(source),
         None => gateway,
     };
+    let gateway = match cfg.delivery.device_link_key() {
+        Some(key) => gateway.with_device_links(key),
+        None => gateway,
+    };
     // The dashboard at `/` reads the Postgres views; without a database it answers 503.
     let dashboard = crate::dashboard::Dashboard::lazy(
         cfg.postgres.url(),
@@ -409,6 +413,7 @@ fn delivery(
             payload_url_ttl: d.payload_url_ttl,
             receipt_retry: d.receipt_retry,
             carrier_ttl_grace: d.carrier_ttl_grace,
+            device_links: d.device_links(),
             ..Default::default()
         },
     ))

@@ -188,6 +188,30 @@ pub struct DeliverySection {
     pub receipt_retry: Duration,
     #[serde(rename = "carrier_ttl_grace_ms", with = "ms")]
     pub carrier_ttl_grace: Duration,
+    /// The platform's device link key (64 hex digits; empty: no device links). A secret: the
+    /// delivery roles mint links with it and the gateway checks them.
+    pub device_link_key: Secret,
+    /// The gateway's public URL the links point at, e.g. `https://sealpost.example.com`.
+    pub device_link_base: String,
+}
+
+impl DeliverySection {
+    /// The link key, when device links are enabled (checked by [`Config::validate`]).
+    pub fn device_link_key(&self) -> Option<sealpost_keyformat::device_link::DeviceLinkKey> {
+        if self.device_link_key.is_empty() {
+            return None;
+        }
+        sealpost_keyformat::device_link::DeviceLinkKey::from_hex(self.device_link_key.expose()).ok()
+    }
+
+    /// How delivery mints links, when they are enabled.
+    pub fn device_links(&self) -> Option<sealpost_delivery::DeviceLinks> {
+        self.device_link_key()
+            .map(|key| sealpost_delivery::DeviceLinks {
+                key,
+                base: self.device_link_base.trim_end_matches('/').to_owned(),
+            })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -414,6 +438,22 @@ impl Config {
         }
         if d.receipt_retry.is_zero() {
             return Err(invalid("delivery.receipt_retry_ms", "must be at least 1"));
+        }
+        if !d.device_link_key.is_empty() {
+            if d.device_link_key().is_none() {
+                return Err(invalid(
+                    "delivery.device_link_key",
+                    "must be 64 hex digits (32 random bytes, e.g. `openssl rand -hex 32`); set SEALPOST_DELIVERY_DEVICE_LINK_KEY",
+                ));
+            }
+            if !(d.device_link_base.starts_with("https://")
+                || d.device_link_base.starts_with("http://"))
+            {
+                return Err(invalid(
+                    "delivery.device_link_base",
+                    "must be the gateway's public http(s) URL when delivery.device_link_key is set",
+                ));
+            }
         }
         let c = &self.carriers;
         for (key, url) in [
