@@ -2,7 +2,9 @@
 //! the key directory, the delivery roles and the carrier simulator, all started with
 //! `sealpost::App::start`. The sender seals with the SDK after verifying the directory's
 //! answer, the platform carries the envelope, and each device fetches it from the link the
-//! carrier got and opens it. Then every refusal the SDK promises, each on its own.
+//! carrier got and opens it. Then every refusal the SDK promises, each on its own, and the
+//! device links: fetching through one without an API key, and a device's `decryption_failed`
+//! report recorded as an event, a view column and a metric.
 
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -28,12 +30,13 @@ use crate::support::{app_config, Env};
 const TENANT: &str = "acme-corp";
 const API_KEY: &str = "acme-corp-key";
 const LABEL_KEY: [u8; 32] = [9; 32];
+const LINK_KEY: [u8; 32] = [5; 32];
 const ALICE: &str = "+447700900123";
 const BOB: &str = "+447700900456";
 
 pub(crate) struct Stack {
     pub env: Env,
-    _db: PgDatabase,
+    pub db: PgDatabase,
     dir: tempfile::TempDir,
     pub sim: RunningSim,
     pub app: sealpost::Running,
@@ -66,6 +69,11 @@ impl Stack {
         });
         let mut cfg = app_config(&env.server.url(), &dir.path().join("s3"), vec![tenant]);
         cfg.postgres.url = Secret::new(db.url.clone());
+        // Device links point at the gateway, so its port is fixed before it starts.
+        let port = sealpost_testkit::free_port().unwrap();
+        cfg.gateway.http_listen = format!("127.0.0.1:{port}").parse().unwrap();
+        cfg.delivery.device_link_key = Secret::new(hex::encode(LINK_KEY));
+        cfg.delivery.device_link_base = format!("http://127.0.0.1:{port}");
         cfg.keys.epoch_interval = Duration::from_millis(100);
         cfg.retry.base = Duration::from_millis(100);
         cfg.retry.max = Duration::from_millis(1000);
@@ -76,7 +84,7 @@ impl Stack {
         rbm.client_token = sim_cfg.client_token.clone();
         cfg.carriers.sms.base_url = sim.base_url();
         cfg.carriers.sms.api_key = sim_cfg.sms_api_key.clone();
-        let mut roles = vec![Role::Gateway, Role::Keys];
+        let mut roles = vec![Role::Gateway, Role::Keys, Role::Projector];
         roles.extend(Role::DELIVERY);
         let app = App::start(cfg, &roles, std::future::pending())
             .await
@@ -87,7 +95,7 @@ impl Stack {
         )));
         Stack {
             env,
-            _db: db,
+            db,
             dir,
             sim,
             app,
@@ -198,6 +206,7 @@ fn outgoing(number: &str, key: &str) -> Outgoing {
         message_type: "transactional".into(),
         ttl_seconds: Some(3600),
         correlation_id: Some(format!("corr-{key}")),
+        fallback: None,
     }
 }
 
@@ -820,6 +829,51 @@ async fn the_sdk_cli_keygens_publishes_seals_sends_and_opens_with_private_key_fi
     .await;
     assert!(ok, "{err}");
     assert_eq!(out, "CLI plaintext 4242");
+    // Through the device link: no message id, URL or digest to give.
+    let link = got.link.expect("a device link");
+    let (ok, out, err) = sdk_cli(&[
+        "open",
+        "--key-file",
+        &p("phone.json"),
+        "--link",
+        &link,
+        "-o",
+        "-",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "CLI plaintext 4242");
+    // Another device's key file cannot open it: the reason, and the report reached the platform.
+    let (ok, _, err) = sdk_cli(&[
+        "keygen",
+        "--tenant",
+        TENANT,
+        "--label",
+        &alice,
+        "--device",
+        "tablet",
+        "--key-id",
+        "tablet-k9",
+        "--out",
+        &p("tablet.json"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = sdk_cli(&[
+        "open",
+        "--key-file",
+        &p("tablet.json"),
+        "--link",
+        &link,
+        "-o",
+        "-",
+    ])
+    .await;
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("no slot for any key") && err.contains("reported to the platform: yes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -835,4 +889,221 @@ fn the_clients_key_api_subjects_are_the_servers() {
         );
     }
     assert_eq!(sealpost_keys_client::api::subject(TENANT, "nope"), None);
+}
+
+impl Stack {
+    /// The status row of `message_id` as the tenant sees it (`GET /v1/messages/{id}`).
+    async fn status(&self, message_id: &str) -> serde_json::Value {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/v1/messages/{message_id}", self.base_url()))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.json().await.unwrap()
+    }
+}
+
+/// The device link's token replaced by another message's, or by nonsense.
+fn with_token(link: &str, token: &str) -> String {
+    let cut = link.rfind('/').unwrap();
+    format!("{}/{token}", &link[..cut])
+}
+
+#[tokio::test]
+async fn a_device_that_cannot_open_reports_through_its_link_and_the_platform_records_decryption_failed(
+) {
+    let s = Stack::start().await;
+    let phone = s.device(ALICE, "phone", "phone-k1").await;
+    // A device of the same recipient whose key was never published: nothing is sealed to it.
+    let stray = Device::new(Keyring::generate(
+        TENANT,
+        &label(ALICE),
+        "stray",
+        "stray-k1",
+        TimeDuration::days(365),
+        now(),
+    ));
+    let sender = s.sender(false, "reports.checkpoint").await;
+    s.await_keys(&sender, ALICE, &["phone-k1"]).await;
+    let sent = sender
+        .send(&outgoing(ALICE, "report-1"), b"for the phone only")
+        .await
+        .unwrap();
+    let other = sender
+        .send(&outgoing(ALICE, "report-2"), b"another message")
+        .await
+        .unwrap();
+    let link = s
+        .handset(&sent.message_id)
+        .await
+        .link
+        .expect("a device link");
+    let other_link = s.handset(&other.message_id).await.link.unwrap();
+    assert!(link.starts_with(&format!(
+        "{}/v1/d/{TENANT}/{}/",
+        s.base_url(),
+        sent.message_id
+    )));
+
+    // The phone fetches through the link, with no API key, and opens.
+    let plain = phone.receive(&link, now()).await.unwrap();
+    assert_eq!(plain.as_slice(), b"for the phone only");
+    assert_eq!(
+        s.status(&sent.message_id).await["decryption_failures"],
+        0,
+        "opening records nothing"
+    );
+
+    // The stray device cannot open it: the typed error, and the report reached the platform.
+    let err = stray.receive(&link, now()).await.unwrap_err();
+    assert_eq!(
+        err,
+        SdkError::Unopened {
+            error: OpenError::NotForThisDevice,
+            reported: true
+        }
+    );
+    // The same report again records nothing new; another reason is another report.
+    let again = sealpost_sdk::device::report_decryption_failed(
+        &link,
+        &OpenError::NotForThisDevice,
+        Some("stray-k1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.recorded, again.decryption_failures), (false, 1));
+    let tampered =
+        sealpost_sdk::device::report_decryption_failed(&link, &OpenError::Tampered, None)
+            .await
+            .unwrap();
+    assert_eq!((tampered.recorded, tampered.decryption_failures), (true, 2));
+
+    // A link opens its own message only: another message's token, or none that verifies, is
+    // refused and records nothing.
+    let token_of = |l: &str| l.rsplit('/').next().unwrap().to_owned();
+    for forged in [
+        with_token(&link, &token_of(&other_link)),
+        with_token(&link, &"A".repeat(43)),
+    ] {
+        let refused =
+            sealpost_sdk::device::report_decryption_failed(&forged, &OpenError::Malformed, None)
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(&refused, SdkError::Api { status: 401, code, .. } if code == "unauthorized"),
+            "{refused:?}"
+        );
+        let fetched = sealpost_sdk::device::fetch_by_link(&forged)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(fetched, SdkError::Api { status: 401, .. }),
+            "{fetched:?}"
+        );
+    }
+    // A reason outside the contract is refused by the gateway with the list of reasons.
+    let bad = reqwest::Client::new()
+        .post(format!("{link}/decryption-failed"))
+        .body(r#"{"reason":"lost_my_phone"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("wrong_key"));
+
+    // The platform recorded both reports: events on the message's stream, the status row (from
+    // the view once the projector applied them), the metric. The status is the carrier's.
+    let row = eventually(
+        Duration::from_secs(20),
+        "the reports in the view",
+        || async {
+            let row = s.status(&sent.message_id).await;
+            (row["source"] == "view" && row["decryption_failures"] == 2).then_some(row)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(row["last_decryption_failure"], "tampered");
+    assert!(
+        ["delivered", "displayed"].contains(&row["status"].as_str().unwrap()),
+        "{row}"
+    );
+    let (count, last): (i32, Option<String>) = sqlx::query_as(
+        "SELECT decryption_failures, last_decryption_failure FROM messages WHERE message_id = $1",
+    )
+    .bind(&sent.message_id)
+    .fetch_one(&sqlx::PgPool::connect(&s.db.url).await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!((count, last.as_deref()), (2, Some("tampered")));
+    let js = async_nats::jetstream::new(s.env.client.clone());
+    let stream = js.get_stream("SEALPOST_EVENTS").await.unwrap();
+    let subject = format!(
+        "sealpost.evt.{TENANT}.{}.decryption_failed",
+        sent.message_id
+    );
+    let info = stream
+        .info_with_subjects(subject.clone())
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.1, 2, "two decryption_failed events on {subject}");
+    let metrics = reqwest::get(format!("{}/metrics", s.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["wrong_key", "tampered"] {
+        let line = format!(
+            "sealpost_decryption_failures_total{{tenant=\"{TENANT}\",reason=\"{reason}\"}}"
+        );
+        assert!(metrics.contains(&line), "{line} in /metrics");
+    }
+    // The other message has no report.
+    assert_eq!(s.status(&other.message_id).await["decryption_failures"], 0);
+}
+
+#[tokio::test]
+async fn a_fallback_notice_carries_the_device_link_which_opens_the_message_until_it_expires() {
+    let s = Stack::start().await;
+    let phone = s.device(BOB, "phone", "bob-k1").await;
+    let sender = s.sender(false, "notice.checkpoint").await;
+    s.await_keys(&sender, BOB, &["bob-k1"]).await;
+    // Bob's number has no RCS: the message falls back to an SMS notice.
+    s.sim
+        .script(BOB, vec![sealpost_carrier_sim::Scripted::NotCapable]);
+    let mut out = outgoing(BOB, "notice-1");
+    out.ttl_seconds = Some(8);
+    out.fallback = Some(("sms".into(), "secure_message_waiting".into()));
+    let sent = sender.send(&out, b"read me in the app").await.unwrap();
+    let notice = eventually(Duration::from_secs(20), "the SMS notice", || async {
+        s.sim
+            .notices()
+            .into_iter()
+            .find(|n| n.message_id == sent.message_id)
+    })
+    .await
+    .unwrap();
+    // The notice is the neutral text and the link on its own line: nothing of the message.
+    let (text, link) = notice.text.rsplit_once('\n').expect("a link line");
+    assert!(!text.is_empty() && !notice.text.contains("read me"));
+    assert!(link.contains(&format!("/v1/d/{TENANT}/{}/", sent.message_id)));
+    let plain = phone.receive(link, now()).await.unwrap();
+    assert_eq!(plain.as_slice(), b"read me in the app");
+    let row = s.status(&sent.message_id).await;
+    assert_eq!(row["status"], "fallback_triggered");
+
+    // The link expires with the message.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let expired = sealpost_sdk::device::fetch_by_link(link).await.unwrap_err();
+    assert!(
+        matches!(&expired, SdkError::Api { status: 410, code, .. } if code == "expired"),
+        "{expired:?}"
+    );
 }

@@ -2,6 +2,12 @@
 //! rotate them, and open what arrives: fetch the sealed payload from the link the message
 //! carried, check its digest, and open it bound to this device's tenant, label and the message
 //! id the carrier delivered it under.
+//!
+//! A message's *device link* (`<gateway>/v1/d/<tenant>/<message_id>/<token>`, in RBM's
+//! `sealpostPayload.link` and in fallback notices) needs no API key: [`fetch_by_link`] gets a
+//! fresh presigned URL of the payload through it, and [`report_decryption_failed`] tells the
+//! platform, through the same link, that the payload could not be opened. [`Device::receive`]
+//! does all three.
 
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -113,6 +119,133 @@ impl Device {
             return Err(OpenError::DigestMismatch);
         }
         self.open(sealed, message_id, now)
+    }
+}
+
+/// A payload fetched through its device link, not opened yet.
+#[derive(Debug, Clone)]
+pub struct LinkedPayload {
+    pub message_id: String,
+    pub sealed: Vec<u8>,
+    /// The SHA-256 (hex) the platform recorded at send; check it with [`Device::open_checked`].
+    pub sha256: String,
+    /// When the message, and the link with it, expires.
+    pub expires_at: OffsetDateTime,
+}
+
+/// The gateway's answer to a device link (`schemas/commands/device_payload.v1.json`).
+#[derive(serde::Deserialize)]
+struct DevicePayload {
+    message_id: String,
+    payload_url: String,
+    sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+/// The answer to a decryption report (`schemas/commands/decryption_report_reply.v1.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ReportReply {
+    pub message_id: String,
+    /// False when the same report was recorded before.
+    pub recorded: bool,
+    pub decryption_failures: u32,
+}
+
+fn parse_link(link: &str) -> Result<sealpost_keyformat::device_link::DeviceLink, SdkError> {
+    sealpost_keyformat::device_link::DeviceLink::parse(link)
+        .map_err(|e| SdkError::Invalid(e.to_string()))
+}
+
+/// Fetches a message's sealed payload through its device link: the link answers with a fresh
+/// presigned URL (a few minutes long, never past the message's expiry), which is then fetched.
+/// An expired link answers `expired` (410), another message's token `unauthorized` (401).
+pub async fn fetch_by_link(link: &str) -> Result<LinkedPayload, SdkError> {
+    let url = parse_link(link)?.url();
+    let client = https_client(std::time::Duration::from_secs(60))?;
+    let response =
+        client.get(&url).send().await.map_err(|e| {
+            SdkError::Transport(format!("asking the device link: {}", e.without_url()))
+        })?;
+    let status = response.status().as_u16();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| SdkError::Transport(format!("asking the device link: {}", e.without_url())))?;
+    if status != 200 {
+        return Err(crate::platform::api_error(&body, status));
+    }
+    let answer: DevicePayload = serde_json::from_slice(&body)
+        .map_err(|_| SdkError::Transport("the device link's answer is not a payload".into()))?;
+    let sealed = fetch(&answer.payload_url).await?;
+    Ok(LinkedPayload {
+        message_id: answer.message_id,
+        sealed,
+        sha256: answer.sha256,
+        expires_at: answer.expires_at,
+    })
+}
+
+/// Reports through a message's device link that this device could not open its payload. The
+/// platform records a `decryption_failed` event with the error's reason code and `key_id` (the
+/// device key that failed, never key material); the same report twice records it once.
+pub async fn report_decryption_failed(
+    link: &str,
+    error: &OpenError,
+    key_id: Option<&str>,
+) -> Result<ReportReply, SdkError> {
+    let url = format!("{}/decryption-failed", parse_link(link)?.url());
+    let mut body = serde_json::json!({ "reason": error.code() });
+    if let Some(k) = key_id {
+        body["key_id"] = serde_json::Value::String(k.to_owned());
+    }
+    let client = https_client(std::time::Duration::from_secs(30))?;
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| {
+            SdkError::Transport(format!(
+                "reporting a decryption failure: {}",
+                e.without_url()
+            ))
+        })?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(|e| {
+        SdkError::Transport(format!(
+            "reporting a decryption failure: {}",
+            e.without_url()
+        ))
+    })?;
+    if status != 202 {
+        return Err(crate::platform::api_error(&body, status));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|_| SdkError::Transport("the report's answer is not a report reply".into()))
+}
+
+impl Device {
+    /// Fetches the payload through its device link and opens it. When it cannot be opened, the
+    /// failure is reported through the link (naming the device's current key) and returned as
+    /// [`SdkError::Unopened`], which says whether the report reached the platform.
+    pub async fn receive(
+        &self,
+        link: &str,
+        now: OffsetDateTime,
+    ) -> Result<Zeroizing<Vec<u8>>, SdkError> {
+        let payload = fetch_by_link(link).await?;
+        match self.open_checked(&payload.sealed, &payload.sha256, &payload.message_id, now) {
+            Ok(plain) => Ok(plain),
+            Err(error) => {
+                let key_id = self.keyring.current().map(|k| k.key_id.clone());
+                let reported = report_decryption_failed(link, &error, key_id.as_deref())
+                    .await
+                    .is_ok();
+                Err(SdkError::Unopened { error, reported })
+            }
+        }
     }
 }
 

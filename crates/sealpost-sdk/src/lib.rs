@@ -55,6 +55,10 @@ pub enum SdkError {
     Seal(#[from] SealError),
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// [`Device::receive`] could not open the payload; `reported` says whether the
+    /// `decryption_failed` report reached the platform.
+    #[error("cannot open the payload: {error} (reported to the platform: {})", if *.reported { "yes" } else { "no, report it again" })]
+    Unopened { error: OpenError, reported: bool },
     /// The platform answered with an error.
     #[error("the platform answered {status} {code}: {message}")]
     Api {

@@ -113,7 +113,7 @@ struct ErrorFields {
     message: String,
 }
 
-fn api_error(body: &[u8], status: u16) -> SdkError {
+pub(crate) fn api_error(body: &[u8], status: u16) -> SdkError {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => SdkError::Api {
             code: e.error.code,

@@ -58,6 +58,10 @@ pub struct Outgoing {
     pub message_type: String,
     pub ttl_seconds: Option<u32>,
     pub correlation_id: Option<String>,
+    /// Where a neutral notice goes if RCS cannot deliver: `(channel, notice template)`, e.g.
+    /// `("sms", "secure_message_waiting")`. With device links enabled the notice carries the
+    /// message's link, through which the app fetches and opens the payload.
+    pub fallback: Option<(String, String)>,
 }
 
 /// What a send did.
@@ -268,6 +272,12 @@ impl Sender {
         });
         if let Some(ttl) = outgoing.ttl_seconds {
             command["ttl_seconds"] = json!(ttl);
+        }
+        if let Some((channel, notice_template)) = &outgoing.fallback {
+            command["fallback"] = json!({
+                "channel": channel,
+                "notice_template": notice_template,
+            });
         }
         let reply = platform.send(&command).await?;
         Ok(Sent {

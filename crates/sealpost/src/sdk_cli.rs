@@ -132,15 +132,20 @@ pub enum SdkCommand {
     Open {
         #[arg(long)]
         key_file: PathBuf,
-        /// The message id it was delivered under.
-        #[arg(long)]
-        message_id: String,
-        /// The envelope file; or use --url.
-        #[arg(long = "in", conflicts_with = "url", required_unless_present = "url")]
+        /// The message id it was delivered under (a --link names it).
+        #[arg(long, required_unless_present = "link")]
+        message_id: Option<String>,
+        /// The envelope file; or use --url or --link.
+        #[arg(long = "in", conflicts_with_all = ["url", "link"], required_unless_present_any = ["url", "link"])]
         input: Option<PathBuf>,
         /// A payload link (a presigned GET): fetched without any API key.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "link")]
         url: Option<String>,
+        /// The message's device link (`.../v1/d/<tenant>/<message id>/<token>`): fetched
+        /// without any API key, its digest checked; a payload that does not open is reported
+        /// through it as `decryption_failed`.
+        #[arg(long, conflicts_with = "escrow")]
+        link: Option<String>,
         /// The payload's SHA-256 the message carried: checked before opening.
         #[arg(long)]
         sha256: Option<String>,
@@ -364,6 +369,7 @@ pub async fn run(which: SdkCommand) -> anyhow::Result<()> {
                         message_type,
                         ttl_seconds,
                         correlation_id: None,
+                        fallback: None,
                     },
                     &plaintext,
                 )
@@ -376,16 +382,24 @@ pub async fn run(which: SdkCommand) -> anyhow::Result<()> {
             message_id,
             input,
             url,
+            link,
             sha256,
             escrow,
             tenant,
             label,
             out,
         } => {
+            if let Some(link) = &link {
+                let device = Device::new(Keyring::load(&key_file)?);
+                let plaintext = device.receive(link, now).await?;
+                write_output(&out, &plaintext)?;
+                return Ok(());
+            }
+            let message_id = message_id.context("give --message-id")?;
             let sealed = match (&input, &url) {
                 (Some(path), _) => read_input(path)?,
                 (None, Some(url)) => sealpost_sdk::device::fetch(url).await?,
-                (None, None) => anyhow::bail!("give --in or --url"),
+                (None, None) => anyhow::bail!("give --in, --url or --link"),
             };
             if let Some(digest) = &sha256 {
                 let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sealed));
