@@ -22,6 +22,7 @@ const CIPHERTEXT: &[u8] = b"MLS-CIPHERTEXT-LEAKCANARY-0123456789abcdef";
 /// so each is a canary itself).
 const VRF_SEED: [u8; 32] = [0x5e; 32];
 const LABEL_KEY: [u8; 32] = [0xa7; 32];
+const LINK_KEY: [u8; 32] = [0x3c; 32];
 
 #[tokio::test]
 async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
@@ -64,6 +65,9 @@ secret_access_key = "{S3_SECRET}"
 [retry]
 base_ms = 100
 max_ms = 500
+[delivery]
+device_link_key = "{link_key}"
+device_link_base = "http://127.0.0.1:{port}"
 [carriers.rbm]
 base_url = "{sim}"
 agent_id = "{agent}"
@@ -88,13 +92,14 @@ label_key = "{label_key}"
             s3dir = dir.path().join("s3").display(),
             sim = sim.base_url(),
             agent = sim_cfg.agent_id,
-            bearer = sim_cfg.bearer_token,
-            client_token = sim_cfg.client_token,
-            sms = sim_cfg.sms_api_key,
+            bearer = sim_cfg.bearer_token.expose(),
+            client_token = sim_cfg.client_token.expose(),
+            sms = sim_cfg.sms_api_key.expose(),
             hash = sealpost_gateway::hash_api_key(API_KEY),
             vrf_seed = hex::encode(VRF_SEED),
             checkpoint_key = signer.secret(),
             label_key = hex::encode(LABEL_KEY),
+            link_key = hex::encode(LINK_KEY),
         ),
     )
     .unwrap();
@@ -373,6 +378,25 @@ label_key = "{label_key}"
     canaries.push(("VRF key".into(), hex::encode(VRF_SEED)));
     canaries.push(("label key".into(), hex::encode(LABEL_KEY)));
     canaries.push(("checkpoint key".into(), signer.secret()));
+    // Device links went out (to the carrier and in SMS notices), and none reached a log line.
+    let links = sealpost_keyformat::device_link::DeviceLinkKey::new(LINK_KEY);
+    let linked = ids
+        .iter()
+        .filter(|id| sim.handset(id).is_some_and(|h| h.link.is_some()))
+        .count();
+    // The run really went through the carrier (and its receipts): a run in which every
+    // submission was refused would scan a log with little in it.
+    let stats = sim.stats();
+    assert!(
+        stats.accepted > 0 && stats.webhooks_sent > 0,
+        "the carrier accepted nothing: {stats:?}"
+    );
+    assert!(linked > 0, "no message carried a device link");
+    canaries.push(("device link key".into(), hex::encode(LINK_KEY)));
+    canaries.push(("device link".into(), "/v1/d/".into()));
+    for id in &ids {
+        canaries.push(("device link token".into(), links.token(TENANT, id).unwrap()));
+    }
     for (what, needle) in &canaries {
         if what.starts_with("phone") || what.ends_with(" key") && what != "API key" {
             assert!(
@@ -520,6 +544,7 @@ async fn a_plaintext_sealed_with_the_sdk_appears_in_no_object_event_table_log_li
         message_type: "transactional".into(),
         ttl_seconds: Some(3600),
         correlation_id: Some("corr-canary".into()),
+        fallback: None,
     };
     let sent = sealpost_testkit::eventually(Duration::from_secs(20), "a sealed send", || async {
         sender
