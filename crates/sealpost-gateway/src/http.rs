@@ -473,6 +473,7 @@ async fn device_payload(
         (status = 404, description = "`not_found`: no such message, or device links are not enabled", body = schemas::Error),
         (status = 409, description = "`invalid_state`: the message never reached a carrier", body = schemas::Error),
         (status = 410, description = "`expired`: the message was purged", body = schemas::Error),
+        (status = 413, description = "`invalid_request`: larger than 1 KiB", body = schemas::Error),
         (status = 503, description = "`unavailable`: send the report again", body = schemas::Error),
     ),
 )]
