@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sealpost_domain::events::{DecryptFailure, MAX_REPORTED_KEY_ID};
-use sealpost_domain::{aggregate_id, MessageCommand, MessageError, MessageId, Status};
+use sealpost_domain::{aggregate_id, MessageCommand, MessageError, MessageId, Status, UnknownName};
 use sealpost_eventstore::ExecuteError;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::Gateway;
+use crate::gateway::{not_found, store_error, Gateway};
 use crate::tenants::Tenant;
 
 /// The longest a presigned GET handed to a device lives (it is shorter when the message expires
@@ -112,10 +112,7 @@ impl Gateway {
             row.payload_sha256.as_deref(),
             row.expires_at,
         ) else {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                "no message with this id for this tenant",
-            ));
+            return Err(not_found());
         };
         if row.purged {
             return Err(gone("the message's payload was purged"));
@@ -168,15 +165,9 @@ impl Gateway {
             "send {\"reason\": \"<reason>\", \"key_id\": \"<key id>\"} (key_id optional)";
         crate::send::require_object(SHAPE, body)?;
         let report: Report = serde_json::from_slice(body).map_err(|_| ApiError::invalid(SHAPE))?;
-        let reason: DecryptFailure = report.reason.parse().map_err(|_| {
-            ApiError::invalid(format!(
-                "reason must be one of: {}",
-                DecryptFailure::ALL
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+        // The refused value is not echoed back.
+        let reason: DecryptFailure = report.reason.parse().map_err(|e: UnknownName| {
+            ApiError::invalid(format!("reason must be one of: {}", e.expected.join(", ")))
         })?;
         if let Some(k) = &report.key_id {
             let ok = !k.is_empty()
@@ -202,18 +193,12 @@ impl Gateway {
             )
             .await
             .map_err(|e| match e {
-                ExecuteError::Rejected(MessageError::NotAccepted) => ApiError::new(
-                    ErrorCode::NotFound,
-                    "no message with this id for this tenant",
-                ),
+                ExecuteError::Rejected(MessageError::NotAccepted) => not_found(),
                 ExecuteError::Rejected(MessageError::Purged) => {
                     gone("the message's payload was purged")
                 }
                 ExecuteError::Rejected(e) => ApiError::new(ErrorCode::InvalidState, e.to_string()),
-                other => {
-                    tracing::warn!(error = %other, "event store unavailable");
-                    ApiError::unavailable("the event store is unavailable; send the report again")
-                }
+                other => store_error(other),
             })?;
         let recorded = !done.events.is_empty();
         if recorded {

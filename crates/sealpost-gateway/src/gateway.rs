@@ -94,7 +94,7 @@ pub(crate) fn count_send(
         .inc();
 }
 
-fn store_error(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn store_error(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "event store unavailable");
     ApiError::unavailable(
         "the event store is unavailable; retry the same request (it is idempotent)",
@@ -465,7 +465,7 @@ impl Gateway {
     }
 }
 
-fn not_found() -> ApiError {
+pub(crate) fn not_found() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         "no message with this id for this tenant; check the message_id returned by send",

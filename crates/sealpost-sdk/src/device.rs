@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::envelope::{self, Binding, KeyUnwrapper, OpenError};
 use crate::hpke::Hpke;
 use crate::keyring::Keyring;
-use crate::platform::https_client;
+use crate::platform::{answer, https_client};
 use crate::SdkError;
 use sealpost_keys_client::api::PublishRequest;
 
@@ -163,18 +163,7 @@ fn parse_link(link: &str) -> Result<sealpost_keyformat::device_link::DeviceLink,
 pub async fn fetch_by_link(link: &str) -> Result<LinkedPayload, SdkError> {
     let url = parse_link(link)?.url();
     let client = https_client(std::time::Duration::from_secs(60))?;
-    let response =
-        client.get(&url).send().await.map_err(|e| {
-            SdkError::Transport(format!("asking the device link: {}", e.without_url()))
-        })?;
-    let status = response.status().as_u16();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| SdkError::Transport(format!("asking the device link: {}", e.without_url())))?;
-    if status != 200 {
-        return Err(crate::platform::api_error(&body, status));
-    }
+    let body = answer(client.get(&url), "asking the device link").await?;
     let answer: DevicePayload = serde_json::from_slice(&body)
         .map_err(|_| SdkError::Transport("the device link's answer is not a payload".into()))?;
     let sealed = fetch(&answer.payload_url).await?;
@@ -200,28 +189,11 @@ pub async fn report_decryption_failed(
         body["key_id"] = serde_json::Value::String(k.to_owned());
     }
     let client = https_client(std::time::Duration::from_secs(30))?;
-    let response = client
+    let request = client
         .post(&url)
         .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| {
-            SdkError::Transport(format!(
-                "reporting a decryption failure: {}",
-                e.without_url()
-            ))
-        })?;
-    let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|e| {
-        SdkError::Transport(format!(
-            "reporting a decryption failure: {}",
-            e.without_url()
-        ))
-    })?;
-    if status != 202 {
-        return Err(crate::platform::api_error(&body, status));
-    }
+        .body(body.to_string());
+    let body = answer(request, "reporting a decryption failure").await?;
     serde_json::from_slice(&body)
         .map_err(|_| SdkError::Transport("the report's answer is not a report reply".into()))
 }

@@ -70,20 +70,25 @@ impl HttpApi {
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SdkError::Transport(format!("POST {path}: {}", e.without_url())))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SdkError::Transport(format!("POST {path}: {}", e.without_url())))?;
-        if status >= 400 {
-            return Err(api_error(&bytes, status));
-        }
-        Ok(bytes.to_vec())
+        answer(request, &format!("POST {path}")).await
     }
+}
+
+/// Sends `request` and returns the body of a success; an error status becomes
+/// [`SdkError::Api`] with the platform's code and message. `what` names the call in transport
+/// errors (never a URL: device links and presigned URLs are secrets).
+pub(crate) async fn answer(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<Vec<u8>, SdkError> {
+    let transport = |e: reqwest::Error| SdkError::Transport(format!("{what}: {}", e.without_url()));
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(transport)?;
+    if status >= 400 {
+        return Err(api_error(&bytes, status));
+    }
+    Ok(bytes.to_vec())
 }
 
 /// Where a blob was stored: what a send refers to.
@@ -113,7 +118,7 @@ struct ErrorFields {
     message: String,
 }
 
-pub(crate) fn api_error(body: &[u8], status: u16) -> SdkError {
+fn api_error(body: &[u8], status: u16) -> SdkError {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => SdkError::Api {
             code: e.error.code,
