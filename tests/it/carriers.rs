@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use sealpost_carrier_sim::{CarrierSim, FaultMix, RunningSim, Scripted, SimConfig};
 use sealpost_carriers::webhook::{self, RbmEvent, RbmEventKind, Webhook};
 use sealpost_carriers::{
-    Capability, Carrier, CarrierOutcome, Content, Delivers, RbmCarrier, RbmConfig, RevokeResult,
-    SmsCarrier, SmsConfig, Submission,
+    Capability, Carrier, CarrierOutcome, Content, Delivers, RbmCarrier, RbmConfig, RbmCredentials,
+    RevokeResult, SmsCarrier, SmsConfig, Submission,
 };
 use time::OffsetDateTime;
 
@@ -41,7 +41,7 @@ fn rbm_with_token(sim: &RunningSim, token: &str, timeout: Duration) -> RbmCarrie
     RbmCarrier::new(RbmConfig {
         base_url: sim.base_url(),
         agent_id: SimConfig::default().agent_id,
-        bearer_token: token.into(),
+        credentials: RbmCredentials::Bearer(token.into()),
         timeout,
     })
     .unwrap()
@@ -261,15 +261,17 @@ async fn rbm_classifies_scripted_answers() {
 }
 
 #[tokio::test]
-async fn rbm_wrong_bearer_is_permanent() {
+async fn rbm_wrong_bearer_is_an_auth_failure_not_the_messages() {
     let sim = start_sim(SimConfig::default()).await;
     let rbm = rbm_with_token(&sim, "not-the-token", Duration::from_secs(5));
     assert_eq!(
         rbm.submit(&opaque("msg-auth-1", "+447700900103")).await,
-        CarrierOutcome::Permanent {
+        CarrierOutcome::AuthFailed {
             code: "http_401".into()
         }
     );
+    // A static token cannot be refreshed: one request, no second try.
+    assert_eq!(sim.requests_for("msg-auth-1").len(), 1);
     assert!(sim.accepted_ids().is_empty());
     assert_eq!(
         rbm.capability("+447700900103").await,
@@ -621,7 +623,7 @@ async fn sms_notice_is_accepted_once() {
     let stats = sim.stats();
     assert_eq!((stats.sms_accepted, stats.sms_duplicates), (1, 1));
 
-    // Content never goes by SMS, and a wrong key is a permanent failure.
+    // Content never goes by SMS, and a wrong key is an auth failure (of ours, not the message's).
     assert_eq!(
         sms.submit(&opaque("msg-sms-2", "+447700900115")).await,
         CarrierOutcome::Permanent {
@@ -637,9 +639,137 @@ async fn sms_notice_is_accepted_once() {
     .unwrap();
     assert_eq!(
         wrong.submit(&notice("msg-sms-3", "+447700900115")).await,
-        CarrierOutcome::Permanent {
+        CarrierOutcome::AuthFailed {
             code: "http_401".into()
         }
     );
     assert_eq!(sim.notices().len(), 1);
+}
+
+// ---------------------------------------------------------------- RBM OAuth (service account)
+
+fn service_account() -> sealpost_carriers::ServiceAccountKey {
+    sealpost_carriers::ServiceAccountKey::from_json(sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON)
+        .unwrap()
+}
+
+/// A simulator that accepts only the access tokens it issued (no static bearer token).
+async fn oauth_sim(token_ttl: Duration) -> RunningSim {
+    start_sim(SimConfig {
+        bearer_token: String::new().into(),
+        service_account: Some(service_account()),
+        token_ttl,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+fn oauth_rbm(sim: &RunningSim) -> RbmCarrier {
+    RbmCarrier::new(RbmConfig {
+        base_url: sim.base_url(),
+        agent_id: SimConfig::default().agent_id,
+        credentials: RbmCredentials::ServiceAccount {
+            key: service_account(),
+            token_uri: Some(sim.token_uri()),
+        },
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+/// README, RBM credentials: "Sealpost signs the JWT assertion, exchanges it for an access token,
+/// caches it, and refreshes it before it expires." Tokens live 2 s at the simulator; sends for
+/// 7 s, every 100 ms, are all accepted with no 401 at all, with one token per refresh (at 1.5 s),
+/// not one per send.
+#[tokio::test]
+async fn rbm_service_account_tokens_are_cached_and_refreshed_before_they_expire() {
+    let sim = oauth_sim(Duration::from_secs(2)).await;
+    let rbm = oauth_rbm(&sim);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        let id = format!("msg-oauth-{n}");
+        assert_eq!(rbm.submit(&opaque(&id, "+447700900140")).await, acked(&id));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = sim.stats();
+    assert!(n >= 40, "{n} sends");
+    assert_eq!(stats.accepted, n);
+    assert_eq!(stats.auth_rejections, 0, "{stats:?}");
+    // 7 s at a refresh every 1.5 s: 5 tokens (the first plus 4 refreshes), give or take one.
+    assert!(
+        (4..=6).contains(&stats.tokens_issued),
+        "{} tokens for {n} sends in 7 s",
+        stats.tokens_issued
+    );
+}
+
+/// README, RBM credentials: "... and once after a 401". The simulator forgets every token
+/// (revoke, then restore, as a key rotation does): the next send gets a 401 with the cached
+/// token, fetches a new one and is accepted on the second request, with no failure.
+#[tokio::test]
+async fn rbm_a_401_with_a_cached_token_fetches_a_new_one_and_repeats_the_send_once() {
+    let sim = oauth_sim(Duration::from_secs(3600)).await;
+    let rbm = oauth_rbm(&sim);
+    assert_eq!(
+        rbm.submit(&opaque("msg-oauth-a", "+447700900141")).await,
+        acked("msg-oauth-a")
+    );
+    sim.set_credentials_revoked(true);
+    sim.set_credentials_revoked(false);
+    assert_eq!(
+        rbm.submit(&opaque("msg-oauth-b", "+447700900141")).await,
+        acked("msg-oauth-b")
+    );
+    let statuses: Vec<u16> = sim
+        .requests_for("msg-oauth-b")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [401, 200]);
+    assert_eq!(sim.stats().tokens_issued, 2);
+
+    // Revoked for good: the token endpoint refuses the assertion, so the send is an auth
+    // failure (not the message's), after one 401 and one refused token request.
+    sim.set_credentials_revoked(true);
+    let out = rbm.submit(&opaque("msg-oauth-c", "+447700900141")).await;
+    assert_eq!(
+        out,
+        CarrierOutcome::AuthFailed {
+            code: "token_http_400".into()
+        }
+    );
+    assert_eq!(sim.requests_for("msg-oauth-c").len(), 1);
+    assert_eq!(sim.stats().token_refusals, 1);
+    // Within the backoff, a second send does not ask the token endpoint again.
+    let out = rbm.submit(&opaque("msg-oauth-d", "+447700900141")).await;
+    assert!(matches!(out, CarrierOutcome::AuthFailed { .. }), "{out:?}");
+    assert_eq!(sim.stats().token_refusals, 1);
+    assert!(!sim.accepted_ids().contains("msg-oauth-c"));
+}
+
+/// Many sends in flight when the token is rejected share one refresh: one new token, not one per
+/// send.
+#[tokio::test]
+async fn rbm_concurrent_401s_share_one_token_refresh() {
+    let sim = oauth_sim(Duration::from_secs(3600)).await;
+    let rbm = oauth_rbm(&sim);
+    assert_eq!(
+        rbm.submit(&opaque("msg-oauth-warm", "+447700900142")).await,
+        acked("msg-oauth-warm")
+    );
+    sim.set_credentials_revoked(true);
+    sim.set_credentials_revoked(false);
+    let sends = (0..32).map(|i| {
+        let rbm = rbm.clone();
+        async move {
+            let id = format!("msg-oauth-par-{i}");
+            (rbm.submit(&opaque(&id, "+447700900142")).await, id)
+        }
+    });
+    for (out, id) in futures::future::join_all(sends).await {
+        assert_eq!(out, acked(&id));
+    }
+    assert_eq!(sim.stats().tokens_issued, 2);
 }

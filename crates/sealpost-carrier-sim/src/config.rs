@@ -11,8 +11,16 @@ use serde::{Deserialize, Deserializer};
 pub struct SimConfig {
     /// The RBM agent id; sends with another `agentId` are answered 403.
     pub agent_id: String,
-    /// Required as `Authorization: Bearer ...` on every RBM call; 401 otherwise.
+    /// Accepted as `Authorization: Bearer ...` on every RBM call when not empty; besides it, the
+    /// access tokens the token endpoint issued are accepted until they expire; 401 otherwise.
     pub bearer_token: Secret,
+    /// The RBM agent's service account: `POST /token` issues access tokens to assertions signed
+    /// with its key. None: the token endpoint refuses every request.
+    #[serde(skip)]
+    pub service_account: Option<sealpost_carriers::ServiceAccountKey>,
+    /// Lifetime of an issued access token (`expires_in`, in whole seconds on the wire).
+    #[serde(rename = "token_ttl_ms", deserialize_with = "millis")]
+    pub token_ttl: Duration,
     /// Required as `Authorization: Bearer ...` on the SMS API; 401 otherwise.
     pub sms_api_key: Secret,
     /// Signs webhooks (`X-Goog-Signature`).
@@ -37,6 +45,8 @@ impl Default for SimConfig {
         SimConfig {
             agent_id: "sealpost-sim@rbm.goog".into(),
             bearer_token: "sim-rbm-token".into(),
+            service_account: None,
+            token_ttl: crate::oauth::DEFAULT_TOKEN_TTL,
             sms_api_key: "sim-sms-key".into(),
             client_token: "sim-client-token".into(),
             webhook_url: None,

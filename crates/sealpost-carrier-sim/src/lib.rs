@@ -6,7 +6,8 @@
 //! **Owns:**
 //! - [`CarrierSim::start`]: an axum server on a given address (port 0 allowed) speaking the RBM
 //!   REST v1 shapes of `sealpost-carriers` (send, capabilities, revoke) and the SMS API, plus
-//!   `GET /sim/stats`.
+//!   `GET /sim/stats`, and Google's OAuth token endpoint for service accounts (`POST /token`,
+//!   [`oauth`]) with short-lived tokens and a switch that revokes the credentials.
 //! - Behaviour a delivery engine must survive, all seeded and reproducible ([`SimConfig::seed`]):
 //!   real dedup by `messageId` (409 `ALREADY_EXISTS`, whatever the faults say), throttling with
 //!   `Retry-After` and a carrier-wide window in which early sends count as violations, 5xx,
@@ -25,6 +26,7 @@
 //! numbers; be used as a production endpoint. It keeps everything in memory.
 
 mod config;
+pub mod oauth;
 mod rng;
 mod server;
 mod webhooks;
@@ -64,7 +66,19 @@ pub struct SimStats {
     pub sms_accepted: u64,
     pub sms_duplicates: u64,
     pub throttle_violations: u64,
+    /// Access tokens the token endpoint issued.
+    pub tokens_issued: u64,
+    /// Token requests refused (bad or revoked assertion).
+    pub token_refusals: u64,
+    /// RBM requests answered 401 (no, wrong, expired or revoked token).
+    pub auth_rejections: u64,
+    /// Of those, requests with a token this simulator issued that had expired.
+    pub expired_token_rejections: u64,
 }
+
+/// The test key of the simulator's service account (`testdata/test-service-account.json`): a
+/// 2048-bit RSA key made for these tests only, never registered anywhere.
+pub const TEST_SERVICE_ACCOUNT_JSON: &str = include_str!("../testdata/test-service-account.json");
 
 /// One RBM send for a message id, as the simulator saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +140,22 @@ impl RunningSim {
     /// Where receipts go from now on (pending retries pick it up too). `None` drops them.
     pub fn set_webhook_url(&self, url: Option<String>) {
         self.shared.lock().webhook_url = url.map(Arc::from);
+    }
+
+    /// Revokes (`true`) or restores the agent's credentials: while revoked, the token endpoint
+    /// answers 400 `invalid_grant`, every RBM request 401, and the tokens issued before are
+    /// forgotten, as when an operator deletes the key the sender uses.
+    pub fn set_credentials_revoked(&self, revoked: bool) {
+        let mut st = self.shared.lock();
+        st.credentials_revoked = revoked;
+        if revoked {
+            st.tokens.clear();
+        }
+    }
+
+    /// The token endpoint's URL: `http://<addr>/token`.
+    pub fn token_uri(&self) -> String {
+        format!("http://{}/token", self.addr)
     }
 
     pub fn set_faults(&self, f: FaultMix) {

@@ -41,6 +41,8 @@ impl CarrierSim {
             .map_err(std::io::Error::other)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            service_account: cfg.service_account.clone(),
+            token_uri: format!("http://{addr}/token"),
             webhook_slots: Semaphore::new(cfg.webhook_concurrency.max(1)),
             http,
             shutdown: shutdown_rx,
@@ -56,6 +58,8 @@ impl CarrierSim {
                 sms_refs: HashSet::new(),
                 notices: Vec::new(),
                 sms_seq: 0,
+                tokens: HashMap::new(),
+                credentials_revoked: false,
             }),
             cfg,
         });
@@ -66,6 +70,7 @@ impl CarrierSim {
                 axum::routing::delete(revoke),
             )
             .route("/v1/phones/{phone}/capabilities", get(capabilities))
+            .route("/token", post(crate::oauth::token))
             .route("/sms/v1/messages", post(sms))
             .route("/sim/stats", get(stats))
             .with_state(shared.clone());
@@ -87,6 +92,9 @@ impl CarrierSim {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) cfg: SimConfig,
+    pub(crate) service_account: Option<sealpost_carriers::ServiceAccountKey>,
+    /// `http://<addr>/token`: the audience assertions must name.
+    pub(crate) token_uri: String,
     pub(crate) state: Mutex<SimState>,
     pub(crate) http: reqwest::Client,
     pub(crate) webhook_slots: Semaphore,
@@ -121,6 +129,9 @@ pub(crate) struct SimState {
     pub(crate) sms_refs: HashSet<String>,
     pub(crate) notices: Vec<NoticeRecord>,
     pub(crate) sms_seq: u64,
+    /// Issued access tokens and when each expires.
+    pub(crate) tokens: HashMap<String, Instant>,
+    pub(crate) credentials_revoked: bool,
 }
 
 impl SimState {
@@ -212,7 +223,7 @@ async fn send(
                 });
         }
     };
-    if !bearer_is(&headers, sh.cfg.bearer_token.expose()) {
+    if !crate::oauth::authorized(&sh, &headers) {
         record(401);
         return unauthenticated();
     }
@@ -453,7 +464,7 @@ async fn capabilities(
     Query(q): Query<AgentQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if !bearer_is(&headers, sh.cfg.bearer_token.expose()) {
+    if !crate::oauth::authorized(&sh, &headers) {
         return unauthenticated();
     }
     if q.agent_id.as_deref() != Some(sh.cfg.agent_id.as_str()) {
@@ -490,7 +501,7 @@ async fn revoke(
     Query(q): Query<AgentQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if !bearer_is(&headers, sh.cfg.bearer_token.expose()) {
+    if !crate::oauth::authorized(&sh, &headers) {
         return unauthenticated();
     }
     if q.agent_id.as_deref() != Some(sh.cfg.agent_id.as_str()) {

@@ -12,9 +12,12 @@ use sealpost_domain::CarrierOutcome;
 /// - 409: `Acked`: the carrier already accepted this message id earlier.
 /// - 429: `Throttled`, with `Retry-After` (seconds or an HTTP date); the code is the carrier's error
 ///   status (`RESOURCE_EXHAUSTED`) when it sent one, else `http_429`.
+/// - 401, 403: `AuthFailed { "http_<n>" }`: the carrier refused *us* (credentials wrong, expired
+///   or revoked; agent not allowed), which says nothing about the message. The adapter has
+///   already refreshed its token once before it reports this.
 /// - 404: `NotRcsCapable` (RBM's answer for a phone without RCS). The SMS adapter turns it into
 ///   `Permanent { "http_404" }`, since there it only means a bad endpoint.
-/// - other 4xx: `Permanent { "http_<n>" }`.
+/// - other 4xx: `Permanent { "http_<n>" }`: the request for this message is wrong.
 /// - 5xx: `Transient { "http_<n>" }`, with `Retry-After` when the carrier sent one (503).
 /// - anything else (1xx, 3xx: redirects are not followed): `Transient { "http_<n>" }`: a proxy
 ///   or a misconfigured endpoint, which retries and then expiry surface without losing the message.
@@ -34,6 +37,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, body_code: Option<&str>)
                 .unwrap_or_else(http_code),
             retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
         },
+        401 | 403 => CarrierOutcome::AuthFailed { code: http_code() },
         404 => CarrierOutcome::NotRcsCapable,
         400..=499 => CarrierOutcome::Permanent { code: http_code() },
         500..=599 => CarrierOutcome::Transient {
@@ -135,8 +139,21 @@ mod tests {
     }
 
     #[test]
+    fn unauthorized_and_forbidden_are_auth_failures_not_message_failures() {
+        for status in [401, 403] {
+            assert_eq!(
+                classify(status, Some("5"), Some("UNAUTHENTICATED")),
+                CarrierOutcome::AuthFailed {
+                    code: format!("http_{status}")
+                },
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
     fn other_client_errors_are_permanent() {
-        for status in [400, 401, 403, 405, 410, 413, 422, 499] {
+        for status in [400, 402, 405, 410, 413, 422, 499] {
             assert_eq!(
                 classify(status, Some("5"), Some("INVALID_ARGUMENT")),
                 CarrierOutcome::Permanent {

@@ -8,21 +8,24 @@
 //! - [`RbmCarrier`]: Google RCS Business Messaging (REST v1): send (`agentMessages` with a stable
 //!   `messageId`, so a resubmission is deduped), capability checks and revocation.
 //! - [`SmsCarrier`]: a plain HTTP SMS API for neutral fallback notices (`client_ref` dedupes).
+//! - [`oauth`]: RBM's OAuth access tokens from a service-account key (RS256 JWT bearer grant),
+//!   cached, refreshed before they expire and once after a 401.
 //! - [`classify`]: the one mapping from an HTTP answer to a [`CarrierOutcome`], shared by both
-//!   adapters (2xx/409 acked, 429 throttled, 5xx transient, 404 not RCS-capable, other 4xx
-//!   permanent).
+//!   adapters (2xx/409 acked, 429 throttled, 5xx transient, 401/403 auth failed, 404 not
+//!   RCS-capable, other 4xx permanent).
 //! - [`webhook`]: RBM receipt webhooks: `X-Goog-Signature` (HMAC-SHA512 with the client token),
 //!   the Pub/Sub push envelope, the verification handshake.
 //! - [`wire`]: the JSON shapes on the wire, shared with `sealpost-carrier-sim`.
 //!
-//! **Must not:** log or put in an error a full phone number, a bearer token, an API key, a client
-//! token or a payload URL (presigned URLs are secrets): recipients appear masked
+//! **Must not:** log or put in an error a full phone number, a bearer or access token, a
+//! service-account key or assertion, an API key, a client token or a payload URL (presigned URLs are secrets): recipients appear masked
 //! ([`mask_recipient`]), URLs not at all. It never fetches or reads payload bytes, never panics on
 //! a carrier's answer (every failure is classified), and talks to no NATS, SQL or S3.
 
 mod classify;
 mod error;
 mod http;
+pub mod oauth;
 mod rbm;
 mod sms;
 pub mod webhook;
@@ -33,7 +36,8 @@ use std::fmt;
 pub use classify::{classify, parse_retry_after};
 pub use error::{CarrierError, WebhookError};
 pub use http::{http_client, mask_recipient};
-pub use rbm::{RbmCarrier, RbmConfig};
+pub use oauth::ServiceAccountKey;
+pub use rbm::{RbmCarrier, RbmConfig, RbmCredentials};
 pub use sealpost_domain::CarrierOutcome;
 pub use sms::{SmsCarrier, SmsConfig};
 use time::OffsetDateTime;

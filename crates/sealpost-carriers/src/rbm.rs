@@ -6,7 +6,13 @@
 //! - capability: `GET {base}/v1/phones/{E.164}/capabilities?requestId=<uuid>&agentId=<agent>`.
 //! - revoke: `DELETE {base}/v1/phones/{E.164}/agentMessages/{id}?agentId=<agent>`; 404 means it was
 //!   delivered already (or never existed).
+//!
+//! Every call carries `Authorization: Bearer <token>`: either a static token from the config (for
+//! aggregators that issue one), or an OAuth access token fetched with the agent's service-account
+//! key ([`crate::oauth`]). A 401 makes the adapter fetch a new token and repeat the request once;
+//! a second 401, or a 403, is reported as `AuthFailed`, never as the message's failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_domain::{CarrierOutcome, Secret};
@@ -14,6 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use time::UtcOffset;
 
 use crate::http::{base_url, path_segment, transport_code};
+use crate::oauth::{AccessToken, ServiceAccountKey, TokenSource, GOOGLE_TOKEN_URI, RBM_SCOPE};
 use crate::wire::{AgentMessage, ContentInfo, ContentMessage, ErrorBody, SealpostPayload};
 use crate::{
     classify, http_client, mask_recipient, Capability, Carrier, CarrierError, Content, Delivers,
@@ -28,20 +35,73 @@ pub struct RbmConfig {
     /// e.g. `https://rcsbusinessmessaging.googleapis.com`, or the simulator's base URL.
     pub base_url: String,
     pub agent_id: String,
-    /// OAuth access token of the agent's service account.
-    pub bearer_token: Secret,
+    pub credentials: RbmCredentials,
     /// Bounds each whole request; a send that times out is `Transient { "timeout" }` and is
     /// resubmitted under the same message id.
     pub timeout: Duration,
 }
 
-/// The RBM adapter. Cheap to clone (the HTTP client is shared).
+/// How the adapter authenticates to RBM.
+#[derive(Debug, Clone)]
+pub enum RbmCredentials {
+    /// A static bearer token, for aggregators that issue one. A 401 cannot be cured by a refresh.
+    Bearer(Secret),
+    /// Google's way: OAuth access tokens from the agent's service-account key. `token_uri`
+    /// overrides the key file's (the simulator serves its own).
+    ServiceAccount {
+        key: ServiceAccountKey,
+        token_uri: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+enum Auth {
+    Fixed(Arc<AccessToken>),
+    OAuth(Box<TokenSource>),
+}
+
+impl Auth {
+    async fn token(&self) -> Result<Arc<AccessToken>, String> {
+        match self {
+            Auth::Fixed(t) => Ok(t.clone()),
+            Auth::OAuth(source) => source.token().await,
+        }
+    }
+
+    /// A new token after `rejected` got a 401, or none when there is no other token to try.
+    async fn after_rejection(
+        &self,
+        rejected: &AccessToken,
+    ) -> Option<Result<Arc<AccessToken>, String>> {
+        match self {
+            Auth::Fixed(_) => None,
+            Auth::OAuth(source) => Some(source.after_rejection(rejected).await),
+        }
+    }
+}
+
+/// Why an authorized call got no HTTP answer to classify.
+enum CallError {
+    Transport(reqwest::Error),
+    /// No access token could be had; the code says why (`token_http_400`...).
+    Token(String),
+}
+
+impl CallError {
+    fn code(&self) -> String {
+        match self {
+            CallError::Transport(e) => transport_code(e).to_owned(),
+            CallError::Token(code) => code.clone(),
+        }
+    }
+}
+
+/// The RBM adapter. Cheap to clone (the HTTP client and the token cache are shared).
 #[derive(Debug, Clone)]
 pub struct RbmCarrier {
     base: String,
     agent_id: String,
-    /// `Bearer <token>`.
-    auth: Secret,
+    auth: Arc<Auth>,
     client: reqwest::Client,
 }
 
@@ -51,22 +111,70 @@ impl RbmCarrier {
         if cfg.agent_id.trim().is_empty() {
             return Err(CarrierError::Config("RBM agent_id is empty".into()));
         }
-        if cfg.bearer_token.expose().trim().is_empty() {
-            return Err(CarrierError::Config(
-                "RBM bearer_token is empty; set the agent's access token".into(),
-            ));
-        }
         if cfg.timeout.is_zero() {
             return Err(CarrierError::Config(
                 "RBM timeout must be above zero".into(),
             ));
         }
+        let client = http_client(cfg.timeout)?;
+        let auth = match cfg.credentials {
+            RbmCredentials::Bearer(token) => {
+                if token.expose().trim().is_empty() {
+                    return Err(CarrierError::Config(
+                        "RBM bearer_token is empty; set the aggregator's token, or a service account key instead".into(),
+                    ));
+                }
+                Auth::Fixed(AccessToken::fixed(&token))
+            }
+            RbmCredentials::ServiceAccount { key, token_uri } => {
+                let uri = token_uri
+                    .filter(|u| !u.trim().is_empty())
+                    .or_else(|| key.token_uri().map(str::to_owned))
+                    .unwrap_or_else(|| GOOGLE_TOKEN_URI.to_owned());
+                let uri = base_url(&uri, "RBM token")?;
+                Auth::OAuth(Box::new(TokenSource::new(
+                    key,
+                    uri,
+                    RBM_SCOPE.to_owned(),
+                    client.clone(),
+                )))
+            }
+        };
         Ok(RbmCarrier {
             base,
             agent_id: cfg.agent_id,
-            auth: Secret::new(format!("Bearer {}", cfg.bearer_token.expose().trim())),
-            client: http_client(cfg.timeout)?,
+            auth: Arc::new(auth),
+            client,
         })
+    }
+
+    /// Sends the request `build` makes with a token; after a 401, once more with a new token.
+    async fn call(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, CallError> {
+        let token = self.auth.token().await.map_err(CallError::Token)?;
+        let resp = build(token.header.expose())
+            .send()
+            .await
+            .map_err(CallError::Transport)?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        match self.auth.after_rejection(&token).await {
+            None => Ok(resp),
+            Some(fresh) => {
+                let fresh = fresh.map_err(CallError::Token)?;
+                tracing::debug!(
+                    carrier = "rbm",
+                    "401 with the cached token; repeating with a new one"
+                );
+                build(fresh.header.expose())
+                    .send()
+                    .await
+                    .map_err(CallError::Transport)
+            }
+        }
     }
 
     fn phone_url(&self, recipient: &str, rest: &str) -> String {
@@ -146,17 +254,20 @@ impl Carrier for RbmCarrier {
 
     async fn submit(&self, s: &Submission) -> CarrierOutcome {
         let url = self.phone_url(&s.recipient, "/agentMessages");
+        let body = Self::body(s);
         let sent = self
-            .client
-            .post(url)
-            .query(&[("messageId", &s.message_id), ("agentId", &self.agent_id)])
-            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
-            .json(&Self::body(s))
-            .send()
+            .call(|auth| {
+                self.client
+                    .post(&url)
+                    .query(&[("messageId", &s.message_id), ("agentId", &self.agent_id)])
+                    .header(reqwest::header::AUTHORIZATION, auth)
+                    .json(&body)
+            })
             .await;
         let outcome = match sent {
+            Err(CallError::Token(code)) => CarrierOutcome::AuthFailed { code },
             Err(e) => CarrierOutcome::Transient {
-                code: transport_code(&e).to_owned(),
+                code: e.code(),
                 retry_after: None,
             },
             Ok(resp) => {
@@ -187,17 +298,17 @@ impl Carrier for RbmCarrier {
 
     async fn capability(&self, recipient: &str) -> Capability {
         let request_id = uuid::Uuid::new_v4().to_string();
+        let url = self.phone_url(recipient, "/capabilities");
         let sent = self
-            .client
-            .get(self.phone_url(recipient, "/capabilities"))
-            .query(&[("requestId", &request_id), ("agentId", &self.agent_id)])
-            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
-            .send()
+            .call(|auth| {
+                self.client
+                    .get(&url)
+                    .query(&[("requestId", &request_id), ("agentId", &self.agent_id)])
+                    .header(reqwest::header::AUTHORIZATION, auth)
+            })
             .await;
         match sent {
-            Err(e) => Capability::Unknown {
-                code: transport_code(&e).to_owned(),
-            },
+            Err(e) => Capability::Unknown { code: e.code() },
             Ok(resp) if resp.status().is_success() => Capability::Capable,
             Ok(resp) if resp.status().as_u16() == 404 => Capability::NotCapable,
             Ok(resp) => Capability::Unknown {
@@ -212,16 +323,15 @@ impl Carrier for RbmCarrier {
             &format!("/agentMessages/{}", path_segment(message_id)),
         );
         let sent = self
-            .client
-            .delete(url)
-            .query(&[("agentId", &self.agent_id)])
-            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
-            .send()
+            .call(|auth| {
+                self.client
+                    .delete(&url)
+                    .query(&[("agentId", &self.agent_id)])
+                    .header(reqwest::header::AUTHORIZATION, auth)
+            })
             .await;
         let result = match sent {
-            Err(e) => RevokeResult::Failed {
-                code: transport_code(&e).to_owned(),
-            },
+            Err(e) => RevokeResult::Failed { code: e.code() },
             Ok(resp) if resp.status().is_success() => RevokeResult::Revoked,
             Ok(resp) if resp.status().as_u16() == 404 => RevokeResult::NotRevocable,
             Ok(resp) => RevokeResult::Failed {
@@ -242,7 +352,7 @@ mod tests {
         RbmCarrier::new(RbmConfig {
             base_url,
             agent_id: "agent".into(),
-            bearer_token: "tok-secret".into(),
+            credentials: RbmCredentials::Bearer("tok-secret".into()),
             timeout: Duration::from_secs(1),
         })
         .unwrap()
@@ -315,7 +425,7 @@ mod tests {
         let cfg = RbmConfig {
             base_url: "http://x".into(),
             agent_id: "a".into(),
-            bearer_token: "tok-secret".into(),
+            credentials: RbmCredentials::Bearer("tok-secret".into()),
             timeout: Duration::from_secs(1),
         };
         assert!(!format!("{cfg:?}").contains("tok-secret"));
@@ -326,11 +436,11 @@ mod tests {
         let ok = RbmConfig {
             base_url: "http://x".into(),
             agent_id: "a".into(),
-            bearer_token: "t".into(),
+            credentials: RbmCredentials::Bearer("t".into()),
             timeout: Duration::from_secs(1),
         };
         assert!(RbmCarrier::new(RbmConfig {
-            bearer_token: " ".into(),
+            credentials: RbmCredentials::Bearer(" ".into()),
             ..ok.clone()
         })
         .is_err());

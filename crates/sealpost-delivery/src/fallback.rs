@@ -118,7 +118,7 @@ impl Delivery {
                     tracing::error!(%message_id, "fallback asks for an SMS notice but no SMS carrier is configured ([carriers.sms]); retrying in a minute");
                     return JobEnd::Nak(Duration::from_secs(60));
                 };
-                let permit = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
+                let pass = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
                     Ok(p) => p,
                     Err(p) => return JobEnd::Nak(p.remaining),
                 };
@@ -140,7 +140,15 @@ impl Delivery {
                         expire_time: None,
                     })
                     .await;
-                drop(permit);
+                if let CarrierOutcome::AuthFailed { code } = &outcome {
+                    // The pause is set before the pass (maybe the probe) is let go.
+                    return crate::carrier_auth_failed(
+                        slot,
+                        code,
+                        self.inner.cfg.carrier_auth_pause,
+                    );
+                }
+                pass.credentials_accepted();
                 match outcome {
                     CarrierOutcome::Acked { .. } => {
                         tracing::info!(%message_id, "fallback notice sent");
@@ -148,7 +156,7 @@ impl Delivery {
                     }
                     CarrierOutcome::Throttled { retry_after, .. } => {
                         let d = retry_after.unwrap_or(Duration::from_secs(1));
-                        slot.gate.pause(d);
+                        slot.gate.pause(d, crate::PauseReason::Throttled);
                         JobEnd::Nak(d.max(retry))
                     }
                     CarrierOutcome::Transient { retry_after, .. } => {

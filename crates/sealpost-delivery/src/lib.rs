@@ -8,7 +8,9 @@
 //!   `accepted` and `queued` events). A worker submits attempt `next_attempt` with the carrier
 //!   message id equal to the message id, records the carrier's answer through the aggregate, and
 //!   NAKs the job with the retry delay the domain policy chose, never earlier than Retry-After.
-//! - [`gate`]: per-carrier concurrency limit, token bucket and carrier-wide pause after a 429.
+//! - [`gate`]: per-carrier concurrency limit, token bucket and carrier-wide pause after a 429 or
+//!   a refusal of our credentials (401/403): an auth failure is the carrier's outage, never the
+//!   message's failure, so it is not recorded on the message; the job waits and tries again.
 //! - [`expiry`]: at the first attempt a `Nats-Schedule: @at <expires_at>` message is stored in
 //!   `SEALPOST_SCHEDULES`; when the server fires it, the `expiry` consumer revokes at the
 //!   carrier where the message may be and records `expired` with the revoke's outcome.
@@ -52,7 +54,7 @@ use sealpost_eventstore::store::{HDR_CORRELATION_ID, META_CORRELATION_ID};
 use sealpost_eventstore::{CommandExecutor, Loaded, StoreError};
 
 pub use error::DeliveryError;
-pub use gate::{CarrierGate, GateConfig};
+pub use gate::{CarrierGate, GateConfig, PauseReason};
 pub use jobs::RunningConsumers;
 
 /// A carrier with its throttle.
@@ -87,6 +89,9 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     /// How long a job waits for a paused carrier before it is NAKed until the pause ends.
     pub max_pause_wait: Duration,
+    /// How long a carrier is paused after it refused our credentials (401/403 after a token
+    /// refresh): the next probe comes after this.
+    pub carrier_auth_pause: Duration,
     /// Lifetime of the presigned GET URL handed to the carrier (capped at 7 days by S3).
     pub payload_url_ttl: Duration,
     /// First redelivery delay of a receipt that arrived before its message's carrier ack.
@@ -134,6 +139,7 @@ impl Default for DeliveryConfig {
         Self {
             concurrency: 512,
             max_pause_wait: Duration::from_secs(2),
+            carrier_auth_pause: Duration::from_secs(5),
             payload_url_ttl: Duration::from_secs(24 * 3600),
             receipt_retry: Duration::from_millis(250),
             carrier_ttl_grace: worker::CARRIER_TTL_GRACE,
@@ -237,6 +243,24 @@ fn correlation(headers: Option<&async_nats::HeaderMap>) -> HashMap<String, Strin
 /// `a - b` as a std duration, zero when `b` is later.
 fn until(a: time::OffsetDateTime, b: time::OffsetDateTime) -> Duration {
     Duration::try_from(a - b).unwrap_or(Duration::ZERO)
+}
+
+/// Pauses `slot`'s carrier after it refused our credentials and counts the refusal; the job is
+/// put back until the pause ends. Nothing is recorded on the message.
+pub(crate) fn carrier_auth_failed(slot: &CarrierSlot, code: &str, pause: Duration) -> jobs::JobEnd {
+    sealpost_telemetry::metrics()
+        .carrier_auth_failures
+        .get_or_create(&sealpost_telemetry::CarrierAuthLabels {
+            carrier: slot.carrier.name().to_owned(),
+            code: code.to_owned(),
+        })
+        .inc();
+    slot.gate.pause(pause, PauseReason::AuthFailed);
+    let wait = slot
+        .gate
+        .paused_for(std::time::Instant::now())
+        .unwrap_or(pause);
+    jobs::JobEnd::Nak(wait)
 }
 
 /// Reports committed events to the process metrics: outcomes per tenant, message type and

@@ -3,7 +3,8 @@
 //! Per job: rebuild the message (from the job itself on first delivery of an `accepted` event,
 //! otherwise by a load), skip it if it is settled, NAK it until `not_before` if it is not due,
 //! store the expiry timer on the first attempt, pass the carrier's throttle, submit attempt
-//! `next_attempt` with a presigned GET URL of the ciphertext, and record the answer. The job is
+//! `next_attempt` with a presigned GET URL of the ciphertext, and record the answer; an answer
+//! about our credentials (401/403) pauses the carrier instead and records nothing. The job is
 //! acked only after the answer is an event; a retry NAKs it with the delay the domain chose.
 
 use std::time::Duration;
@@ -122,15 +123,25 @@ impl Delivery {
             // carrier's TTL is a backstop a little later, for a revoke that cannot get through.
             expire_time: Some(accepted.expires_at + self.inner.cfg.carrier_ttl_grace),
         };
-        let permit = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
+        let pass = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
             Ok(p) => p,
             Err(paused) => return JobEnd::Nak(paused.remaining),
         };
         let outcome = slot.carrier.submit(&submission).await;
-        drop(permit);
-        if let CarrierOutcome::Throttled { retry_after, .. } = &outcome {
-            slot.gate
-                .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+        match &outcome {
+            // About our credentials, not the message: the same attempt is tried again later.
+            // The pause is set before the pass (maybe the probe) is let go.
+            CarrierOutcome::AuthFailed { code } => {
+                return crate::carrier_auth_failed(slot, code, self.inner.cfg.carrier_auth_pause)
+            }
+            CarrierOutcome::Throttled { retry_after, .. } => {
+                slot.gate.pause(
+                    retry_after.unwrap_or(Duration::from_secs(1)),
+                    crate::PauseReason::Throttled,
+                );
+                pass.credentials_accepted();
+            }
+            _ => pass.credentials_accepted(),
         }
         tracing::debug!(outcome = outcome_label(&outcome), "carrier answered");
         let cmd = MessageCommand::RecordCarrierResult {
@@ -263,5 +274,6 @@ pub(crate) fn outcome_label(o: &CarrierOutcome) -> String {
         CarrierOutcome::Throttled { code, .. } => format!("throttled:{code}"),
         CarrierOutcome::Permanent { code } => format!("permanent:{code}"),
         CarrierOutcome::NotRcsCapable => "not_rcs_capable".into(),
+        CarrierOutcome::AuthFailed { code } => format!("auth_failed:{code}"),
     }
 }

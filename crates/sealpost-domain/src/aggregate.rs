@@ -351,6 +351,9 @@ impl Message {
         at: OffsetDateTime,
         policy: &RetryPolicy,
     ) -> Result<Vec<MessageEvent>, MessageError> {
+        if let CarrierOutcome::AuthFailed { .. } = outcome {
+            return Err(MessageError::NotAMessageOutcome);
+        }
         let accepted = self.accepted()?;
         if attempt < self.next_attempt {
             // Already recorded: a worker redelivered after a crash records the same result again.
@@ -380,6 +383,7 @@ impl Message {
             }
             CarrierOutcome::Permanent { code } => (ErrorClass::Permanent, code, None),
             CarrierOutcome::NotRcsCapable => (ErrorClass::NotCapable, "404".to_owned(), None),
+            CarrierOutcome::AuthFailed { .. } => return Err(MessageError::NotAMessageOutcome),
         };
         let failed = MessageEvent::AttemptFailed(AttemptFailed {
             attempt,

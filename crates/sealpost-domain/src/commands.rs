@@ -89,6 +89,11 @@ pub enum CarrierOutcome {
     Permanent { code: String },
     /// The recipient has no RCS (RBM answers 404).
     NotRcsCapable,
+    /// The carrier refused *us*, not the message: our credentials are wrong, expired or revoked
+    /// (401, 403), or no access token could be obtained. It says nothing about the message, so
+    /// it is never recorded on one: delivery pauses the carrier for every message and tries again
+    /// later, within each message's retry window and TTL.
+    AuthFailed { code: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

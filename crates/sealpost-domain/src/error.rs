@@ -35,6 +35,8 @@ pub enum MessageError {
     Purged,
     #[error("the message never reached a carrier ({0}); no device could have received it")]
     NotHandedOver(Status),
+    #[error("the carrier refused our credentials, which says nothing about this message; pause the carrier and retry instead of recording it")]
+    NotAMessageOutcome,
 }
 
 impl MessageError {
@@ -55,6 +57,7 @@ impl MessageError {
             Self::NotSettled(_) => "not_settled",
             Self::Purged => "purged",
             Self::NotHandedOver(_) => "not_handed_over",
+            Self::NotAMessageOutcome => "not_a_message_outcome",
         }
     }
 

@@ -620,6 +620,26 @@ fn permanent_error_fails_even_with_a_fallback() {
 }
 
 #[test]
+fn a_carrier_auth_failure_is_refused_in_every_status_and_records_nothing() {
+    for_every_status(
+        |s| {
+            result(
+                next_attempt(s),
+                CarrierOutcome::AuthFailed {
+                    code: "http_401".into(),
+                },
+            )
+        },
+        |_| Err(MessageError::NotAMessageOutcome),
+    );
+    assert_eq!(
+        MessageError::NotAMessageOutcome.code(),
+        "not_a_message_outcome"
+    );
+    assert!(!MessageError::NotAMessageOutcome.is_retryable());
+}
+
+#[test]
 fn not_capable_falls_back_when_a_fallback_is_set_and_fails_otherwise() {
     let cmd = || result(1, CarrierOutcome::NotRcsCapable);
     assert_eq!(

@@ -88,6 +88,14 @@ pub struct ProjectionLabels {
     pub projection: String,
 }
 
+/// Carrier calls refused because of our credentials (401, 403, no access token).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CarrierAuthLabels {
+    pub carrier: String,
+    /// `http_401`, `http_403` or a `token_*` code; never token material.
+    pub code: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 5 ms to ~20 min.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -109,6 +117,7 @@ pub struct Metrics {
     pub key_lookups: Family<KeyLookupLabels, Counter>,
     pub decryption_failures: Family<DecryptionFailureLabels, Counter>,
     pub projection_lag: Family<ProjectionLabels, Gauge>,
+    pub carrier_auth_failures: Family<CarrierAuthLabels, Counter>,
 }
 
 impl Metrics {
@@ -125,6 +134,7 @@ impl Metrics {
         let key_lookups = Family::<KeyLookupLabels, Counter>::default();
         let decryption_failures = Family::<DecryptionFailureLabels, Counter>::default();
         let projection_lag = Family::<ProjectionLabels, Gauge>::default();
+        let carrier_auth_failures = Family::<CarrierAuthLabels, Counter>::default();
         registry.register(
             "sealpost_ingress_requests",
             "Send requests answered by the gateway, by transport and outcome (accepted, duplicate or the error code)",
@@ -170,6 +180,11 @@ impl Metrics {
             "Events a projection has not applied yet",
             projection_lag.clone(),
         );
+        registry.register(
+            "sealpost_carrier_auth_failures",
+            "Carrier calls refused because of our credentials (401/403 after a token refresh, or no access token), by carrier and code; each pauses the carrier and fails no message",
+            carrier_auth_failures.clone(),
+        );
         Self {
             registry,
             ingress,
@@ -181,6 +196,7 @@ impl Metrics {
             key_lookups,
             decryption_failures,
             projection_lag,
+            carrier_auth_failures,
         }
     }
 

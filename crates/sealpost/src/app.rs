@@ -354,18 +354,32 @@ async fn gateway(
 
 /// The configured carriers with their throttles.
 fn carriers(cfg: &Config) -> anyhow::Result<Carriers> {
-    use sealpost_carriers::{RbmCarrier, RbmConfig, SmsCarrier, SmsConfig};
+    use sealpost_carriers::{
+        RbmCarrier, RbmConfig, RbmCredentials, ServiceAccountKey, SmsCarrier, SmsConfig,
+    };
 
     let rbm = &cfg.carriers.rbm;
     anyhow::ensure!(
         !rbm.base_url.is_empty(),
         "the delivery roles need an RBM endpoint: set [carriers.rbm] base_url (or SEALPOST_CARRIERS_RBM_BASE_URL); `sealpost carrier-sim` serves one for development"
     );
+    let credentials = if rbm.service_account_key_file.is_empty() {
+        anyhow::ensure!(
+            !rbm.bearer_token.is_empty(),
+            "the delivery roles need RBM credentials: set [carriers.rbm] service_account_key_file (Google) or bearer_token (SEALPOST_CARRIERS_RBM_BEARER_TOKEN, for aggregators)"
+        );
+        RbmCredentials::Bearer(rbm.bearer_token.clone())
+    } else {
+        RbmCredentials::ServiceAccount {
+            key: ServiceAccountKey::from_file(std::path::Path::new(&rbm.service_account_key_file))?,
+            token_uri: Some(rbm.token_uri.clone()).filter(|u| !u.is_empty()),
+        }
+    };
     let opaque = CarrierSlot::new(
         Arc::new(RbmCarrier::new(RbmConfig {
             base_url: rbm.base_url.clone(),
             agent_id: rbm.agent_id.clone(),
-            bearer_token: rbm.bearer_token.clone(),
+            credentials,
             timeout: rbm.timeout,
         })?),
         GateConfig {
@@ -410,6 +424,7 @@ fn delivery(
         sealpost_delivery::DeliveryConfig {
             concurrency: d.concurrency,
             max_pause_wait: d.max_pause_wait,
+            carrier_auth_pause: d.carrier_auth_pause,
             payload_url_ttl: d.payload_url_ttl,
             receipt_retry: d.receipt_retry,
             carrier_ttl_grace: d.carrier_ttl_grace,

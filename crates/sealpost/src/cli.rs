@@ -85,6 +85,10 @@ pub enum Command {
         faults: String,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Lifetime of the access tokens its token endpoint (`POST /token`) issues to the
+        /// service account of `[carriers.rbm] service_account_key_file`.
+        #[arg(long, default_value_t = 3_600_000)]
+        token_ttl_ms: u64,
     },
     // --- platform teams
     /// Send a message: the send command JSON from a file (or - for stdin), over NATS.
@@ -253,10 +257,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             receipt_delay_ms,
             faults,
             seed,
+            token_ttl_ms,
         } => {
+            let rbm = &cfg.carriers.rbm;
+            let service_account = if rbm.service_account_key_file.is_empty() {
+                None
+            } else {
+                Some(sealpost_carriers::ServiceAccountKey::from_file(
+                    std::path::Path::new(&rbm.service_account_key_file),
+                )?)
+            };
             let sim = sealpost_carrier_sim::SimConfig {
                 agent_id: cfg.carriers.rbm.agent_id.clone(),
                 bearer_token: cfg.carriers.rbm.bearer_token.clone(),
+                service_account,
+                token_ttl: std::time::Duration::from_millis(token_ttl_ms),
                 client_token: cfg.carriers.rbm.client_token.clone(),
                 sms_api_key: cfg.carriers.sms.api_key.clone(),
                 webhook_url,

@@ -182,6 +182,8 @@ pub struct DeliverySection {
     pub concurrency: usize,
     #[serde(rename = "max_pause_wait_ms", with = "ms")]
     pub max_pause_wait: Duration,
+    #[serde(rename = "carrier_auth_pause_ms", with = "ms")]
+    pub carrier_auth_pause: Duration,
     #[serde(rename = "payload_url_ttl_secs", with = "secs")]
     pub payload_url_ttl: Duration,
     #[serde(rename = "receipt_retry_ms", with = "ms")]
@@ -226,7 +228,13 @@ pub struct CarriersSection {
 pub struct RbmSection {
     pub base_url: String,
     pub agent_id: String,
+    /// A static bearer token (aggregators). Empty when the service account key is used.
     pub bearer_token: Secret,
+    /// Path of the agent's Google service-account key (JSON; a secret: keep it mode 0600).
+    /// When set, access tokens are fetched with it and `bearer_token` must be empty.
+    pub service_account_key_file: String,
+    /// The OAuth token endpoint; empty: the key file's `token_uri` (Google's).
+    pub token_uri: String,
     pub client_token: Secret,
     #[serde(rename = "timeout_ms", with = "ms")]
     pub timeout: Duration,
@@ -439,6 +447,12 @@ impl Config {
         if d.receipt_retry.is_zero() {
             return Err(invalid("delivery.receipt_retry_ms", "must be at least 1"));
         }
+        if d.carrier_auth_pause.is_zero() {
+            return Err(invalid(
+                "delivery.carrier_auth_pause_ms",
+                "must be at least 1",
+            ));
+        }
         if !d.device_link_key.is_empty() {
             if d.device_link_key().is_none() {
                 return Err(invalid(
@@ -456,6 +470,21 @@ impl Config {
             }
         }
         let c = &self.carriers;
+        if !c.rbm.service_account_key_file.is_empty() && !c.rbm.bearer_token.is_empty() {
+            return Err(invalid(
+                "carriers.rbm.service_account_key_file",
+                "set either a service account key file (Google) or a bearer_token (aggregators), not both",
+            ));
+        }
+        if !(c.rbm.token_uri.is_empty()
+            || c.rbm.token_uri.starts_with("http://")
+            || c.rbm.token_uri.starts_with("https://"))
+        {
+            return Err(invalid(
+                "carriers.rbm.token_uri",
+                "must start with http:// or https://",
+            ));
+        }
         for (key, url) in [
             ("carriers.rbm.base_url", &c.rbm.base_url),
             ("carriers.sms.base_url", &c.sms.base_url),
