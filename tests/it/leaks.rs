@@ -28,8 +28,17 @@ const LINK_KEY: [u8; 32] = [0x3c; 32];
 async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
     let env = crate::support::Env::start().await;
     let (server, client) = (&env.server, env.client.clone());
+    // RBM the Google way: access tokens from the service account key, 2 s each, so the run
+    // fetches several (and the scan covers the key, the assertions and every token).
     let sim_cfg = SimConfig {
-        bearer_token: "rbm-bearer-LEAKCANARY-55".into(),
+        bearer_token: String::new().into(),
+        service_account: Some(
+            sealpost_carriers::ServiceAccountKey::from_json(
+                sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON,
+            )
+            .unwrap(),
+        ),
+        token_ttl: Duration::from_secs(2),
         client_token: "rbm-client-LEAKCANARY-66".into(),
         sms_api_key: "sms-key-LEAKCANARY-77".into(),
         receipt_delay: Duration::from_millis(10),
@@ -51,6 +60,8 @@ async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
     let dir = tempfile::tempdir().unwrap();
     let db = sealpost_testkit::PgDatabase::create().await.unwrap();
     let (signer, _) = sealpost_tlog::LogSigner::generate("sealpost/keys/leak-co").unwrap();
+    let key_file = dir.path().join("rbm-service-account.json");
+    std::fs::write(&key_file, sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON).unwrap();
     let config = dir.path().join("sealpost.toml");
     std::fs::write(
         &config,
@@ -71,7 +82,8 @@ device_link_base = "http://127.0.0.1:{port}"
 [carriers.rbm]
 base_url = "{sim}"
 agent_id = "{agent}"
-bearer_token = "{bearer}"
+service_account_key_file = "{key_file}"
+token_uri = "{sim}/token"
 client_token = "{client_token}"
 [carriers.sms]
 base_url = "{sim}"
@@ -92,7 +104,7 @@ label_key = "{label_key}"
             s3dir = dir.path().join("s3").display(),
             sim = sim.base_url(),
             agent = sim_cfg.agent_id,
-            bearer = sim_cfg.bearer_token.expose(),
+            key_file = key_file.display(),
             client_token = sim_cfg.client_token.expose(),
             sms = sim_cfg.sms_api_key.expose(),
             hash = sealpost_gateway::hash_api_key(API_KEY),
@@ -352,10 +364,6 @@ label_key = "{label_key}"
         ("wrong API key".into(), "sk_live_WRONG_LEAKCANARY".into()),
         ("S3 secret".into(), S3_SECRET.into()),
         (
-            "RBM bearer token".into(),
-            sim_cfg.bearer_token.expose().to_owned(),
-        ),
-        (
             "RBM client token".into(),
             sim_cfg.client_token.expose().to_owned(),
         ),
@@ -367,6 +375,25 @@ label_key = "{label_key}"
         ("presigned URL credential".into(), "X-Amz-Credential".into()),
         ("generic canary".into(), "LEAKCANARY".into()),
     ];
+    let issued = sim.issued_tokens();
+    assert!(
+        issued.len() >= 2,
+        "the run fetched {} RBM access tokens; it should have crossed an expiry",
+        issued.len()
+    );
+    for t in issued {
+        canaries.push(("RBM access token".into(), t));
+    }
+    canaries.push(("RBM access token prefix".into(), "ya29.".into()));
+    // Every assertion starts with the base64url of `{"alg":"RS256",`.
+    canaries.push(("RBM token assertion".into(), "eyJhbGciOiJSUzI1NiIs".into()));
+    let pem: serde_json::Value =
+        serde_json::from_str(sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON).unwrap();
+    for line in pem["private_key"].as_str().unwrap().lines() {
+        if line.len() >= 40 && !line.starts_with("-----") {
+            canaries.push(("service account private key".into(), line.to_owned()));
+        }
+    }
     for p in &phones {
         canaries.push(("phone number".into(), p.clone()));
         canaries.push(("phone number without +".into(), p[1..].to_owned()));

@@ -153,6 +153,11 @@ impl RunningSim {
         }
     }
 
+    /// Every access token the token endpoint issued (secrets: for leak scans).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.lock().issued.clone()
+    }
+
     /// The token endpoint's URL: `http://<addr>/token`.
     pub fn token_uri(&self) -> String {
         format!("http://{}/token", self.addr)

@@ -146,6 +146,7 @@ pub(crate) async fn token(AxState(sh): AxState<Arc<Shared>>, body: Bytes) -> Res
     let now = Instant::now();
     st.tokens.retain(|_, until| *until > now);
     st.tokens.insert(access_token.clone(), now + ttl);
+    st.issued.push(access_token.clone());
     st.stats.tokens_issued += 1;
     drop(st);
     Json(TokenAnswer {

@@ -59,6 +59,7 @@ impl CarrierSim {
                 notices: Vec::new(),
                 sms_seq: 0,
                 tokens: HashMap::new(),
+                issued: Vec::new(),
                 credentials_revoked: false,
             }),
             cfg,
@@ -131,6 +132,8 @@ pub(crate) struct SimState {
     pub(crate) sms_seq: u64,
     /// Issued access tokens and when each expires.
     pub(crate) tokens: HashMap<String, Instant>,
+    /// Every access token ever issued, for leak scans.
+    pub(crate) issued: Vec<String>,
     pub(crate) credentials_revoked: bool,
 }
 
