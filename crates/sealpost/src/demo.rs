@@ -37,6 +37,8 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         faults: faults.clone(),
         seed: 7,
         webhook_concurrency: 128,
+        // RBM access tokens live 4 s, so even a short demo crosses several refreshes.
+        token_ttl: Duration::from_secs(4),
         ..SimConfig::default()
     };
     let mut p = Harness::start(

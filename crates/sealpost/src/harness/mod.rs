@@ -65,6 +65,8 @@ pub struct Harness {
     gateway: Running,
     pub sim: RunningSim,
     blob_dir: Option<PathBuf>,
+    /// Holds the RBM service account key file of this run.
+    key_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Harness {
@@ -83,7 +85,26 @@ impl Drop for Harness {
         if let Some(dir) = &self.blob_dir {
             std::fs::remove_dir_all(dir).ok();
         }
+        std::fs::remove_dir_all(&self.key_dir).ok();
     }
+}
+
+/// Writes `contents` to `path` (creating its directory) readable by this user only.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 fn lock(m: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
@@ -103,10 +124,20 @@ impl Harness {
         crate::app::provision(&cfg, &embedded_definitions()).await?;
         let js = jetstream::new(connect(&cfg).await?);
 
-        // The simulator, with tokens the config's carriers and receipt check will share.
+        // The simulator, with tokens the config's carriers and receipt check will share. RBM
+        // calls are authorized the Google way: OAuth access tokens for the simulator's test
+        // service account, whose key file this run writes (mode 0600) for the config.
         let mut sim_cfg = opts.sim.clone();
         sim_cfg.agent_id.clone_from(&cfg.carriers.rbm.agent_id);
-        sim_cfg.bearer_token = Secret::new(format!("harness-rbm-{run}"));
+        sim_cfg.bearer_token = Secret::new(String::new());
+        sim_cfg.service_account = Some(sealpost_carriers::ServiceAccountKey::from_json(
+            sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON,
+        )?);
+        let key_dir = std::env::temp_dir().join(format!("sealpost-harness-{run}-rbm"));
+        write_private(
+            &key_dir.join("service-account.json"),
+            sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON,
+        )?;
         sim_cfg.client_token = Secret::new(format!("harness-client-{run}"));
         sim_cfg.sms_api_key = Secret::new(format!("harness-sms-{run}"));
         sim_cfg.webhook_url = None;
@@ -114,6 +145,8 @@ impl Harness {
             .await
             .context("starting the carrier simulator")?;
 
+        cfg.carriers.rbm.service_account_key_file =
+            key_dir.join("service-account.json").display().to_string();
         let blob_dir = configure(&mut cfg, &opts, &sim, &sim_cfg, &tenant, &api_key, &run)?;
 
         // One process: the gateway and, unless held, every delivery role.
@@ -151,6 +184,7 @@ impl Harness {
             sim,
             held: opts.hold_delivery,
             blob_dir,
+            key_dir,
         })
     }
 
@@ -304,6 +338,7 @@ fn configure(
     let rbm = &mut cfg.carriers.rbm;
     rbm.base_url = sim.base_url();
     rbm.bearer_token = sim_cfg.bearer_token.clone();
+    rbm.token_uri = sim.token_uri();
     rbm.client_token = sim_cfg.client_token.clone();
     if opts.sms_fallback {
         cfg.carriers.sms.base_url = sim.base_url();

@@ -244,5 +244,7 @@ pub fn sim_rows(s: &SimStats) -> Vec<(&'static str, u64)> {
         ("sms_accepted", s.sms_accepted),
         ("sms_duplicates", s.sms_duplicates),
         ("throttle_violations", s.throttle_violations),
+        ("oauth_tokens_issued", s.tokens_issued),
+        ("auth_rejections", s.auth_rejections),
     ]
 }
