@@ -522,6 +522,122 @@ async fn headless_chromium_renders_the_summary_of_the_views() {
     // Never a recipient, in clear or masked.
     assert!(!dom.contains("15551234567"), "a recipient leaked:\n{dom}");
     assert!(!dom.contains("+*"), "a masked recipient leaked:\n{dom}");
+
+    charts_show_the_views_points(&bin, &format!("http://{addr}"), &pool).await;
+}
+
+/// The values of the points of one chart series, as drawn.
+fn points(dom: &str, chart: &str, series: &str) -> Vec<f64> {
+    find_all(dom, &format!("point-{chart}-{series}"))
+        .into_iter()
+        .map(|e| e.value.unwrap().parse().unwrap())
+        .collect()
+}
+
+fn present(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect()
+}
+
+/// Issue 12, charts: each chart has one point per value the view has, with the view's values.
+/// The per-minute series are checked against plain SQL over the same minutes; the DOM is
+/// compared with the JSON fetched around it (again if a minute boundary fell in between).
+async fn charts_show_the_views_points(bin: &str, base: &str, pool: &PgPool) {
+    let json = || async {
+        reqwest::get(format!("{base}/dashboard.json"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let (dom, data, samples_after) = loop {
+        let before = json().await;
+        let dom = dump_dom(bin, &format!("{base}/")).await;
+        let after = json().await;
+        if before["per_minute"]["minutes"] == after["per_minute"]["minutes"] {
+            let samples_after = after["samples"].as_array().unwrap().len();
+            break (dom, before, samples_after);
+        }
+    };
+    let m = &data["per_minute"];
+    let minutes: Vec<String> = m["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(minutes.len(), 60, "the last hour, one point a minute");
+
+    // Events per minute: 60 points per series, the JSON's values, which are the view's sums.
+    for (series, event_type) in [
+        ("accepted", "accepted"),
+        ("delivered", "delivered"),
+        ("displayed", "displayed"),
+        ("failed", "failed"),
+    ] {
+        let drawn = points(&dom, "chart-events", series);
+        assert_eq!(drawn, present(&m[series]), "{series}");
+        assert_eq!(drawn.len(), 60, "{series}");
+        let mut from_sql = Vec::with_capacity(60);
+        for minute in &minutes {
+            let at = OffsetDateTime::parse(minute, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+            let n: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(count)::int8 FROM metrics_events WHERE minute = $1 AND event_type = $2",
+            )
+            .bind(at)
+            .bind(event_type)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            from_sql.push(n.unwrap_or(0) as f64);
+        }
+        assert_eq!(drawn, from_sql, "{series}: the chart is not the view");
+    }
+    // Every message was accepted just now, so the hour holds all 11.
+    assert_eq!(
+        points(&dom, "chart-events", "accepted").iter().sum::<f64>(),
+        11.0
+    );
+
+    // Success rate and latency: a point for each minute that has a value, and only those.
+    for (chart, series, key) in [
+        ("chart-success", "success_rate", "success_rate"),
+        ("chart-latency", "p50", "latency_p50_ms"),
+        ("chart-latency", "p99", "latency_p99_ms"),
+    ] {
+        let drawn = points(&dom, chart, series);
+        assert_eq!(drawn, present(&m[key]), "{chart} {series}");
+        assert!(!drawn.is_empty(), "{chart} {series}: nothing drawn");
+    }
+    // The success rate of a minute is its delivered over its settled.
+    for (i, rate) in m["success_rate"].as_array().unwrap().iter().enumerate() {
+        let settled = m["settled"][i].as_f64().unwrap();
+        match rate.as_f64() {
+            Some(r) => assert_eq!(r, m["delivered"][i].as_f64().unwrap() / settled),
+            None => assert_eq!(settled, 0.0),
+        }
+    }
+
+    // The sampled backlog: one point per sample and series (samples are added every 15 s, so
+    // the page's count lies between the JSON's before and after it).
+    let drawn = points(&dom, "chart-backlog", "delivery_queue_depth").len();
+    let before = data["samples"].as_array().unwrap().len();
+    assert!(
+        drawn >= before.max(1) && drawn <= samples_after,
+        "{drawn} queue-depth points for {before}..{samples_after} samples"
+    );
+    for name in ProjectionName::ALL {
+        assert_eq!(
+            points(&dom, "chart-backlog", &format!("lag_{}", name.as_str())).len(),
+            drawn,
+            "{name:?}"
+        );
+    }
 }
 
 #[tokio::test]

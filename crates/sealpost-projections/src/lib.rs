@@ -57,7 +57,7 @@ pub use projector::{
     lag, rebuild, Progress, ProjectionName, Projector, ProjectorConfig, RebuildReport,
     RunningProjector,
 };
-pub use query::{compliance_view, message_row, summary, Summary};
+pub use query::{compliance_view, message_row, per_minute, summary, PerMinute, Summary};
 
 use sqlx::PgPool;
 

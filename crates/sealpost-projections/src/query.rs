@@ -244,6 +244,119 @@ pub async fn summary(pool: &PgPool) -> Result<Summary> {
     Ok(s)
 }
 
+/// The metrics view as time series: one point per minute of the last `minutes` minutes up to
+/// the current one (the database's clock), oldest first, summed over tenants and carriers. A
+/// minute without events counts 0; its rate and percentiles are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PerMinute {
+    /// The start of each minute (UTC).
+    pub minutes: Vec<String>,
+    pub accepted: Vec<i64>,
+    pub delivered: Vec<i64>,
+    pub displayed: Vec<i64>,
+    pub failed: Vec<i64>,
+    /// Messages that settled in the minute: delivered, failed, fallback_triggered, expired.
+    pub settled: Vec<i64>,
+    /// delivered / settled, in the minute.
+    pub success_rate: Vec<Option<f64>>,
+    /// Percentiles of acceptance → delivered receipt, of the receipts of the minute (bucket
+    /// upper bounds, as [`Percentiles`]).
+    pub latency_p50_ms: Vec<Option<i64>>,
+    pub latency_p99_ms: Vec<Option<i64>>,
+}
+
+/// [`PerMinute`] over the last `minutes` minutes (1 to 1440).
+pub async fn per_minute(pool: &PgPool, minutes: i32) -> Result<PerMinute> {
+    let minutes = minutes.clamp(1, 1440);
+    let window: Vec<OffsetDateTime> = sqlx::query_scalar(
+        "SELECT generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1),          date_trunc('minute', now()), interval '1 minute')",
+    )
+    .bind(minutes)
+    .fetch_all(pool)
+    .await?;
+    let (Some(first), Some(last)) = (window.first().copied(), window.last().copied()) else {
+        return Ok(PerMinute::default());
+    };
+    let index: BTreeMap<OffsetDateTime, usize> =
+        window.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+    let n = window.len();
+    let mut out = PerMinute {
+        minutes: window
+            .iter()
+            .map(|m| {
+                m.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            })
+            .collect(),
+        accepted: vec![0; n],
+        delivered: vec![0; n],
+        displayed: vec![0; n],
+        failed: vec![0; n],
+        settled: vec![0; n],
+        success_rate: vec![None; n],
+        latency_p50_ms: vec![None; n],
+        latency_p99_ms: vec![None; n],
+    };
+    let rows = sqlx::query(
+        "SELECT minute, event_type, sum(count)::int8 AS n FROM metrics_events          WHERE minute BETWEEN $1 AND $2 GROUP BY minute, event_type",
+    )
+    .bind(first)
+    .bind(last)
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let minute: OffsetDateTime = r.try_get("minute")?;
+        let kind: String = r.try_get("event_type")?;
+        let count: i64 = r.try_get("n")?;
+        let Some(&i) = index.get(&minute) else {
+            continue;
+        };
+        match kind.parse::<EventType>() {
+            Ok(EventType::Accepted) => out.accepted[i] += count,
+            Ok(EventType::Delivered) => {
+                out.delivered[i] += count;
+                out.settled[i] += count;
+            }
+            Ok(EventType::Displayed) => out.displayed[i] += count,
+            Ok(EventType::Failed) => {
+                out.failed[i] += count;
+                out.settled[i] += count;
+            }
+            Ok(EventType::FallbackTriggered | EventType::Expired) => out.settled[i] += count,
+            _ => {}
+        }
+    }
+    for i in 0..n {
+        if out.settled[i] > 0 {
+            out.success_rate[i] = Some(out.delivered[i] as f64 / out.settled[i] as f64);
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT minute, le_ms, sum(count)::int8 AS n FROM metrics_latency          WHERE kind = $1 AND minute BETWEEN $2 AND $3 GROUP BY minute, le_ms ORDER BY minute, le_ms",
+    )
+    .bind(EventType::Delivered.as_str())
+    .bind(first)
+    .bind(last)
+    .fetch_all(pool)
+    .await?;
+    let mut buckets: BTreeMap<usize, Vec<(i64, i64)>> = BTreeMap::new();
+    for r in rows {
+        let minute: OffsetDateTime = r.try_get("minute")?;
+        if let Some(&i) = index.get(&minute) {
+            buckets
+                .entry(i)
+                .or_default()
+                .push((r.try_get("le_ms")?, r.try_get("n")?));
+        }
+    }
+    for (i, b) in buckets {
+        let p = percentiles(&b);
+        out.latency_p50_ms[i] = p.p50_ms;
+        out.latency_p99_ms[i] = p.p99_ms;
+    }
+    Ok(out)
+}
+
 /// Percentiles over `(le_ms, count)` buckets sorted by bound.
 pub fn percentiles(buckets: &[(i64, i64)]) -> Percentiles {
     let total: i64 = buckets.iter().map(|(_, n)| n).sum();

@@ -108,6 +108,8 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Every registered family's name, as `# TYPE` names it (without `_total`).
+    names: Vec<&'static str>,
     pub ingress: Family<IngressLabels, Counter>,
     pub outcomes: Family<OutcomeLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
@@ -123,6 +125,7 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::default();
+        let mut names = Vec::new();
         let ingress = Family::<IngressLabels, Counter>::default();
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
@@ -135,58 +138,69 @@ impl Metrics {
         let decryption_failures = Family::<DecryptionFailureLabels, Counter>::default();
         let projection_lag = Family::<ProjectionLabels, Gauge>::default();
         let carrier_auth_failures = Family::<CarrierAuthLabels, Counter>::default();
-        registry.register(
+        register(&mut registry, &mut names,
             "sealpost_ingress_requests",
             "Send requests answered by the gateway, by transport and outcome (accepted, duplicate or the error code)",
             ingress.clone(),
         );
-        registry.register(
+        register(&mut registry, &mut names,
             "sealpost_delivery_outcomes",
             "Delivery outcomes per tenant, message type and carrier: acked, delivered, displayed, failed, fallback, expired",
             outcomes.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "sealpost_retries",
             "Failed carrier attempts that were retried, by carrier, error class and code",
             retries.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "sealpost_delivery_latency_seconds",
             "From acceptance to the carrier's delivered receipt",
             latency.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "sealpost_queue_depth",
             "Messages a JetStream consumer has not finished (pending + unacknowledged)",
             queue_depth.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "sealpost_tenant_queue_depth",
             "Messages waiting for submission per tenant (from the messages view)",
             tenant_queue_depth.clone(),
         );
-        registry.register(
+        register(&mut registry, &mut names,
             "sealpost_key_directory_lookups",
             "Key checks of sends against the key directory (key_stale), by result: ok, not_found (unknown key id), stale (revoked), error",
             key_lookups.clone(),
         );
-        registry.register(
+        register(&mut registry, &mut names,
             "sealpost_decryption_failures",
             "decryption_failed reports recorded from recipients' devices (through their device links), by tenant and reason",
             decryption_failures.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "sealpost_projection_lag",
             "Events a projection has not applied yet",
             projection_lag.clone(),
         );
-        registry.register(
+        register(&mut registry, &mut names,
             "sealpost_carrier_auth_failures",
             "Carrier calls refused because of our credentials (401/403 after a token refresh, or no access token), by carrier and code; each pauses the carrier and fails no message",
             carrier_auth_failures.clone(),
         );
         Self {
             registry,
+            names,
             ingress,
             outcomes,
             retries,
@@ -198,6 +212,12 @@ impl Metrics {
             projection_lag,
             carrier_auth_failures,
         }
+    }
+
+    /// The name of every metric family, whether or not anything was reported into it yet (the
+    /// exposition lists a family only once it has a sample).
+    pub fn family_names(&self) -> &[&'static str] {
+        &self.names
     }
 
     /// Counts a delivery outcome.
@@ -217,6 +237,17 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+fn register<M: prometheus_client::registry::Metric>(
+    registry: &mut Registry,
+    names: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &str,
+    metric: M,
+) {
+    names.push(name);
+    registry.register(name, help, metric);
 }
 
 /// The process's metrics.

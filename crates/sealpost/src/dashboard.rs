@@ -1,6 +1,12 @@
 //! The operations dashboard the gateway serves at `/`: one self-contained HTML page (inline CSS
-//! and JS, nothing fetched from elsewhere) that polls `/dashboard.json`, which is
-//! [`sealpost_projections::summary`] plus the projections' consumer backlog.
+//! and JS, nothing fetched from elsewhere, so it works offline) that polls `/dashboard.json`,
+//! which is [`sealpost_projections::summary`], the metrics view per minute for the last hour
+//! ([`sealpost_projections::per_minute`]) and the projections' consumer backlog. The page draws
+//! the per-minute series and the sampled backlog as plain SVG charts.
+//!
+//! Projection lag and the delivery queue depth are live values, not stored in a view: this
+//! process samples them every [`SAMPLE_EVERY`] and keeps the last hour in memory, so their
+//! charts start when the process started and each gateway shows its own samples.
 //!
 //! It reads only the Postgres views the projector builds, so it shows what the projector has
 //! applied, not the live process state. It never shows recipients: the summary has none.
@@ -9,7 +15,8 @@
 //! and the gateway keeps serving everything else. The pool connects lazily, so a database that
 //! comes up after the gateway is picked up on the next request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,12 +27,47 @@ use axum::Router;
 use sealpost_projections::ProjectionName;
 use sqlx::PgPool;
 
+/// How often the live backlog (projection lag, delivery queue depth) is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
+/// Samples kept: one hour.
+const SAMPLES_KEPT: usize = 240;
+/// Minutes of the per-minute charts.
+const CHART_MINUTES: i32 = 60;
+
 /// What the dashboard reads: the views' pool (`None` when no database is configured) and,
 /// optionally, JetStream for the projections' backlog.
 #[derive(Debug, Clone)]
 pub struct Dashboard {
     pool: Option<PgPool>,
     js: Option<async_nats::jetstream::Context>,
+    samples: Arc<Samples>,
+}
+
+/// The sampled backlog of the last hour; the sampling task stops when the last clone of the
+/// dashboard is dropped.
+#[derive(Debug, Default)]
+struct Samples {
+    kept: Mutex<VecDeque<Sample>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Samples {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.task.lock() {
+            if let Some(t) = t.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Sample {
+    at: String,
+    /// Unapplied events per projection (`None`: unreadable).
+    projection_lag: BTreeMap<&'static str, Option<u64>>,
+    /// Pending + unacknowledged jobs of the `delivery` consumer (`None`: unreadable).
+    delivery_queue_depth: Option<u64>,
 }
 
 const NOT_READY: &str = "The dashboard reads the Postgres views that the projector builds. \
@@ -34,8 +76,36 @@ Configure PostgreSQL ([postgres] url, SEALPOST_POSTGRES_URL or DATABASE_URL) and
 
 impl Dashboard {
     /// A dashboard over `pool`, with the backlog read through `js` when given.
+    /// Starts sampling the backlog when `js` is given (call from within the runtime).
     pub fn new(pool: Option<PgPool>, js: Option<async_nats::jetstream::Context>) -> Self {
-        Self { pool, js }
+        let d = Self {
+            pool,
+            js,
+            samples: Arc::new(Samples::default()),
+        };
+        if d.js.is_some() {
+            let sampler = d.clone_for_sampling();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SAMPLE_EVERY);
+                loop {
+                    tick.tick().await;
+                    sampler.sample().await;
+                }
+            });
+            if let Ok(mut t) = d.samples.task.lock() {
+                *t = Some(task);
+            }
+        }
+        d
+    }
+
+    /// A dashboard sharing the samples' buffer but not their ownership, for the sampling task
+    /// (so that dropping the last real dashboard stops it).
+    fn clone_for_sampling(&self) -> Sampler {
+        Sampler {
+            js: self.js.clone(),
+            kept: Arc::downgrade(&self.samples),
+        }
     }
 
     /// A dashboard over a lazily connecting pool for `url` (`None`: no database configured).
@@ -76,21 +146,80 @@ impl Dashboard {
 
     /// Unapplied events per projection; empty without JetStream, `None` for an unreadable one.
     async fn lag(&self) -> BTreeMap<&'static str, Option<u64>> {
-        let mut out = BTreeMap::new();
-        if let Some(js) = &self.js {
-            for &name in ProjectionName::ALL {
-                let lag = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    sealpost_projections::lag(js, name),
-                )
+        lag(self.js.as_ref()).await
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .kept
+            .lock()
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The sampling task's handle on the dashboard.
+struct Sampler {
+    js: Option<async_nats::jetstream::Context>,
+    kept: std::sync::Weak<Samples>,
+}
+
+impl Sampler {
+    async fn sample(&self) {
+        let projection_lag = lag(self.js.as_ref()).await;
+        let delivery_queue_depth = match &self.js {
+            Some(js) => tokio::time::timeout(Duration::from_secs(2), delivery_depth(js))
                 .await
                 .ok()
-                .and_then(Result::ok);
-                out.insert(name.as_str(), lag);
+                .flatten(),
+            None => None,
+        };
+        let Some(samples) = self.kept.upgrade() else {
+            return;
+        };
+        let sample = Sample {
+            at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            projection_lag,
+            delivery_queue_depth,
+        };
+        let kept = samples.kept.lock();
+        if let Ok(mut k) = kept {
+            k.push_back(sample);
+            while k.len() > SAMPLES_KEPT {
+                k.pop_front();
             }
         }
-        out
     }
+}
+
+async fn lag(js: Option<&async_nats::jetstream::Context>) -> BTreeMap<&'static str, Option<u64>> {
+    let mut out = BTreeMap::new();
+    if let Some(js) = js {
+        for &name in ProjectionName::ALL {
+            let lag =
+                tokio::time::timeout(Duration::from_secs(2), sealpost_projections::lag(js, name))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            out.insert(name.as_str(), lag);
+        }
+    }
+    out
+}
+
+/// Pending + unacknowledged jobs of the delivery consumer.
+async fn delivery_depth(js: &async_nats::jetstream::Context) -> Option<u64> {
+    use sealpost_eventstore::names::Durable;
+    let stream = js
+        .get_stream(Durable::Delivery.stream().as_str())
+        .await
+        .ok()?;
+    let mut c: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(Durable::Delivery.as_str()).await.ok()?;
+    let info = c.info().await.ok()?;
+    Some(info.num_pending + info.num_ack_pending as u64)
 }
 
 /// Why the dashboard cannot show the views; the text says what to configure.
@@ -157,7 +286,16 @@ async fn data(State(d): State<Dashboard>) -> Response {
             return unavailable(NotReady::Summary);
         }
     };
+    let series = match sealpost_projections::per_minute(pool, CHART_MINUTES).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: reading the per-minute series");
+            return unavailable(NotReady::Summary);
+        }
+    };
     if let Some(obj) = body.as_object_mut() {
+        obj.insert("per_minute".into(), serde_json::json!(series));
+        obj.insert("samples".into(), serde_json::json!(d.samples()));
         obj.insert("projection_lag".into(), serde_json::json!(d.lag().await));
         obj.insert(
             "generated_at".into(),
@@ -199,6 +337,12 @@ const PAGE: &str = r##"<!doctype html>
   .empty { color: var(--muted); }
   #error { display: none; color: var(--bad); background: #fef3f2; border: 1px solid #fecdca; border-radius: 6px; padding: 0.6rem 0.75rem; }
   .scroll { overflow-x: auto; }
+  .charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1rem; }
+  .chart h3 { margin: 0 0 0.25rem; font-size: 0.9rem; }
+  .chart svg { width: 100%; height: auto; display: block; }
+  .chart svg text { font-size: 10px; fill: var(--muted); }
+  .legend { display: flex; flex-wrap: wrap; gap: 0.75rem; font-size: 0.8rem; color: var(--muted); }
+  .legend i { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 4px; vertical-align: -1px; }
 </style>
 </head>
 <body>
@@ -214,6 +358,19 @@ const PAGE: &str = r##"<!doctype html>
     <p class="note">Success rate: delivered + displayed over settled messages (delivered, displayed, failed, fallback, expired; cancelled excluded).
       Queued and retry scheduled are the messages in those states in the view, not the JetStream consumer depth.
       Projection lag: events in the stream not yet applied.</p>
+  </section>
+  <section>
+    <h2>Trends</h2>
+    <div class="charts">
+      <div class="chart"><h3>Messages per minute (last hour)</h3><svg id="chart-events" role="img" aria-label="messages per minute"></svg><div class="legend" id="legend-chart-events"></div></div>
+      <div class="chart"><h3>Success rate per minute</h3><svg id="chart-success" role="img" aria-label="success rate per minute"></svg><div class="legend" id="legend-chart-success"></div></div>
+      <div class="chart"><h3>Latency accepted &rarr; delivered, per minute (ms)</h3><svg id="chart-latency" role="img" aria-label="latency per minute"></svg><div class="legend" id="legend-chart-latency"></div></div>
+      <div class="chart"><h3>Projection lag and delivery queue depth (sampled)</h3><svg id="chart-backlog" role="img" aria-label="backlog over the last hour"></svg><div class="legend" id="legend-chart-backlog"></div></div>
+    </div>
+    <p class="note">Per-minute series come from the metrics view (events by their own time; the current minute is still filling).
+      Success rate: delivered over delivered + failed + fallback + expired settled in the minute. Latency: upper bound of the
+      histogram bucket holding p50 / p99 of the receipts of the minute. Lag and queue depth are sampled by this gateway every
+      15 s since it started (the last hour is kept).</p>
   </section>
   <section>
     <h2>Latency (accepted &rarr; receipt)</h2>
@@ -277,7 +434,83 @@ function latencyText(p, v) {
   return p.count > 0 ? "> max bucket" : "—";
 }
 
+const SVGNS = "http://www.w3.org/2000/svg";
+const COLORS = ["#2563eb", "#067647", "#7c3aed", "#b42318", "#b54708", "#0e7490"];
+function svgEl(tag, attrs, text) {
+  const e = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function present(v) { return v !== null && v !== undefined; }
+function shortTime(iso) { return iso ? iso.slice(11, 16) : ""; }
+// A line chart of `series` ({name, values}) over the labels `xs`: one circle per present value
+// (data-testid "point-<id>-<name>", data-value the raw value), lines broken where values are
+// missing. `fmt` formats values for the axis and the tooltips.
+function chart(id, xs, series, fmt, fixedMax) {
+  const W = 640, H = 190, L = 56, R = 10, T = 10, B = 24;
+  const svg = document.getElementById(id);
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  svg.replaceChildren();
+  const vals = series.flatMap(s => s.values.filter(present));
+  const max = fixedMax !== undefined ? fixedMax : Math.max(1, ...vals);
+  const n = xs.length;
+  const x = i => L + (n <= 1 ? (W - L - R) / 2 : i * (W - L - R) / (n - 1));
+  const y = v => T + (H - T - B) * (1 - v / max);
+  for (const frac of [0, 0.5, 1]) {
+    const v = max * frac;
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#dde2e8" }));
+    svg.append(svgEl("text", { x: L - 6, y: y(v) + 3, "text-anchor": "end" }, fmt(v)));
+  }
+  if (n > 0) {
+    svg.append(svgEl("text", { x: x(0), y: H - 6, "text-anchor": "start" }, shortTime(xs[0])));
+    svg.append(svgEl("text", { x: x(n - 1), y: H - 6, "text-anchor": "end" }, shortTime(xs[n - 1])));
+  }
+  const legend = document.getElementById("legend-" + id);
+  legend.replaceChildren();
+  series.forEach((s, k) => {
+    const color = COLORS[k % COLORS.length];
+    let d = "", pen = false;
+    s.values.forEach((v, i) => {
+      if (!present(v)) { pen = false; return; }
+      d += (pen ? "L" : "M") + x(i).toFixed(1) + " " + y(v).toFixed(1) + " ";
+      pen = true;
+    });
+    if (d) svg.append(svgEl("path", { d: d, fill: "none", stroke: color, "stroke-width": "1.5" }));
+    s.values.forEach((v, i) => {
+      if (!present(v)) return;
+      const c = svgEl("circle", { cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: "2.2", fill: color,
+        "data-testid": "point-" + id + "-" + s.name, "data-value": String(v) });
+      c.append(svgEl("title", {}, s.name + " " + shortTime(xs[i]) + ": " + fmt(v)));
+      svg.append(c);
+    });
+    const item = el("span", { "data-testid": "legend-" + id + "-" + s.name });
+    const sw = el("i");
+    sw.style.background = color;
+    item.append(sw, s.name);
+    legend.append(item);
+  });
+}
+function renderCharts(s) {
+  const m = s.per_minute || { minutes: [] };
+  const xs = m.minutes || [];
+  const count = v => String(Math.round(v));
+  chart("chart-events", xs, ["accepted", "delivered", "displayed", "failed"].map(k => ({ name: k, values: m[k] || [] })), count);
+  chart("chart-success", xs, [{ name: "success_rate", values: m.success_rate || [] }], v => (v * 100).toFixed(0) + "%", 1);
+  chart("chart-latency", xs, [
+    { name: "p50", values: m.latency_p50_ms || [] },
+    { name: "p99", values: m.latency_p99_ms || [] },
+  ], count);
+  const samples = s.samples || [];
+  const names = [...new Set(samples.flatMap(x => Object.keys(x.projection_lag || {})))].sort();
+  chart("chart-backlog", samples.map(x => x.at), [
+    ...names.map(nm => ({ name: "lag_" + nm, values: samples.map(x => (x.projection_lag || {})[nm]) })),
+    { name: "delivery_queue_depth", values: samples.map(x => x.delivery_queue_depth) },
+  ], count);
+}
+
 function render(s) {
+  renderCharts(s);
   const st = s.by_status || {};
   const overview = document.getElementById("overview");
   overview.replaceChildren(
@@ -375,3 +608,63 @@ setInterval(refresh, REFRESH_MS);
 </body>
 </html>
 "##;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeSet;
+
+    const GRAFANA: &str = include_str!("../grafana/sealpost-dashboard.json");
+    const RULES: &str = include_str!("../prometheus/alerts.yml");
+
+    /// The Grafana dashboard names only metric families the processes export (under their
+    /// sample names: `_total`, `_bucket`...) and recording rules of `alerts.yml`.
+    #[test]
+    fn grafana_dashboard_uses_only_metrics_sealpost_exports() {
+        let families: BTreeSet<&str> = sealpost_telemetry::metrics()
+            .family_names()
+            .iter()
+            .copied()
+            .collect();
+        assert!(
+            families.contains("sealpost_carrier_auth_failures"),
+            "{families:?}"
+        );
+        let records: BTreeSet<&str> = RULES
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- record: "))
+            .collect();
+        let dash: serde_json::Value = serde_json::from_str(GRAFANA).unwrap();
+        let panels = dash["panels"].as_array().unwrap();
+        assert!(panels.len() >= 8);
+        let mut checked = BTreeSet::new();
+        for panel in panels {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{} has no query", panel["title"]);
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                for token in expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .filter(|t| t.contains("sealpost_"))
+                {
+                    if token.contains(':') {
+                        assert!(records.contains(token), "{token}: not a recording rule");
+                    } else {
+                        let family = ["_total", "_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| token.strip_suffix(s))
+                            .filter(|f| families.contains(*f))
+                            .unwrap_or(token);
+                        assert!(
+                            families.contains(family),
+                            "{token} (in {}) is not a metric Sealpost exports",
+                            panel["title"]
+                        );
+                    }
+                    checked.insert(token.to_owned());
+                }
+            }
+        }
+        assert!(checked.len() >= 10, "{checked:?}");
+    }
+}
