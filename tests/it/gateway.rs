@@ -30,6 +30,7 @@ pub fn tenant_config(id: &str) -> TenantConfig {
         burst: 1_000_000,
         daily_quota: None,
         keys: None,
+        trace_sample_ratio: None,
     }
 }
 

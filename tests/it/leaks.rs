@@ -1,7 +1,9 @@
 //! Never leaked: a full run of a real `sealpost serve` process (gateway and every delivery role)
 //! with faults, JSON logs at debug level for Sealpost's own crates, then a scan of everything it
-//! logged and of its `/metrics` for ciphertext, full phone numbers and secrets; and of the key
-//! directory's tables and stream for phone numbers and the directory's secrets.
+//! logged, of its `/metrics` and of the OTLP spans it exported for ciphertext, full phone numbers
+//! and secrets; and of the key directory's tables and stream for phone numbers and the
+//! directory's secrets. The spans are also checked for one trace per message across the roles,
+//! and for the per-tenant sampling ratio.
 
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -16,6 +18,9 @@ use crate::support::store_on;
 
 const TENANT: &str = "leak-co";
 const API_KEY: &str = "sk_live_LEAKCANARY_api_key_7f3a";
+/// A second tenant whose messages are never traced (`trace_sample_ratio = 0.0`).
+const QUIET: &str = "quiet-co";
+const QUIET_KEY: &str = "sk_live_quiet_LEAKCANARY_5e1d";
 const S3_SECRET: &str = "s3-secret-LEAKCANARY-91b2";
 const CIPHERTEXT: &[u8] = b"MLS-CIPHERTEXT-LEAKCANARY-0123456789abcdef";
 /// The tenant's key directory secrets (hex and a signed-note key: no room for a canary word,
@@ -60,6 +65,7 @@ async fn a_full_run_logs_and_exports_no_ciphertext_phone_number_or_secret() {
     let dir = tempfile::tempdir().unwrap();
     let db = sealpost_testkit::PgDatabase::create().await.unwrap();
     let (signer, _) = sealpost_tlog::LogSigner::generate("sealpost/keys/leak-co").unwrap();
+    let otlp = sealpost_testkit::otlp::OtlpReceiver::start().await.unwrap();
     let key_file = dir.path().join("rbm-service-account.json");
     std::fs::write(&key_file, sealpost_carrier_sim::TEST_SERVICE_ACCOUNT_JSON).unwrap();
     let config = dir.path().join("sealpost.toml");
@@ -91,6 +97,12 @@ api_key = "{sms}"
 [log]
 format = "json"
 filter = "info,sealpost=debug,sealpost_gateway=debug,sealpost_delivery=debug,sealpost_eventstore=debug,sealpost_carriers=debug,sealpost_blobstore=debug"
+otlp_traces_endpoint = "{otlp}"
+trace_sample_ratio = 1.0
+[[tenants]]
+id = "{QUIET}"
+api_key_sha256 = ["{quiet_hash}"]
+trace_sample_ratio = 0.0
 [[tenants]]
 id = "{TENANT}"
 api_key_sha256 = ["{hash}"]
@@ -108,6 +120,8 @@ label_key = "{label_key}"
             client_token = sim_cfg.client_token.expose(),
             sms = sim_cfg.sms_api_key.expose(),
             hash = sealpost_gateway::hash_api_key(API_KEY),
+            quiet_hash = sealpost_gateway::hash_api_key(QUIET_KEY),
+            otlp = otlp.endpoint(),
             vrf_seed = hex::encode(VRF_SEED),
             checkpoint_key = signer.secret(),
             label_key = hex::encode(LABEL_KEY),
@@ -203,6 +217,39 @@ label_key = "{label_key}"
             .unwrap();
         ids.push(v["message_id"].as_str().expect("accepted").to_owned());
     }
+    // The quiet tenant sends too: delivered like any other, never traced.
+    let quiet_blob: Value = http
+        .post(format!("{base}/v1/blobs"))
+        .bearer_auth(QUIET_KEY)
+        .body(CIPHERTEXT.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut quiet_ids = vec![];
+    for i in 0..3 {
+        let v: Value = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(QUIET_KEY)
+            .json(&json!({
+                "idempotency_key": format!("quiet-{i}"),
+                "recipient": format!("+4477009{:05}", 41_337 + i),
+                "encrypted_payload_reference": quiet_blob["reference"],
+                "payload_sha256": quiet_blob["sha256"],
+                "encryption_metadata": {"mls_version": "1", "cipher": "XChaCha20-Poly1305", "key_id": "k1"},
+                "metadata": {"tenant_id": QUIET, "message_type": "transactional"},
+                "ttl_seconds": 3600
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        quiet_ids.push(v["message_id"].as_str().expect("accepted").to_owned());
+    }
     let mut refused: Vec<String> = vec![];
     // Refused sends must not echo what they were given either. Each is a complete send, so
     // it gets past JSON parsing to the recipient check, and the answer says so.
@@ -259,6 +306,16 @@ label_key = "{label_key}"
                 open += 1;
             }
         }
+        for id in &quiet_ids {
+            let m = store
+                .load(&format!("{QUIET}.{id}"))
+                .await
+                .unwrap()
+                .aggregate;
+            if !m.status.is_settled() {
+                open += 1;
+            }
+        }
         if open == 0 {
             break;
         }
@@ -296,8 +353,39 @@ label_key = "{label_key}"
     )
     .await
     .unwrap();
+    // The spans are exported in batches (every 5 s): wait for every message's accept and
+    // delivery spans, and receipts for the displayed ones.
+    let displayed: Vec<String> = {
+        let mut out = vec![];
+        for id in &ids {
+            let m = store
+                .load(&format!("{TENANT}.{id}"))
+                .await
+                .unwrap()
+                .aggregate;
+            if m.status == sealpost_domain::Status::Displayed {
+                out.push(id.clone());
+            }
+        }
+        out
+    };
+    assert!(!displayed.is_empty(), "no message was displayed");
+    let spans = sealpost_testkit::eventually(Duration::from_secs(30), "the OTLP spans", || async {
+        let spans = otlp.spans();
+        let has = |id: &str, name: &str| {
+            spans
+                .iter()
+                .any(|s| s.name == name && s.attribute("message_id") == Some(id))
+        };
+        (ids.iter().all(|id| has(id, "accept") && has(id, "deliver"))
+            && displayed.iter().all(|id| has(id, "receipt")))
+        .then_some(spans)
+    })
+    .await
+    .unwrap();
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+    traces_are_one_per_message(&spans, &ids, &displayed, &quiet_ids);
     let logs = std::fs::read_to_string(&log_path).unwrap();
     // Everything the key directory stored: its Postgres tables, and every key event and epoch
     // entry on SEALPOST_KEYS (subjects, headers and bodies).
@@ -424,6 +512,15 @@ label_key = "{label_key}"
     for id in &ids {
         canaries.push(("device link token".into(), links.token(TENANT, id).unwrap()));
     }
+    // Every exported span: names and attributes, and the raw OTLP bodies as sent.
+    let mut exported = String::new();
+    for s in &spans {
+        exported.push_str(&format!("{} {:?}\n", s.name, s.attributes));
+    }
+    for body in otlp.raw_bodies() {
+        exported.push_str(&String::from_utf8_lossy(&body));
+        exported.push('\n');
+    }
     for (what, needle) in &canaries {
         if what.starts_with("phone") || what.ends_with(" key") && what != "API key" {
             assert!(
@@ -433,17 +530,88 @@ label_key = "{label_key}"
         }
         assert!(!logs.contains(needle.as_str()), "the log leaks the {what}");
         assert!(
+            !exported.contains(needle.as_str()),
+            "an exported span leaks the {what}"
+        );
+        assert!(
             !metrics.contains(needle.as_str()),
             "/metrics leaks the {what}"
         );
     }
     eprintln!(
-        "scanned {} log lines, {} bytes of /metrics and {} bytes of the key directory's tables and stream for {} canaries: none found",
+        "scanned {} log lines, {} bytes of /metrics, {} exported spans ({} bytes) and {} bytes of the key directory's tables and stream for {} canaries: none found",
         lines.len(),
         metrics.len(),
+        spans.len(),
+        exported.len(),
         stored.len(),
         canaries.len()
     );
+}
+
+/// Issue 12, OTLP traces: one message's spans, from the gateway through delivery to receipts,
+/// share one trace id, the one derived from tenant and message id; they carry the message and
+/// correlation ids; the quiet tenant (ratio 0.0) has no span at all.
+fn traces_are_one_per_message(
+    spans: &[sealpost_testkit::otlp::ReceivedSpan],
+    ids: &[String],
+    displayed: &[String],
+    quiet_ids: &[String],
+) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    for id in ids {
+        let (trace, root) = sealpost_telemetry::traces::message_trace(TENANT, id);
+        let mine: Vec<_> = spans
+            .iter()
+            .filter(|s| s.attribute("message_id") == Some(id.as_str()))
+            .collect();
+        for s in &mine {
+            assert_eq!(
+                s.trace_id,
+                hex(&trace),
+                "{} of {id} in another trace",
+                s.name
+            );
+            assert_eq!(s.parent_span_id, hex(&root), "{} of {id}", s.name);
+            assert_eq!(s.service_name.as_deref(), Some("sealpost"));
+            assert_eq!(s.attribute("tenant"), Some(TENANT));
+        }
+        let accept = mine.iter().find(|s| s.name == "accept").unwrap();
+        let i: usize = id_index(ids, id);
+        assert_eq!(
+            accept.attribute("correlation_id"),
+            Some(format!("corr-{i}").as_str()),
+            "the correlation id is an attribute"
+        );
+        let deliver = mine.iter().find(|s| s.name == "deliver").unwrap();
+        assert!(deliver.attribute("outcome").is_some(), "{deliver:?}");
+    }
+    for id in displayed {
+        let names: std::collections::BTreeSet<&str> = spans
+            .iter()
+            .filter(|s| s.attribute("message_id") == Some(id.as_str()))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            ["accept", "deliver", "receipt"]
+                .iter()
+                .all(|n| names.contains(n)),
+            "{id}: {names:?}"
+        );
+    }
+    assert!(
+        !spans.iter().any(|s| s.attribute("tenant") == Some(QUIET)
+            || quiet_ids
+                .iter()
+                .any(|q| s.attribute("message_id") == Some(q.as_str()))),
+        "the quiet tenant (trace_sample_ratio 0.0) was traced"
+    );
+    // Spans that belong to no message are not exported.
+    assert!(spans.iter().all(|s| s.attribute("message_id").is_some()));
+}
+
+fn id_index(ids: &[String], id: &str) -> usize {
+    ids.iter().position(|x| x == id).unwrap()
 }
 
 /// Starts `sealpost serve --roles <roles>` with `config`, logging to `log_path`, and waits until

@@ -22,7 +22,15 @@ pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
     spawn_consumer(js, Durable::Expiry, 64, move |job| {
         let d = d.clone();
-        async move { d.expire(job).await }
+        async move {
+            match TimerSubject::parse_due(&job.subject) {
+                Ok(t) => {
+                    let span = crate::message_span("expire", &t.tenant, &t.message_id);
+                    tracing::Instrument::instrument(d.expire(job), span).await
+                }
+                Err(_) => d.expire(job).await,
+            }
+        }
     })
 }
 

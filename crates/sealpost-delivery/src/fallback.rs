@@ -22,7 +22,15 @@ pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     let js = d.inner.js.clone();
     spawn_consumer(js, Durable::Fallback, 64, move |job| {
         let d = d.clone();
-        async move { d.fallback(job).await }
+        async move {
+            match EventSubject::parse(&job.subject) {
+                Ok(s) => {
+                    let span = crate::message_span("fallback", &s.tenant, &s.message_id);
+                    tracing::Instrument::instrument(d.fallback(job), span).await
+                }
+                Err(_) => d.fallback(job).await,
+            }
+        }
     })
 }
 

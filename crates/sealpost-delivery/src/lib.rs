@@ -245,6 +245,28 @@ fn until(a: time::OffsetDateTime, b: time::OffsetDateTime) -> Duration {
     Duration::try_from(a - b).unwrap_or(Duration::ZERO)
 }
 
+/// The span of one role's work on one message, in the message's trace when OTLP traces are on
+/// (`sealpost_telemetry::traces`). Its OTel name is `role`; fields the handler fills later
+/// (`correlation_id`, `attempt`, `outcome`) start empty.
+pub(crate) fn message_span(
+    role: &'static str,
+    tenant: &TenantId,
+    message_id: &MessageId,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "message",
+        otel.name = role,
+        role,
+        tenant = tenant.as_str(),
+        message_id = message_id.as_str(),
+        correlation_id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    sealpost_telemetry::traces::bind(&span, tenant.as_str(), message_id.as_str());
+    span
+}
+
 /// Pauses `slot`'s carrier after it refused our credentials and counts the refusal; the job is
 /// put back until the pause ends. Nothing is recorded on the message.
 pub(crate) fn carrier_auth_failed(slot: &CarrierSlot, code: &str, pause: Duration) -> jobs::JobEnd {

@@ -127,20 +127,35 @@ impl Delivery {
         // the submission and sends DELIVERED at once). It waits for the ack here a few times,
         // holding the turn, so that the READ behind it does not get in first; only then is it
         // NAKed to come back later.
-        let mut waits = IN_TURN_WAITS.iter();
-        let executed = loop {
-            let r = self
-                .inner
-                .executor
-                .execute(&agg, cmd.clone(), &Default::default())
-                .await;
-            match (&r, waits.next()) {
-                (Err(ExecuteError::Rejected(MessageError::NotYetAcked)), Some(w)) => {
-                    tokio::time::sleep(*w).await;
+        let span = crate::message_span("receipt", &tenant, &message_id);
+        let executed = tracing::Instrument::instrument(
+            async {
+                let mut waits = IN_TURN_WAITS.iter();
+                loop {
+                    let r = self
+                        .inner
+                        .executor
+                        .execute(&agg, cmd.clone(), &Default::default())
+                        .await;
+                    match (&r, waits.next()) {
+                        (Err(ExecuteError::Rejected(MessageError::NotYetAcked)), Some(w)) => {
+                            tokio::time::sleep(*w).await;
+                        }
+                        _ => break r,
+                    }
                 }
-                _ => break r,
-            }
-        };
+            },
+            span.clone(),
+        )
+        .await;
+        span.record(
+            "outcome",
+            match &executed {
+                Ok(done) if done.events.is_empty() => "duplicate",
+                Ok(_) => "recorded",
+                Err(_) => "not_recorded",
+            },
+        );
         match executed {
             Ok(done) => {
                 crate::report(&done.aggregate, &done.events);

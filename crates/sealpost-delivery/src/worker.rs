@@ -28,12 +28,16 @@ pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     spawn_consumer(js, Durable::Delivery, concurrency, move |job| {
         let d = d.clone();
         async move {
-            let span = tracing::info_span!(
-                "deliver",
-                message_id = tracing::field::Empty,
-                correlation_id = tracing::field::Empty,
-                attempt = tracing::field::Empty
-            );
+            let span = match EventSubject::parse(&job.subject) {
+                Ok(s) => crate::message_span("deliver", &s.tenant, &s.message_id),
+                Err(_) => tracing::info_span!(
+                    "deliver",
+                    message_id = tracing::field::Empty,
+                    correlation_id = tracing::field::Empty,
+                    attempt = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                ),
+            };
             d.deliver(job).instrument(span).await
         }
     })
@@ -143,6 +147,7 @@ impl Delivery {
             }
             _ => pass.credentials_accepted(),
         }
+        span.record("outcome", outcome_label(&outcome).as_str());
         tracing::debug!(outcome = outcome_label(&outcome), "carrier answered");
         let cmd = MessageCommand::RecordCarrierResult {
             attempt,

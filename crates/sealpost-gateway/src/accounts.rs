@@ -144,6 +144,7 @@ mod tests {
             burst: 1,
             daily_quota: None,
             keys: None,
+            trace_sample_ratio: None,
         }
     }
 

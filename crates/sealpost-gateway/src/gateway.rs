@@ -259,19 +259,31 @@ impl Gateway {
             fallback: valid.fallback,
             at: now,
         }));
-        let done = self
-            .inner
-            .executor
-            .execute_presuming_new(&id, command, &metadata)
-            .await
-            .map_err(|e| match e {
-                ExecuteError::Rejected(MessageError::IdempotencyConflict) => ApiError::new(
-                    ErrorCode::IdempotencyConflict,
-                    MessageError::IdempotencyConflict.to_string(),
-                ),
-                ExecuteError::Rejected(e) => ApiError::invalid(e.to_string()),
-                other => store_error(other),
-            })?;
+        let span = tracing::info_span!(
+            "message",
+            otel.name = "accept",
+            role = "gateway",
+            tenant = tenant.as_str(),
+            message_id = message_id.as_str(),
+            correlation_id = metadata.get("correlation_id").map(String::as_str),
+            outcome = tracing::field::Empty,
+        );
+        sealpost_telemetry::traces::bind(&span, tenant.as_str(), message_id.as_str());
+        let done = tracing::Instrument::instrument(
+            self.inner
+                .executor
+                .execute_presuming_new(&id, command, &metadata),
+            span.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            ExecuteError::Rejected(MessageError::IdempotencyConflict) => ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                MessageError::IdempotencyConflict.to_string(),
+            ),
+            ExecuteError::Rejected(e) => ApiError::invalid(e.to_string()),
+            other => store_error(other),
+        })?;
         let accepted_at = done
             .aggregate
             .accepted
@@ -283,6 +295,13 @@ impl Gateway {
         } else {
             SendStatus::Accepted
         };
+        span.record(
+            "outcome",
+            match status {
+                SendStatus::Duplicate => "duplicate",
+                SendStatus::Accepted => "accepted",
+            },
+        );
         tracing::debug!(
             tenant = tenant.as_str(),
             message_id = message_id.as_str(),

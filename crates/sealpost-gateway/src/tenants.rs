@@ -36,6 +36,11 @@ pub struct TenantConfig {
     /// The tenant's key directory (`[tenants.keys]`); none = no directory.
     #[serde(default)]
     pub keys: Option<TenantKeysConfig>,
+    /// Share of this tenant's messages traced when OTLP traces are on (`[log]
+    /// otlp_traces_endpoint`); none = `[log] trace_sample_ratio`. Lower it for high-volume
+    /// tenants.
+    #[serde(default)]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 /// `[tenants.keys]`: the tenant's key directory. Its secrets belong in a config file readable
@@ -312,6 +317,7 @@ mod tests {
             burst: 2,
             daily_quota: Some(3),
             keys: None,
+            trace_sample_ratio: None,
         }
     }
 

@@ -18,6 +18,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod traces;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -302,20 +304,47 @@ pub fn spawn_queue_depth_poller(
 
 /// Logs to stderr as text or JSON lines, filtered by a tracing filter string.
 pub fn init_logging(json: bool, filter: &str) {
+    let _ = init_logging_and_traces(json, filter, None);
+}
+
+/// [`init_logging`], plus OTLP traces when `traces` is given (see [`traces`]). The traces see
+/// Sealpost's own spans at `info` whatever the log filter says. Returns the exporter's guard:
+/// keep it for the life of the process (dropping it flushes). Call within the tokio runtime.
+pub fn init_logging_and_traces(
+    json: bool,
+    filter: &str,
+    traces: Option<&traces::TracesConfig>,
+) -> Result<Option<traces::Traces>, String> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
-            .json()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter).boxed()
     };
+    let (otel, guard) = match traces {
+        None => (None, None),
+        Some(cfg) => {
+            let (layer, guard) = traces::layer(cfg)?;
+            let spans = tracing_subscriber::EnvFilter::new(
+                "off,sealpost=info,sealpost_gateway=info,sealpost_delivery=info",
+            );
+            (Some(layer.with_filter(spans)), Some(guard))
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(guard)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! `.tools/bin/moto_server`, installed by `scripts/lib.sh`'s `ensure_moto`) for Object Lock
 //! tests; an in-process embedded S3 over a temp folder ([`embedded_s3`]); a private Postgres
 //! database per test cloned from a migrated template ([`PgDatabase`]); and [`eventually`], for
-//! polling eventual state with a deadline.
+//! polling eventual state with a deadline; an OTLP/HTTP trace receiver ([`otlp::OtlpReceiver`]).
 //!
 //! **Must not:** share servers, streams, buckets or databases between tests, talk to the system
 //! NATS on port 4222 (Debian's 2.9 ignores atomic batches), or sleep a fixed time to wait for a
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+pub mod otlp;
 mod postgres;
 pub use postgres::{postgres_admin_url, PgDatabase};
 

@@ -238,7 +238,15 @@ pub enum BenchCommand {
 /// Loads the config, starts logging and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
-    sealpost_telemetry::init_logging(cfg.log.format == LogFormat::Json, &cfg.log.filter);
+    let json = cfg.log.format == LogFormat::Json;
+    // Only the long-running processes export traces.
+    let traces = match &cli.command {
+        Command::Serve { .. } => cfg.traces(),
+        _ => None,
+    };
+    let _traces =
+        sealpost_telemetry::init_logging_and_traces(json, &cfg.log.filter, traces.as_ref())
+            .map_err(|e| anyhow::anyhow!("[log] otlp_traces_endpoint: {e}"))?;
     match cli.command {
         Command::Serve { roles } => serve(cfg, &RoleArg::resolve(&roles)).await,
         Command::Provision { dir } => provision_streams(&cfg, dir).await,

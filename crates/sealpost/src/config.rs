@@ -312,6 +312,31 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// OTLP/HTTP traces URL (e.g. `http://127.0.0.1:4318/v1/traces`); empty: no traces.
+    pub otlp_traces_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of messages traced for tenants without `trace_sample_ratio` (0.0 to 1.0).
+    pub trace_sample_ratio: f64,
+}
+
+impl Config {
+    /// The traces settings, when `[log] otlp_traces_endpoint` is set.
+    pub fn traces(&self) -> Option<sealpost_telemetry::traces::TracesConfig> {
+        if self.log.otlp_traces_endpoint.is_empty() {
+            return None;
+        }
+        Some(sealpost_telemetry::traces::TracesConfig {
+            endpoint: self.log.otlp_traces_endpoint.clone(),
+            service_name: self.log.service_name.clone(),
+            sample_ratio: self.log.trace_sample_ratio,
+            tenant_ratios: self
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.id.clone(), t.trace_sample_ratio?)))
+                .collect(),
+        })
+    }
 }
 
 impl Config {
@@ -433,6 +458,31 @@ impl Config {
         }
         if let Err(e) = sealpost_gateway::Tenants::new(&self.tenants) {
             return Err(invalid("tenants", e.to_string()));
+        }
+        let l = &self.log;
+        if !(0.0..=1.0).contains(&l.trace_sample_ratio) {
+            return Err(invalid(
+                "log.trace_sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if !(l.otlp_traces_endpoint.is_empty()
+            || l.otlp_traces_endpoint.starts_with("http://")
+            || l.otlp_traces_endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "log.otlp_traces_endpoint",
+                "must be an OTLP/HTTP URL such as http://127.0.0.1:4318/v1/traces",
+            ));
+        }
+        if let Some(t) = self.tenants.iter().find(|t| {
+            t.trace_sample_ratio
+                .is_some_and(|r| !(0.0..=1.0).contains(&r))
+        }) {
+            return Err(invalid(
+                "tenants.trace_sample_ratio",
+                format!("tenant '{}': must be between 0.0 and 1.0", t.id),
+            ));
         }
         let d = &self.delivery;
         if d.concurrency == 0 {

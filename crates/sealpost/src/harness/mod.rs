@@ -321,6 +321,7 @@ pub(crate) fn unlimited_tenant(tenant: &TenantId, api_key: &str) -> sealpost_gat
         burst: u32::MAX,
         daily_quota: None,
         keys: None,
+        trace_sample_ratio: None,
     }
 }
 
