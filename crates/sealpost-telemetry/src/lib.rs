@@ -1,11 +1,14 @@
 //! # sealpost-telemetry
 //!
 //! What operators see of a Sealpost process: the Prometheus metrics every role updates, the
-//! poller that turns JetStream consumer state into queue-depth gauges, and log setup (text or
-//! JSON lines).
+//! poller that turns JetStream consumer state into queue-depth gauges, log setup (text or JSON
+//! lines) and OTLP traces.
 //!
 //! **Owns:** metric names, label sets and help texts ([`Metrics`]), their text exposition
-//! ([`encode`]), the queue-depth poller ([`spawn_queue_depth_poller`]) and [`init_logging`].
+//! ([`encode`]), the queue-depth poller ([`spawn_queue_depth_poller`]), [`init_logging`] and
+//! [`init_logging_and_traces`], and [`traces`]: the OTLP exporter, the message's trace ids and
+//! per-tenant sampling. Span attributes follow the same rule as labels below (message ids are
+//! allowed there: a span is per message anyway).
 //!
 //! **Must not:** take a label value that can carry a secret or personal data. Labels are tenant
 //! ids, carriers, message types, outcomes and error codes: never a phone number, message id,
