@@ -156,7 +156,7 @@ impl Delivery {
                         self.inner.cfg.carrier_auth_pause,
                     );
                 }
-                pass.credentials_accepted();
+                pass.answered(&outcome);
                 match outcome {
                     CarrierOutcome::Acked { .. } => {
                         tracing::info!(%message_id, "fallback notice sent");

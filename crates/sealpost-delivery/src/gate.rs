@@ -69,6 +69,19 @@ impl Pass<'_> {
         self.gate.probe_only.store(false, Ordering::SeqCst);
     }
 
+    /// Ends the pass with the carrier's answer. Only an answer the carrier gives past its
+    /// authentication (accepted, refused for the message, throttled) ends a probe; a timeout or
+    /// a 5xx says nothing about our credentials, so the next job probes again.
+    pub fn answered(self, outcome: &sealpost_domain::CarrierOutcome) {
+        use sealpost_domain::CarrierOutcome as O;
+        if matches!(
+            outcome,
+            O::Acked { .. } | O::Permanent { .. } | O::NotRcsCapable | O::Throttled { .. }
+        ) {
+            self.credentials_accepted();
+        }
+    }
+
     /// Whether this job is the one probing a carrier that refused our credentials.
     pub fn is_probe(&self) -> bool {
         self.probe
@@ -273,6 +286,28 @@ mod tests {
         let a = g.enter(Duration::ZERO).await.unwrap();
         let b = g.enter(Duration::ZERO).await.unwrap();
         assert!(!a.is_probe() && !b.is_probe());
+    }
+
+    #[tokio::test]
+    async fn given_a_probe_when_it_times_out_then_the_next_job_probes_again() {
+        use sealpost_domain::CarrierOutcome;
+        let g = CarrierGate::new("rbm", GateConfig::default());
+        g.pause(Duration::ZERO, PauseReason::AuthFailed);
+        let probe = g.enter(Duration::from_secs(1)).await.unwrap();
+        assert!(probe.is_probe());
+        probe.answered(&CarrierOutcome::Transient {
+            code: "timeout".into(),
+            retry_after: None,
+        });
+        let next = g.enter(Duration::from_secs(1)).await.unwrap();
+        assert!(
+            next.is_probe(),
+            "a timeout proved nothing about the credentials"
+        );
+        next.answered(&CarrierOutcome::Acked {
+            carrier_message_id: "m".into(),
+        });
+        assert!(!g.enter(Duration::ZERO).await.unwrap().is_probe());
     }
 
     #[tokio::test]

@@ -143,9 +143,9 @@ impl Delivery {
                     retry_after.unwrap_or(Duration::from_secs(1)),
                     crate::PauseReason::Throttled,
                 );
-                pass.credentials_accepted();
+                pass.answered(&outcome);
             }
-            _ => pass.credentials_accepted(),
+            _ => pass.answered(&outcome),
         }
         span.record("outcome", outcome_label(&outcome).as_str());
         tracing::debug!(outcome = outcome_label(&outcome), "carrier answered");
