@@ -617,6 +617,42 @@ mod tests {
     const GRAFANA: &str = include_str!("../grafana/sealpost-dashboard.json");
     const RULES: &str = include_str!("../prometheus/alerts.yml");
 
+    /// Every alert rule links its runbook (`runbook_url: "docs/runbooks/<alert>.md"`), and the
+    /// page exists with its three sections.
+    #[test]
+    fn alert_rules_each_have_a_runbook() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut alerts = Vec::new();
+        let mut current: Option<&str> = None;
+        let mut linked: Vec<(String, String)> = Vec::new();
+        for line in RULES.lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix("- alert: ") {
+                alerts.push(name);
+                current = Some(name);
+            } else if line.starts_with("- record: ") {
+                current = None;
+            } else if let (Some(name), Some(url)) = (current, line.strip_prefix("runbook_url: ")) {
+                linked.push((name.to_owned(), url.trim_matches('"').to_owned()));
+            }
+        }
+        assert!(alerts.len() >= 6, "{alerts:?}");
+        for alert in alerts {
+            let url = linked
+                .iter()
+                .find(|(n, _)| n == alert)
+                .map(|(_, u)| u.as_str())
+                .unwrap_or_else(|| panic!("{alert} has no runbook_url annotation"));
+            assert_eq!(url, format!("docs/runbooks/{alert}.md"));
+            let page = std::fs::read_to_string(root.join(url))
+                .unwrap_or_else(|e| panic!("{alert}: its runbook {url} cannot be read: {e}"));
+            assert!(page.starts_with(&format!("# {alert}\n")), "{url}: title");
+            for section in ["## What it means", "## What to check", "## How to mitigate"] {
+                assert!(page.contains(section), "{url} lacks '{section}'");
+            }
+        }
+    }
+
     /// The Grafana dashboard names only metric families the processes export (under their
     /// sample names: `_total`, `_bucket`...) and recording rules of `alerts.yml`.
     #[test]
