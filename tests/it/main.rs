@@ -3,6 +3,7 @@
 mod audit;
 mod blobstore;
 mod carriers;
+mod cluster;
 mod dashboard;
 mod delivery;
 mod eventstore;

@@ -2,7 +2,7 @@
 //!
 //! What integration tests need to run against real servers, isolated per test.
 //!
-//! **Owns:** spawning a private `nats-server` (≥ 2.12, from `SEALPOST_NATS_SERVER` or the
+//! **Owns:** spawning a private `nats-server`, or a 3-node cluster of them ([`NatsCluster`]), (≥ 2.12, from `SEALPOST_NATS_SERVER` or the
 //! project-local `.tools/nats/bin/nats-server` that `scripts/test` installs) on a free loopback
 //! port with a temporary store, killing it on drop; `kill -9` and restart on the same port and
 //! store for crash tests; a private moto S3 server ([`MotoServer`], from `SEALPOST_MOTO_SERVER` or
@@ -188,6 +188,124 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A private 3-node JetStream cluster on loopback for one test: nats-server routes between the
+/// nodes, a store per node, and `kill -9` or restart of any node. Killed on drop.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes (`n0`, `n1`, `n2`) routed to each other and waits until JetStream
+    /// answers on every one (it does only once the cluster has a meta leader).
+    pub async fn start() -> anyhow::Result<Self> {
+        let cluster_ports = [free_port()?, free_port()?, free_port()?];
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args = |i: usize| {
+            vec![
+                "--name".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "sealpost-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                "--routes".to_owned(),
+                routes.clone(),
+            ]
+        };
+        let mut nodes = Vec::with_capacity(3);
+        for i in 0..3 {
+            nodes.push(NatsServer {
+                child: None,
+                port: free_port()?,
+                store: tempfile::tempdir().context("creating a temp JetStream store")?,
+                extra_args: args(i),
+                seed: None,
+            });
+        }
+        // Started together: a node's JetStream answers only once a quorum has formed.
+        let [a, b, c] = &mut nodes[..] else {
+            bail!("three nodes");
+        };
+        let (ra, rb, rc) = tokio::join!(a.spawn(), b.spawn(), c.spawn());
+        ra?;
+        rb?;
+        rc?;
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's client URL, comma-separated (async-nats and Sealpost's `[nats] url` take
+    /// the list and fail over between them).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let servers = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()?;
+        async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(servers)
+            .await
+            .with_context(|| format!("connecting to {}", self.url()))
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on its port and store (after [`NatsCluster::kill`]) and waits until
+    /// it answers.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].kill();
+        self.nodes[i].spawn().await
+    }
+
+    /// The index of the node that leads `stream` now (from the stream's cluster info).
+    pub async fn leader_of(
+        &self,
+        client: &async_nats::Client,
+        stream: &str,
+    ) -> anyhow::Result<usize> {
+        let js = async_nats::jetstream::new(client.clone());
+        let mut s = js.get_stream(stream).await.context("stream info")?;
+        let info = s.info().await.context("stream info")?;
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .context("the stream has no leader")?;
+        leader
+            .strip_prefix('n')
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unexpected leader name {leader}"))
     }
 }
 

@@ -262,11 +262,15 @@ pub async fn connect_with(
     } else {
         options.nkey(cfg.nats.nkey_seed.expose().to_owned())
     };
+    let servers = cfg
+        .nats
+        .servers()
+        .map_err(|e| anyhow::anyhow!("[nats] url: {e}"))?;
     options
         .name("sealpost")
         .request_timeout(Some(cfg.nats.request_timeout))
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(&cfg.nats.url)
+        .connect(servers)
         .await
         .with_context(|| {
             format!(

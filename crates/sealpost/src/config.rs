@@ -127,6 +127,30 @@ pub struct NatsConfig {
     pub nkey_seed: Secret,
 }
 
+impl NatsConfig {
+    /// The servers of `url`: one URL, or several separated by commas (the nodes of a cluster;
+    /// the client fails over between them). Each must be `nats://`, `tls://`, `ws://` or
+    /// `wss://` with a host and port.
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        let mut out = Vec::new();
+        for url in self.url.split(',').map(str::trim) {
+            if !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return Err(format!(
+                    "each server must start with nats://, tls://, ws:// or wss:// (got '{url}'); separate a cluster's nodes with commas"
+                ));
+            }
+            out.push(
+                url.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("'{url}' is not a server URL: {e}"))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -392,17 +416,8 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.nats;
-        if !["nats://", "tls://", "ws://", "wss://"]
-            .iter()
-            .any(|p| n.url.starts_with(p))
-        {
-            return Err(invalid(
-                "nats.url",
-                format!(
-                    "must start with nats://, tls://, ws:// or wss:// (got '{}')",
-                    n.url
-                ),
-            ));
+        if let Err(e) = n.servers() {
+            return Err(invalid("nats.url", e));
         }
         if !(1..=5).contains(&n.replicas) {
             return Err(invalid(

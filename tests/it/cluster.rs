@@ -1,0 +1,136 @@
+//! Sealpost on a 3-node JetStream cluster (issue 14, item 1, first part): the test kit's
+//! `NatsCluster` on loopback, `provision` with `replicas = 3`, and ingress idempotency while the
+//! events stream's leader node is `kill -9`ed and restarted.
+
+// Test fixtures: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use sealpost::{App, Role};
+use sealpost_domain::TenantId;
+use sealpost_eventstore::provision::embedded_definitions;
+use sealpost_testkit::NatsCluster;
+use serde_json::Value;
+
+use crate::gateway::{bytes, send_body, tenant_config, ACME};
+use crate::support::{app_config, store_on};
+
+/// `sealpost provision` with `replicas = 3` creates every stream with three replicas, all
+/// current, and is idempotent on the cluster.
+#[tokio::test]
+async fn provision_with_three_replicas_runs_on_a_three_node_cluster() {
+    let cluster = NatsCluster::start().await.expect("a 3-node cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = app_config(&cluster.url(), dir.path(), vec![tenant_config(ACME)]);
+    cfg.nats.replicas = 3;
+    let defs = embedded_definitions();
+    sealpost::app::provision(&cfg, &defs).await.unwrap();
+    sealpost::app::provision(&cfg, &defs).await.unwrap();
+    let client = cluster.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    assert!(!defs.streams.is_empty());
+    for (file, json) in &defs.streams {
+        let v: Value = serde_json::from_str(json).unwrap();
+        let name = v["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file} names its stream"));
+        let mut stream = js.get_stream(name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.num_replicas, 3, "{name}");
+        let cl = info.cluster.as_ref().unwrap();
+        assert!(cl.leader.is_some(), "{name} has a leader");
+        assert_eq!(cl.replicas.len(), 2, "{name}: two followers");
+    }
+}
+
+/// Ingress idempotency on the cluster: 300 sends over NATS, each resent until it is answered,
+/// while the node leading `SEALPOST_EVENTS` is killed (`kill -9`) after the 100th and restarted
+/// after the 200th. Every idempotency key ends with exactly one `accepted` event, every answer
+/// names the same message id for its key, and the stream keeps three replicas.
+#[tokio::test]
+async fn ingress_is_idempotent_while_the_events_leader_is_killed() {
+    let mut cluster = NatsCluster::start().await.expect("a 3-node cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = app_config(&cluster.url(), dir.path(), vec![tenant_config(ACME)]);
+    cfg.nats.replicas = 3;
+    cfg.nats.request_timeout = Duration::from_secs(3);
+    sealpost::app::provision(&cfg, &embedded_definitions())
+        .await
+        .unwrap();
+    let gateway = App::start(cfg.clone(), &[Role::Gateway], std::future::pending())
+        .await
+        .expect("the gateway starts on the cluster");
+    let blob = gateway
+        .blob_store()
+        .unwrap()
+        .put_stream(
+            &TenantId::new(ACME).unwrap(),
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                b"sealed bytes",
+            ))]),
+            1024,
+        )
+        .await
+        .unwrap();
+    let client = cluster.connect().await.unwrap();
+    let events = sealpost_eventstore::names::Stream::Events.as_str();
+
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    let (mut resends, mut killed) = (0u32, None);
+    let started = Instant::now();
+    for i in 0..300 {
+        if i == 100 {
+            let leader = cluster.leader_of(&client, events).await.unwrap();
+            cluster.kill(leader);
+            killed = Some(leader);
+        }
+        if i == 200 {
+            cluster.restart(killed.unwrap()).await.unwrap();
+        }
+        let key = format!("cluster-{i}");
+        let body = bytes(&send_body(ACME, &key, &blob));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let id = loop {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.request(format!("sealpost.cmd.{ACME}.send"), body.clone().into()),
+            )
+            .await;
+            if let Ok(Ok(reply)) = answer {
+                let v: Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+                if matches!(v["status"].as_str(), Some("accepted" | "duplicate")) {
+                    break v["message_id"].as_str().unwrap().to_owned();
+                }
+            }
+            assert!(Instant::now() < deadline, "{key} was never answered");
+            resends += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if let Some(before) = ids.insert(key.clone(), id.clone()) {
+            assert_eq!(before, id);
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let store = store_on(&client);
+    let mut distinct = BTreeSet::new();
+    for (key, id) in &ids {
+        let raw = store.load_raw(&format!("{ACME}.{id}")).await.unwrap();
+        let accepted = raw.iter().filter(|r| r.event_type() == "accepted").count();
+        assert_eq!(accepted, 1, "{key}: {accepted} accepted events");
+        distinct.insert(id.clone());
+    }
+    assert_eq!(distinct.len(), 300);
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(events).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    eprintln!(
+        "cluster: 300 sends in {elapsed:.1?}, node n{} (the events leader) killed after 100 and \
+         restarted after 200, {resends} resends, {} events in the stream",
+        killed.unwrap(),
+        info.state.messages
+    );
+}
