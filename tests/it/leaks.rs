@@ -142,16 +142,7 @@ label_key = "{label_key}"
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let blob: Value = http
-        .post(format!("{base}/v1/blobs"))
-        .bearer_auth(API_KEY)
-        .body(CIPHERTEXT.to_vec())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let blob = upload(&http, &base, API_KEY).await;
 
     let phones: Vec<String> = (0..40)
         .map(|i| format!("+4477009{:05}", 31_337 + i))
@@ -218,16 +209,7 @@ label_key = "{label_key}"
         ids.push(v["message_id"].as_str().expect("accepted").to_owned());
     }
     // The quiet tenant sends too: delivered like any other, never traced.
-    let quiet_blob: Value = http
-        .post(format!("{base}/v1/blobs"))
-        .bearer_auth(QUIET_KEY)
-        .body(CIPHERTEXT.to_vec())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let quiet_blob = upload(&http, &base, QUIET_KEY).await;
     let mut quiet_ids = vec![];
     for i in 0..3 {
         let v: Value = http
@@ -608,6 +590,19 @@ fn traces_are_one_per_message(
     );
     // Spans that belong to no message are not exported.
     assert!(spans.iter().all(|s| s.attribute("message_id").is_some()));
+}
+
+/// Uploads the ciphertext canary as the tenant of `api_key`; the upload's answer.
+async fn upload(http: &reqwest::Client, base: &str, api_key: &str) -> Value {
+    http.post(format!("{base}/v1/blobs"))
+        .bearer_auth(api_key)
+        .body(CIPHERTEXT.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn id_index(ids: &[String], id: &str) -> usize {
