@@ -278,19 +278,13 @@ label_key = "{label_key}"
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut open = 0;
-        for id in &ids {
+        let all = ids
+            .iter()
+            .map(|id| (TENANT, id))
+            .chain(quiet_ids.iter().map(|id| (QUIET, id)));
+        for (tenant, id) in all {
             let m = store
-                .load(&format!("{TENANT}.{id}"))
-                .await
-                .unwrap()
-                .aggregate;
-            if !m.status.is_settled() {
-                open += 1;
-            }
-        }
-        for id in &quiet_ids {
-            let m = store
-                .load(&format!("{QUIET}.{id}"))
+                .load(&format!("{tenant}.{id}"))
                 .await
                 .unwrap()
                 .aggregate;

@@ -86,6 +86,24 @@ pub(crate) fn base_url(raw: &str, what: &str) -> Result<String, CarrierError> {
     Ok(base.to_owned())
 }
 
+/// The body of `resp` (as far as it came, if it broke off), or none when it is larger than `max`
+/// bytes: an answer's code is all the adapters read from it.
+pub(crate) async fn read_limited(resp: reqwest::Response, max: usize) -> Option<Vec<u8>> {
+    let mut resp = resp;
+    let mut buf = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > max {
+                    return None;
+                }
+            }
+            Ok(None) | Err(_) => return Some(buf),
+        }
+    }
+}
+
 /// Maps a reqwest error (no answer at all) to a code that carries no URL.
 pub(crate) fn transport_code(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {

@@ -40,7 +40,7 @@ use rustls::pki_types::PrivatePkcs8KeyDer;
 use sealpost_domain::Secret;
 use serde::{Deserialize, Serialize};
 
-use crate::http::transport_code;
+use crate::http::{read_limited, transport_code};
 use crate::CarrierError;
 
 /// The OAuth scope of the RBM API.
@@ -402,7 +402,7 @@ impl TokenSource {
             .await
             .map_err(|e| format!("token_{}", transport_code(&e)))?;
         let status = resp.status().as_u16();
-        let body = read_limited(resp).await;
+        let body = read_limited(resp, MAX_TOKEN_BODY).await;
         if !(200..300).contains(&status) {
             let error = body
                 .as_deref()
@@ -447,18 +447,6 @@ impl TokenSource {
             generation,
         }))
     }
-}
-
-async fn read_limited(resp: reqwest::Response) -> Option<Vec<u8>> {
-    let mut resp = resp;
-    let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        buf.extend_from_slice(&chunk);
-        if buf.len() > MAX_TOKEN_BODY {
-            return None;
-        }
-    }
-    Some(buf)
 }
 
 /// An OAuth error code as RFC 6749 §5.2 defines them (`invalid_grant`...), safe to log.

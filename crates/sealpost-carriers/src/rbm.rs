@@ -19,7 +19,7 @@ use sealpost_domain::{CarrierOutcome, Secret};
 use time::format_description::well_known::Rfc3339;
 use time::UtcOffset;
 
-use crate::http::{base_url, path_segment, transport_code};
+use crate::http::{base_url, path_segment, read_limited, transport_code};
 use crate::oauth::{AccessToken, ServiceAccountKey, TokenSource, GOOGLE_TOKEN_URI, RBM_SCOPE};
 use crate::wire::{AgentMessage, ContentInfo, ContentMessage, ErrorBody, SealpostPayload};
 use crate::{
@@ -222,15 +222,8 @@ impl RbmCarrier {
 
 /// The status word of an RBM error body, if the body is one.
 async fn error_status(resp: reqwest::Response) -> Option<String> {
-    let mut resp = resp;
-    let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        buf.extend_from_slice(&chunk);
-        if buf.len() > MAX_ERROR_BODY {
-            return None;
-        }
-    }
-    serde_json::from_slice::<ErrorBody>(&buf)
+    let body = read_limited(resp, MAX_ERROR_BODY).await?;
+    serde_json::from_slice::<ErrorBody>(&body)
         .ok()
         .map(|b| b.error.status)
 }

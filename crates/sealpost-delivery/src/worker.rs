@@ -28,17 +28,15 @@ pub(crate) fn spawn(d: Delivery) -> tokio::task::JoinHandle<()> {
     spawn_consumer(js, Durable::Delivery, concurrency, move |job| {
         let d = d.clone();
         async move {
-            let span = match EventSubject::parse(&job.subject) {
-                Ok(s) => crate::message_span("deliver", &s.tenant, &s.message_id),
-                Err(_) => tracing::info_span!(
-                    "deliver",
-                    message_id = tracing::field::Empty,
-                    correlation_id = tracing::field::Empty,
-                    attempt = tracing::field::Empty,
-                    outcome = tracing::field::Empty,
-                ),
+            let subject = match EventSubject::parse(&job.subject) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery job on an unexpected subject; dropping it");
+                    return JobEnd::Term;
+                }
             };
-            d.deliver(job).instrument(span).await
+            let span = crate::message_span("deliver", &subject.tenant, &subject.message_id);
+            d.deliver(job, subject).instrument(span).await
         }
     })
 }
@@ -51,20 +49,14 @@ pub const CARRIER_TTL_GRACE: Duration = Duration::from_secs(30);
 const STORE_RETRY: Duration = Duration::from_millis(200);
 
 impl Delivery {
-    pub(crate) async fn deliver(&self, job: Job) -> JobEnd {
+    /// Runs one job, within its message's span (`message_span`, which carries the ids).
+    pub(crate) async fn deliver(&self, job: Job, subject: EventSubject) -> JobEnd {
         let EventSubject {
             tenant,
             message_id,
             event_type: kind,
-        } = match EventSubject::parse(&job.subject) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "delivery job on an unexpected subject; dropping it");
-                return JobEnd::Term;
-            }
-        };
+        } = subject;
         let span = tracing::Span::current();
-        span.record("message_id", message_id.as_str());
         if let Some(c) = job.header(sealpost_eventstore::store::HDR_CORRELATION_ID) {
             span.record("correlation_id", c);
         }
@@ -147,8 +139,9 @@ impl Delivery {
             }
             _ => pass.answered(&outcome),
         }
-        span.record("outcome", outcome_label(&outcome).as_str());
-        tracing::debug!(outcome = outcome_label(&outcome), "carrier answered");
+        let label = outcome_label(&outcome);
+        span.record("outcome", label.as_str());
+        tracing::debug!(outcome = %label, "carrier answered");
         let cmd = MessageCommand::RecordCarrierResult {
             attempt,
             carrier: slot.carrier.name().to_owned(),
