@@ -134,3 +134,85 @@ async fn ingress_is_idempotent_while_the_events_leader_is_killed() {
         info.state.messages
     );
 }
+
+/// Any replica of a 3-replica stream answers a direct get, and a follower can lag the leader.
+/// A command refused (or found to change nothing) on such a read is decided again once the
+/// leader's last sequence for the aggregate is read. 400 messages are accepted and acked through
+/// a connection to the events leader; right after, through a connection to a follower, even ones
+/// are read plainly (counting how often the follower lags) and odd ones get their `delivered`
+/// receipt recorded. No receipt is refused as `not_yet_acked`.
+#[tokio::test]
+async fn no_command_is_refused_on_a_lagging_follower() {
+    use sealpost_domain::{MessageCommand, ReceiptKind, RetryPolicy, Status};
+    use sealpost_eventstore::provision::{provision, StreamOverrides};
+    use sealpost_eventstore::CommandExecutor;
+
+    use crate::support::{accept_cmd, meta, now, result};
+
+    let cluster = NatsCluster::start().await.expect("a 3-node cluster");
+    let admin = cluster.connect().await.unwrap();
+    provision(
+        &async_nats::jetstream::new(admin.clone()),
+        &embedded_definitions(),
+        &StreamOverrides {
+            replicas: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let events = sealpost_eventstore::names::Stream::Events.as_str();
+    let leader = cluster.leader_of(&admin, events).await.unwrap();
+    let follower = (leader + 1) % cluster.len();
+    let writer = cluster.node(leader).connect().await.unwrap();
+    let reader = cluster.node(follower).connect().await.unwrap();
+    let write = CommandExecutor::new(store_on(&writer), RetryPolicy::default());
+    let read = CommandExecutor::new(store_on(&reader), RetryPolicy::default());
+    let plain = store_on(&reader);
+
+    let (mut lagging_reads, mut receipts) = (0u32, 0u32);
+    for i in 0..400 {
+        let (id, accept) = accept_cmd(&format!("lag-{i}"));
+        write.execute(&id, accept, &meta("lag")).await.unwrap();
+        write
+            .execute(
+                &id,
+                result(
+                    1,
+                    sealpost_domain::CarrierOutcome::Acked {
+                        carrier_message_id: format!("c-{i}"),
+                    },
+                ),
+                &meta("lag"),
+            )
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            let seen = plain.load(&id).await.unwrap();
+            if seen.aggregate.status != Status::CarrierAcked {
+                lagging_reads += 1;
+            }
+            continue;
+        }
+        let done = read
+            .execute(
+                &id,
+                MessageCommand::RecordReceipt {
+                    receipt_id: format!("r-{i}"),
+                    kind: ReceiptKind::Delivered,
+                    at: now(),
+                },
+                &meta("lag"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("message {i}: the receipt was refused: {e}"));
+        assert_eq!(done.events.len(), 1, "message {i}");
+        assert_eq!(done.aggregate.status, Status::Delivered, "message {i}");
+        receipts += 1;
+    }
+    assert_eq!(receipts, 200);
+    eprintln!(
+        "cluster: the follower n{follower} lagged the leader n{leader} on {lagging_reads} of 200 \
+         plain reads right after a write; 200 of 200 receipts recorded through it"
+    );
+}

@@ -18,11 +18,10 @@ use sealpost_domain::{Message, Status, TenantId};
 use sealpost_eventstore::names::{receipt_subject, Durable, Stream, TimerSubject};
 use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
 use sealpost_eventstore::RawEvent;
-use sealpost_testkit::NatsServer;
 use serde_json::{json, Value};
 
 use crate::gateway::{tenant_config, ACME};
-use crate::support::{app_config, store_on};
+use crate::support::{app_config, store_on, Nats};
 
 /// The expiry timer of an ACME message.
 fn timer(id: &str) -> TimerSubject {
@@ -34,7 +33,11 @@ fn timer(id: &str) -> TimerSubject {
 
 /// Provisions every stream and consumer, with `ack_wait` shortened so that work a killed
 /// process held is redelivered quickly.
-async fn provision_with_ack_wait(client: &async_nats::Client, ack_wait: Duration) {
+async fn provision_with_ack_wait(
+    client: &async_nats::Client,
+    ack_wait: Duration,
+    replicas: Option<usize>,
+) {
     let mut defs = embedded_definitions();
     for (_, _, json) in &mut defs.consumers {
         let mut v: Value = serde_json::from_str(json).unwrap();
@@ -44,7 +47,10 @@ async fn provision_with_ack_wait(client: &async_nats::Client, ack_wait: Duration
     provision(
         &async_nats::jetstream::new(client.clone()),
         &defs,
-        &StreamOverrides::default(),
+        &StreamOverrides {
+            replicas,
+            ..Default::default()
+        },
     )
     .await
     .expect("provision");
@@ -54,7 +60,7 @@ async fn provision_with_ack_wait(client: &async_nats::Client, ack_wait: Duration
 /// process-like `Running`, the delivery roles in another, against a private nats-server and the
 /// carrier simulator.
 struct Deployment {
-    server: NatsServer,
+    server: Nats,
     client: async_nats::Client,
     /// The delivery roles' config (the gateway's, with the gateway's embedded S3 as endpoint).
     cfg: sealpost::Config,
@@ -81,6 +87,8 @@ struct Options {
     /// Authenticate to RBM with the simulator's service account (OAuth tokens of this lifetime)
     /// instead of a static bearer token.
     oauth_token_ttl: Option<Duration>,
+    /// Run on the test kit's 3-node cluster, every stream with 3 replicas.
+    cluster: bool,
 }
 
 impl Default for Options {
@@ -98,15 +106,16 @@ impl Default for Options {
             roles: &Role::DELIVERY,
             carrier_ttl_grace: sealpost::Config::defaults().delivery.carrier_ttl_grace,
             oauth_token_ttl: None,
+            cluster: false,
         }
     }
 }
 
 impl Deployment {
     async fn start(o: Options) -> Deployment {
-        let server = NatsServer::start().await.expect("nats-server starts");
-        let client = server.connect().await.expect("connect");
-        provision_with_ack_wait(&client, Duration::from_secs(3)).await;
+        let server = Nats::start(o.cluster).await;
+        let client = server.connect().await;
+        provision_with_ack_wait(&client, Duration::from_secs(3), server.replicas()).await;
         let dir = tempfile::tempdir().unwrap();
         let mut sim_cfg = o.sim.clone();
         if let Some(ttl) = o.oauth_token_ttl {
@@ -791,7 +800,21 @@ async fn a_receipt_that_arrives_before_the_carrier_ack_is_retried_not_dropped() 
 
 #[tokio::test]
 async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_once_each() {
+    kill_the_worker_repeatedly(false, 2000).await;
+}
+
+/// The same on the 3-node cluster, every stream with 3 replicas.
+#[tokio::test]
+async fn on_the_cluster_killing_the_worker_repeatedly_delivers_1000_messages_once_each() {
+    kill_the_worker_repeatedly(true, 1000).await;
+}
+
+/// `n` messages streamed in while the delivery process is `kill -9`ed whenever the carrier has
+/// accepted 20 more since the last kill (up to 10 times): each message is accepted by the
+/// carrier exactly once, first time, and ends displayed with one event of each kind.
+async fn kill_the_worker_repeatedly(cluster: bool, n: usize) {
     let p = Deployment::start(Options {
+        cluster,
         start_delivery: false,
         sim: SimConfig {
             latency: Duration::from_millis(30),
@@ -812,9 +835,8 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     let mut workers = p.delivery_process(dir.path());
     workers.spawn();
 
-    const N: usize = 2000;
     let client = p.client.clone();
-    let bodies: Vec<Vec<u8>> = (0..N)
+    let bodies: Vec<Vec<u8>> = (0..n)
         .map(|i| p.body(&format!("crash-{i}"), &format!("+1555{:07}", i), 3600))
         .collect();
     let sends = tokio::spawn(async move {
@@ -844,11 +866,11 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
         let busy =
             sealpost_testkit::eventually(Duration::from_secs(30), "a busy worker", || async {
                 let accepted = p.sim.stats().accepted;
-                (accepted >= last + 20 || accepted as usize >= N).then_some(accepted)
+                (accepted >= last + 20 || accepted as usize >= n).then_some(accepted)
             })
             .await
             .unwrap();
-        if busy as usize >= N {
+        if busy as usize >= n {
             break;
         }
         last = busy;
@@ -858,7 +880,7 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     }
     assert!(kills >= 3, "only {kills} kills landed before the run ended");
     let ids = sends.await.unwrap();
-    assert_eq!(ids.len(), N);
+    assert_eq!(ids.len(), n);
 
     p.wait_all_displayed(&ids, Duration::from_secs(240)).await;
     workers.kill9().await;
@@ -893,10 +915,10 @@ async fn killing_the_worker_repeatedly_mid_submission_delivers_2000_messages_onc
     }
     eprintln!(
         "{} worker processes, {kills} kills; carrier: {} accepted, {resubmissions} \
-         resubmissions of {resubmitted} messages answered 409",
+         resubmissions of {resubmitted} messages answered 409 (cluster: {cluster})",
         workers.spawned, stats.accepted
     );
-    assert_eq!(stats.accepted, N as u64);
+    assert_eq!(stats.accepted, n as u64);
     assert_eq!(resubmissions as u64, stats.duplicates_409);
     assert!(
         resubmitted > 0,
@@ -968,6 +990,7 @@ async fn killing_the_nats_server_mid_flight_loses_no_message_and_submits_none_tw
         );
         last = accepted;
         p.server
+            .single()
             .restart()
             .await
             .expect("the server restarts on its store");

@@ -781,3 +781,55 @@ async fn a_send_presumed_new_writes_once_and_a_resend_is_told_apart_on_a_fresh_l
     ));
     assert_eq!(env.store().load_raw(&id).await.expect("load").len(), 1);
 }
+
+/// The reads a replicated stream needs for a decision: the aggregate's last sequence from the
+/// leader, a load bounded below by a sequence (`min_last_seq`), and a conflict that names the
+/// sequence to reload from.
+#[tokio::test]
+async fn reads_can_demand_a_sequence_and_conflicts_name_the_one_to_reload_from() {
+    let env = Env::start().await;
+    let store = store_on(&env.client);
+    let ex = env.executor();
+    let (id, cmd) = accept_cmd("bounded");
+    assert_eq!(store.leader_last_seq(&id).await.expect("none yet"), 0);
+    let first = ex.execute(&id, cmd, &meta("b")).await.expect("accept");
+    let stale = store.load(&id).await.expect("load");
+    let second = ex.execute(&id, ack(1), &meta("b")).await.expect("ack");
+    assert_eq!(
+        store.leader_last_seq(&id).await.expect("last"),
+        second.last_stream_seq
+    );
+    assert!(second.last_stream_seq > first.last_stream_seq);
+
+    // Bounded by what the stream holds: answered.
+    let loaded = store
+        .load_at_least(&id, second.last_stream_seq)
+        .await
+        .expect("bounded load");
+    assert_eq!(loaded.version, 2);
+    // Bounded beyond it (as if every replica that answers lagged): repeated until the store's
+    // timeout, then unavailable, instead of answering from too little.
+    let short = sealpost_eventstore::JetStreamEventStore::<sealpost_domain::Message>::new(
+        env.client.clone(),
+        sealpost_eventstore::StoreConfig {
+            timeout: Duration::from_millis(600),
+            ..Default::default()
+        },
+    );
+    let asked = std::time::Instant::now();
+    let err = short
+        .load_at_least(&id, second.last_stream_seq + 1)
+        .await
+        .expect_err("beyond the aggregate");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+    assert!(err.to_string().contains("lag behind sequence"), "{err}");
+    assert!(asked.elapsed() >= Duration::from_millis(600));
+
+    // An append from the stale state conflicts, and the conflict names the leader's sequence.
+    let err = store
+        .append(&stale, &[held("late")], &meta("b"))
+        .await
+        .expect_err("stale append");
+    assert_eq!(err.kind(), StoreErrorKind::Conflict);
+    assert_eq!(err.last_seq(), Some(second.last_stream_seq));
+}

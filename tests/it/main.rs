@@ -6,6 +6,7 @@ mod carriers;
 mod cluster;
 mod dashboard;
 mod delivery;
+mod dr;
 mod eventstore;
 mod gateway;
 mod keys;

@@ -102,7 +102,7 @@ fn lifecycle(i: usize) -> Vec<MessageCommand> {
 }
 
 /// Runs message `i`'s lifecycle; returns its aggregate id and the event types written.
-async fn run_lifecycle(
+pub(crate) async fn run_lifecycle(
     ex: &CommandExecutor<sealpost_domain::Message>,
     prefix: &str,
     i: usize,
@@ -118,7 +118,7 @@ async fn run_lifecycle(
     (id, types)
 }
 
-async fn stream_last_seq(client: &async_nats::Client) -> u64 {
+pub(crate) async fn stream_last_seq(client: &async_nats::Client) -> u64 {
     let js = async_nats::jetstream::new(client.clone());
     let mut s = js.get_stream("SEALPOST_EVENTS").await.unwrap();
     s.info().await.unwrap().state.last_sequence
@@ -148,7 +148,7 @@ async fn caught_up(pool: &PgPool, client: &async_nats::Client, within: Duration)
     .unwrap();
 }
 
-async fn db() -> (PgDatabase, PgPool) {
+pub(crate) async fn db() -> (PgDatabase, PgPool) {
     let db = PgDatabase::create().await.expect("a test database");
     let pool = sealpost_projections::connect(&db.url, 4).await.unwrap();
     (db, pool)
@@ -437,18 +437,46 @@ async fn a_rebuild_equals_the_live_view_after_a_run_with_faults() {
 
 #[tokio::test]
 async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
-    let env = Env::start().await;
+    kill_the_projector_repeatedly(false).await;
+}
+
+/// The same on the 3-node cluster, the events stream with 3 replicas: the projector's consumer
+/// and its gap fills may be served by any node.
+#[tokio::test]
+async fn on_the_cluster_kill_9_of_the_projector_loses_and_double_counts_nothing() {
+    kill_the_projector_repeatedly(true).await;
+}
+
+/// Thousands of events written by 80 concurrent lifecycles while the projector process is
+/// `kill -9`ed each time every checkpoint has moved: every event counted exactly once and every
+/// message row equal to its aggregate.
+async fn kill_the_projector_repeatedly(cluster: bool) {
+    let nats = Nats::start(cluster).await;
+    let client = nats.connect().await;
+    sealpost_eventstore::provision::provision(
+        &async_nats::jetstream::new(client.clone()),
+        &sealpost_eventstore::provision::embedded_definitions(),
+        &sealpost_eventstore::provision::StreamOverrides {
+            replicas: nats.replicas(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("provision");
     let (db, pool) = db().await;
     // The migrations run at projector start; make sure the tables exist for the polling below.
     sealpost_projections::migrate(&pool).await.unwrap();
-    let mut proc = crate::support::ServeProcess::without_config("projector", env.server.url())
+    let mut proc = crate::support::ServeProcess::without_config("projector", nats.url())
         .env("DATABASE_URL", &db.url)
         .env("SEALPOST_POSTGRES_URL", "")
         .env("SEALPOST_POSTGRES_BATCH_SIZE", "150")
         .env("SEALPOST_POSTGRES_BATCH_WAIT_MS", "5")
         .env("SEALPOST_GATEWAY_HTTP_LISTEN", "127.0.0.1:0");
     proc.spawn();
-    let ex = std::sync::Arc::new(env.executor());
+    let ex = std::sync::Arc::new(CommandExecutor::new(
+        store_on(&client),
+        sealpost_domain::RetryPolicy::default(),
+    ));
     // Writers in the background: thousands of events.
     let writer = {
         let ex = ex.clone();
@@ -480,7 +508,7 @@ async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
         })
         .await;
         let Ok(cps) = moved else { break };
-        let end = stream_last_seq(&env.client).await as i64;
+        let end = stream_last_seq(&client).await as i64;
         if cps.values().all(|v| *v == end) && writer.is_finished() {
             break;
         }
@@ -490,7 +518,7 @@ async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
         proc.spawn();
     }
     let written = writer.await.unwrap();
-    caught_up(&pool, &env.client, Duration::from_secs(90)).await;
+    caught_up(&pool, &client, Duration::from_secs(90)).await;
     proc.kill9().await;
     assert!(
         kills >= 5,
@@ -506,15 +534,15 @@ async fn kill_9_of_the_projector_process_loses_and_double_counts_nothing() {
         }
     }
     assert!(total > 2000, "thousands of events: {total}");
-    eprintln!("projector killed {kills} times during {total} events");
-    assert_eq!(total as u64, stream_last_seq(&env.client).await);
+    eprintln!("projector killed {kills} times during {total} events (cluster: {cluster})");
+    assert_eq!(total as u64, stream_last_seq(&client).await);
     assert_eq!(
         metric_counts(&pool).await,
         expected,
         "each event counted exactly once"
     );
     // Every message row equals its aggregate.
-    let store = env.store();
+    let store = store_on(&client);
     for (agg, types) in &written {
         let loaded = store.load(agg).await.unwrap();
         let (t, m) = agg.split_once('.').unwrap();

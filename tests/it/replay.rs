@@ -31,10 +31,10 @@ use crate::support::{accept, meta, now, result, sealpost_binary, Env};
 const TENANTS: [&str; 3] = ["acme-corp", "beta-co", "gamma"];
 
 /// What a `sealpost` run left: its exit code, stdout and stderr.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
@@ -47,7 +47,7 @@ impl Out {
 }
 
 /// Runs `sealpost <args>` against `nats_url` (and `database_url`, if any), no config file.
-async fn sealpost(nats_url: &str, database_url: Option<&str>, args: &[&str]) -> Out {
+pub(crate) async fn sealpost(nats_url: &str, database_url: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = tokio::process::Command::new(sealpost_binary());
     cmd.args(args)
         .env_remove("SEALPOST_CONFIG")

@@ -9,7 +9,7 @@ use sealpost_domain::{
 };
 use sealpost_eventstore::provision::{embedded_definitions, provision, StreamOverrides};
 use sealpost_eventstore::{CommandExecutor, JetStreamEventStore, StoreConfig};
-use sealpost_testkit::NatsServer;
+use sealpost_testkit::{NatsCluster, NatsServer};
 use time::OffsetDateTime;
 
 pub struct Env {
@@ -43,6 +43,51 @@ impl Env {
     /// Reconnects after a server restart.
     pub async fn reconnect(&mut self) {
         self.client = self.server.connect().await.expect("reconnect");
+    }
+}
+
+/// The JetStream a test runs on: one server, or the test kit's 3-node cluster on loopback with
+/// every stream provisioned at 3 replicas.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    pub async fn start(cluster: bool) -> Nats {
+        if cluster {
+            Nats::Cluster(NatsCluster::start().await.expect("a 3-node cluster"))
+        } else {
+            Nats::Single(NatsServer::start().await.expect("nats-server starts"))
+        }
+    }
+
+    /// The URL Sealpost is configured with (every node, comma-separated, on the cluster).
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Single(s) => s.url(),
+            Nats::Cluster(c) => c.url(),
+        }
+    }
+
+    pub async fn connect(&self) -> async_nats::Client {
+        match self {
+            Nats::Single(s) => s.connect().await.expect("connect"),
+            Nats::Cluster(c) => c.connect().await.expect("connect"),
+        }
+    }
+
+    /// The replica count to provision streams with.
+    pub fn replicas(&self) -> Option<usize> {
+        matches!(self, Nats::Cluster(_)).then_some(3)
+    }
+
+    /// The single server, for a test that restarts it.
+    pub fn single(&mut self) -> &mut NatsServer {
+        match self {
+            Nats::Single(s) => s,
+            Nats::Cluster(_) => panic!("this test restarts a single server, not a cluster"),
+        }
     }
 }
 

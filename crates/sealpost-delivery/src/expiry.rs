@@ -91,7 +91,8 @@ impl Delivery {
             job.delivered,
             Duration::from_secs(30),
         );
-        let state = match self.load(&tenant, &message_id).await {
+        // The timer is not an event of the message: its state is read as the leader has it.
+        let state = match self.load(&tenant, &message_id, None).await {
             Ok(l) => l.aggregate,
             Err(e) => {
                 tracing::warn!(%message_id, error = %e, "cannot load an expiring message; retrying");

@@ -64,7 +64,7 @@ impl Delivery {
             job.delivered,
             Duration::from_secs(300),
         );
-        let state = match self.load(&tenant, &message_id).await {
+        let state = match self.load(&tenant, &message_id, Some(job.stream_seq)).await {
             Ok(l) => l.aggregate,
             Err(e) => {
                 tracing::warn!(%message_id, error = %e, "cannot load the message for its fallback; retrying");

@@ -215,13 +215,23 @@ impl Delivery {
     }
 
     /// Loads a message and primes the executor's cache with it.
+    ///
+    /// `at_least` is a stream sequence the state must include, such as the job's own event; with
+    /// `None` the leader is asked for the message's last sequence first. Either way a lagging
+    /// follower of a replicated stream cannot hand a job an older state than the job itself.
     async fn load(
         &self,
         tenant: &TenantId,
         message: &MessageId,
+        at_least: Option<u64>,
     ) -> Result<Loaded<Message>, StoreError> {
         let id = sealpost_domain::aggregate_id(tenant, message);
-        let loaded = self.inner.executor.store().load(&id).await?;
+        let store = self.inner.executor.store();
+        let at_least = match at_least {
+            Some(seq) => seq,
+            None => store.leader_last_seq(&id).await?,
+        };
+        let loaded = store.load_at_least(&id, at_least).await?;
         self.inner.executor.prime(
             &id,
             loaded.aggregate.clone(),

@@ -183,7 +183,15 @@ impl Delivery {
             return Ok(Some(t));
         }
         let filter = EventSubject::of_message_any_tenant(message_id, EventType::Accepted);
-        let found = self.inner.executor.store().direct_get_all(&filter).await?;
+        let store = self.inner.executor.store();
+        let mut found = store.direct_get_all(&filter).await?;
+        if found.is_empty() {
+            // Not on the replica that answered; a lagging follower must not make it unknown.
+            let last = store.leader_last_seq_matching(&filter).await?;
+            if last > 0 {
+                found = store.direct_get_all_at_least(&filter, last).await?;
+            }
+        }
         let tenant = found
             .first()
             .and_then(|r| EventSubject::parse(&r.subject).ok())

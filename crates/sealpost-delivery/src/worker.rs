@@ -217,7 +217,10 @@ impl Delivery {
             self.inner.executor.prime(agg, m.clone(), 1, job.stream_seq);
             return Ok(m);
         }
-        Ok(self.load(tenant, message_id).await?.aggregate)
+        Ok(self
+            .load(tenant, message_id, Some(job.stream_seq))
+            .await?
+            .aggregate)
     }
 
     async fn opaque_content(

@@ -24,6 +24,9 @@ pub struct StoreError {
     kind: StoreErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// For a conflict: the stream sequence of the aggregate's last event as the stream leader
+    /// reported it, when it did. A reload must see at least that far.
+    last_seq: Option<u64>,
 }
 
 impl StoreError {
@@ -32,6 +35,7 @@ impl StoreError {
             kind,
             message: message.into(),
             source: None,
+            last_seq: None,
         }
     }
 
@@ -44,11 +48,23 @@ impl StoreError {
             kind,
             message: message.into(),
             source: Some(Box::new(source)),
+            last_seq: None,
         }
+    }
+
+    /// Records the aggregate's last stream sequence the leader reported with a conflict.
+    pub fn with_last_seq(mut self, last_seq: Option<u64>) -> Self {
+        self.last_seq = last_seq;
+        self
     }
 
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
+    }
+
+    /// For a conflict: how far a reload must read (see [`StoreError::with_last_seq`]).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
     }
 }
 

@@ -36,8 +36,13 @@ pub struct Executed<A: Aggregate> {
 /// the next command on the same aggregate decides on it without a load. The cache is only
 /// trusted when it is proven right: an append from cached state carries the cached expected
 /// sequence, so a stale entry conflicts and is reloaded; a rejection or a no-op decided on cached
-/// state is decided again on a fresh load before anyone is told. A `kill -9` loses nothing but
-/// warm entries.
+/// state is checked against the aggregate's last sequence at the stream leader before anyone is
+/// told, and decided again when the leader holds more. A `kill -9` loses nothing but warm
+/// entries.
+///
+/// The same check covers a load itself: any replica of a replicated stream answers a direct get,
+/// and a follower can lag. A decision to append needs no check (a stale append conflicts, and the
+/// conflict names the sequence to reload from); a refusal or a no-op does.
 #[derive(Debug)]
 pub struct CommandExecutor<A: Aggregate> {
     store: JetStreamEventStore<A>,
@@ -156,8 +161,13 @@ where
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
         let mut conflicts = 0;
         let mut from_cache = true;
+        // Once known, the stream sequence the next load must reach: the aggregate's last event
+        // as the leader reported it. A state loaded that far is proven; any other (cached,
+        // presumed new, or read from a replica that may lag) is only trusted to append, since a
+        // stale append conflicts.
+        let mut at_least: Option<u64> = None;
         while conflicts < self.max_attempts {
-            let cached = match (from_cache, presume_new) {
+            let unproven = match (from_cache, presume_new) {
                 (false, _) => None,
                 (true, false) => self.cached(aggregate_id),
                 (true, true) => Some(Loaded {
@@ -167,10 +177,11 @@ where
                     last_stream_seq: 0,
                 }),
             };
-            let used_cache = cached.is_some();
-            let mut loaded = match cached {
-                Some(c) => c,
-                None => self.store.load(aggregate_id).await?,
+            let from_memory = unproven.is_some();
+            let (mut loaded, proven) = match (unproven, at_least) {
+                (Some(state), _) => (state, false),
+                (None, Some(seq)) => (self.store.load_at_least(aggregate_id, seq).await?, true),
+                (None, None) => (self.store.load(aggregate_id).await?, false),
             };
             let sink = EventSink::<A>::default();
             let decided = loaded
@@ -178,18 +189,21 @@ where
                 .handle(command.clone(), &self.services, &sink)
                 .await;
             let events = sink.collect().await;
-            match decided {
-                // Refused or nothing to do on possibly stale state: decide again on a fresh load.
-                Err(_) if used_cache => {
+            let refused_or_idle = decided.is_err() || events.is_empty();
+            if refused_or_idle && !proven {
+                // Nobody is told "no" or "nothing to do" on state that may be behind: ask the
+                // leader how far the aggregate goes. Unchanged, the decision stands; otherwise
+                // decide again on a load that far.
+                let last = self.store.leader_last_seq(aggregate_id).await?;
+                if last > loaded.last_stream_seq {
+                    self.forget(aggregate_id);
                     from_cache = false;
+                    at_least = Some(last);
                     continue;
                 }
-                Ok(()) if used_cache && events.is_empty() => {
-                    from_cache = false;
-                    continue;
-                }
-                Err(e) => return Err(ExecuteError::Rejected(e)),
-                Ok(()) => {}
+            }
+            if let Err(e) = decided {
+                return Err(ExecuteError::Rejected(e));
             }
             match self.store.append(&loaded, &events, metadata).await {
                 Ok(last_stream_seq) => {
@@ -209,8 +223,9 @@ where
                     tracing::debug!(aggregate_id, conflicts, "append conflict; reloading");
                     self.forget(aggregate_id);
                     from_cache = false;
+                    at_least = e.last_seq();
                     conflicts += 1;
-                    if !used_cache {
+                    if !from_memory {
                         tokio::time::sleep(conflict_pause(conflicts)).await;
                     }
                 }

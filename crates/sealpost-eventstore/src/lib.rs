@@ -18,6 +18,8 @@
 //! - [`provision`]: streams and consumers from `nats/` (found by `build.rs`, no hand-kept list),
 //!   the server version check, and the read-back of stream flags that refuses a server which
 //!   silently dropped one.
+//! - [`mirror`]: disaster recovery: mirrors of the sources of truth on a standby server in
+//!   another JetStream domain, their lag, and their promotion.
 //!
 //! **Must not:** decide anything about messages or keys (that is `sealpost-domain` and
 //! `sealpost-keys-domain`), hold state a crash could lose, or log event bodies (they carry
@@ -26,6 +28,7 @@
 pub mod codec;
 pub mod error;
 pub mod executor;
+pub mod mirror;
 pub mod names;
 pub mod provision;
 pub mod store;

@@ -28,9 +28,14 @@ pub async fn row_from_events(
     message_id: &MessageId,
 ) -> Result<Option<StatusRow>, StoreError> {
     let id = sealpost_domain::aggregate_id(tenant, message_id);
-    let raw = store.load_raw(&id).await?;
+    let mut raw = store.load_raw(&id).await?;
     if raw.is_empty() {
-        return Ok(None);
+        // A lagging follower must not answer "no such message" for one just acknowledged.
+        let last = store.leader_last_seq(&id).await?;
+        if last == 0 {
+            return Ok(None);
+        }
+        raw = store.load_raw_at_least(&id, last).await?;
     }
     let mut row = StatusRow::new(tenant.as_str(), message_id.as_str());
     row.source = RowSource::Events;

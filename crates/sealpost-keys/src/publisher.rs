@@ -586,15 +586,21 @@ impl Publisher {
         }
         let cut = pending.partition_point(|c| c.seq <= through);
         let batch: Vec<Change> = pending.drain(..cut).collect();
-        let labels: BTreeSet<&str> = batch.iter().map(|c| c.label.as_str()).collect();
+        // Each label with the stream sequence of its latest change in the batch: the load must
+        // reach it (a lagging follower would otherwise hand back an older entry).
+        let mut labels: BTreeMap<&str, u64> = BTreeMap::new();
+        for c in &batch {
+            let seq = labels.entry(c.label.as_str()).or_default();
+            *seq = (*seq).max(c.seq);
+        }
         let mut updates = Vec::with_capacity(labels.len());
-        for label in labels {
+        for (label, latest) in labels {
             let Some(akd) = akd_label(label) else {
                 return Err(PublisherError::Foreign {
                     subject: format!("{KEY_EVENTS_PREFIX}.{}.{label}", dir.tenant),
                 });
             };
-            let value = entry_at(store, &aggregate_id(&dir.tenant, label), through).await?;
+            let value = entry_at(store, &aggregate_id(&dir.tenant, label), latest, through).await?;
             updates.push((akd, value));
         }
         let started = std::time::Instant::now();
@@ -627,14 +633,21 @@ impl Publisher {
     }
 }
 
-/// The directory entry of a recipient as of stream sequence `through`.
+/// The directory entry of a recipient as of stream sequence `through`; `latest` is the sequence
+/// of one of its events at or before `through`, which the load must include.
 async fn entry_at(
     store: &JetStreamEventStore<RecipientKeys>,
     aggregate_id: &str,
+    latest: u64,
     through: u64,
 ) -> Result<AkdValue, PublisherError> {
     let mut keys = RecipientKeys::default();
-    for (i, raw) in store.load_raw(aggregate_id).await?.iter().enumerate() {
+    for (i, raw) in store
+        .load_raw_at_least(aggregate_id, latest)
+        .await?
+        .iter()
+        .enumerate()
+    {
         if raw.stream_seq > through {
             break;
         }

@@ -427,7 +427,7 @@ pub(crate) async fn apply_batch(
                 break;
             }
             tracing::debug!(projection = %name, from = expected, to = m.seq - 1, "filling a gap from the stream");
-            for r in direct_get_range(client, cfg, expected, m.seq).await? {
+            for r in fill_gap(client, cfg, expected, m.seq).await? {
                 if let Some(e) =
                     ProjectedEvent::decode(r.seq, &r.subject, Some(&r.headers), &r.body)
                 {
@@ -472,7 +472,39 @@ struct Fetched {
     body: bytes::Bytes,
 }
 
-/// Every stored event with `from <= seq < until`, by batch direct gets of up to 1000.
+/// Every stored event with `from <= seq < until`: all `until - from` of them, since the events
+/// stream takes no deletes or purges and the filter covers it. Any replica answers a direct get
+/// and a follower may not hold the gap yet (the consumer that delivered `until` runs on the
+/// leader), so a short answer is asked again every 20 ms until the timeout, then is an error:
+/// the batch is retried, never applied with a hole.
+async fn fill_gap(
+    client: &async_nats::Client,
+    cfg: &ProjectorConfig,
+    from: u64,
+    until: u64,
+) -> Result<Vec<Fetched>> {
+    let deadline = Instant::now() + cfg.timeout;
+    loop {
+        let got = direct_get_range(client, cfg, from, until).await?;
+        if got.len() as u64 >= until - from {
+            return Ok(got);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::NatsAnswer(format!(
+                "the replica that answered holds {} of the {} events {from}..{until} of {} \
+                 after {:?}; a follower lags or an event was removed from the stream",
+                got.len(),
+                until - from,
+                cfg.stream,
+                cfg.timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every stored event with `from <= seq < until` that one replica holds, by batch direct gets
+/// of up to 1000.
 async fn direct_get_range(
     client: &async_nats::Client,
     cfg: &ProjectorConfig,

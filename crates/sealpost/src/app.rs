@@ -247,6 +247,41 @@ pub async fn provision(
     Ok(report)
 }
 
+/// `sealpost dr mirror`: on the standby `[nats] url` points at, mirrors the sources of truth
+/// from the primary's JetStream domain (see `sealpost_eventstore::mirror`).
+pub async fn dr_mirror(
+    cfg: &Config,
+    primary_domain: &str,
+) -> anyhow::Result<Vec<sealpost_eventstore::mirror::MirrorState>> {
+    let js = async_nats::jetstream::new(connect(cfg).await?);
+    Ok(sealpost_eventstore::mirror::create_mirrors(
+        &js,
+        &sealpost_eventstore::provision::embedded_definitions(),
+        primary_domain,
+    )
+    .await?)
+}
+
+/// `sealpost dr status`: the standby's mirrors, their last sequence and lag.
+pub async fn dr_status(
+    cfg: &Config,
+) -> anyhow::Result<Vec<sealpost_eventstore::mirror::MirrorState>> {
+    let js = async_nats::jetstream::new(connect(cfg).await?);
+    Ok(sealpost_eventstore::mirror::status(&js).await?)
+}
+
+/// `sealpost dr promote`: the standby's mirrors become the streams (then `provision` the rest).
+pub async fn dr_promote(
+    cfg: &Config,
+) -> anyhow::Result<Vec<sealpost_eventstore::mirror::MirrorState>> {
+    let js = async_nats::jetstream::new(connect(cfg).await?);
+    Ok(sealpost_eventstore::mirror::promote(
+        &js,
+        &sealpost_eventstore::provision::embedded_definitions(),
+    )
+    .await?)
+}
+
 /// Connects to the configured NATS server with the configured timeouts and credentials.
 pub async fn connect(cfg: &Config) -> anyhow::Result<async_nats::Client> {
     connect_with(cfg, async_nats::ConnectOptions::new()).await

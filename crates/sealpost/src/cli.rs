@@ -125,6 +125,30 @@ pub enum Command {
     /// Replay the event stream as NDJSON (with --verify: audit it). `--projection <name>
     /// --from-start` instead rebuilds a Postgres view from stream sequence 1.
     Replay(ReplayArgs),
+    /// Disaster recovery, run against the standby server (`[nats] url`): mirror the event and
+    /// key streams from the primary, show the mirrors' lag, promote them.
+    Dr {
+        #[command(subcommand)]
+        which: DrCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrCommand {
+    /// Create the mirrors of SEALPOST_EVENTS and SEALPOST_KEYS on this standby (idempotent).
+    Mirror {
+        /// The primary's JetStream domain (`jetstream { domain: ... }` in its server config).
+        #[arg(long)]
+        primary_domain: String,
+    },
+    /// Each mirror's last sequence, message count, lag and last contact with the primary.
+    Status,
+    /// Turn the mirrors into the streams, taking writes. Only once the primary is gone.
+    Promote {
+        /// Confirms that the primary is gone or fenced off (both would take writes otherwise).
+        #[arg(long)]
+        primary_is_gone: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -312,6 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             request(&cfg, &tenant, ServiceOp::Cancel, body).await
         }
         Command::Replay(args) => replay(&cfg, args).await,
+        Command::Dr { which } => dr(&cfg, which).await,
         Command::Keys { which } => crate::keys_cli::run(&cfg, which).await,
         Command::Sdk { which } => crate::sdk_cli::run(which).await,
     }
@@ -345,6 +370,35 @@ async fn provision_streams(cfg: &Config, dir: Option<PathBuf>) -> anyhow::Result
     }
     for c in &report.consumers {
         println!("consumer {c}: ok");
+    }
+    Ok(())
+}
+
+async fn dr(cfg: &Config, which: DrCommand) -> anyhow::Result<()> {
+    let states = match which {
+        DrCommand::Mirror { primary_domain } => crate::app::dr_mirror(cfg, &primary_domain).await?,
+        DrCommand::Status => crate::app::dr_status(cfg).await?,
+        DrCommand::Promote { primary_is_gone } => {
+            anyhow::ensure!(
+                primary_is_gone,
+                "promotion makes this server take writes: pass --primary-is-gone once the \
+                 primary is down or fenced off, so that only one of them takes writes"
+            );
+            crate::app::dr_promote(cfg).await?
+        }
+    };
+    for m in states {
+        let lag = m
+            .lag
+            .map_or("promoted (not a mirror)".to_owned(), |l| format!("lag {l}"));
+        let active = m
+            .active
+            .map(|a| format!(", primary last heard {} ms ago", a.as_millis()))
+            .unwrap_or_default();
+        println!(
+            "{}: last sequence {}, {} messages, {lag}{active}",
+            m.stream, m.last_seq, m.messages
+        );
     }
     Ok(())
 }
