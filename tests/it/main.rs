@@ -12,6 +12,7 @@ mod gateway;
 mod keys;
 mod keys_role;
 mod leaks;
+mod limits;
 mod metrics;
 mod projections;
 mod replay;

@@ -39,6 +39,10 @@ wire_enum! {
         Schedules => "SEALPOST_SCHEDULES",
         /// The key directories: key events and each directory's signed epoch log.
         Keys => "SEALPOST_KEYS",
+        /// Daily quotas shared by the gateways (the KV bucket `SEALPOST_QUOTAS`).
+        Quotas => "KV_SEALPOST_QUOTAS",
+        /// Rate limits shared by the gateways (the KV bucket `SEALPOST_RATES`).
+        Rates => "KV_SEALPOST_RATES",
     }
 }
 

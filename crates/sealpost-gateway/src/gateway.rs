@@ -71,6 +71,8 @@ struct Inner {
     keys: crate::keys::KeyCheck,
     /// Checks devices' capability links; none = the `/v1/d/` routes answer `not_found`.
     device_links: Option<sealpost_keyformat::device_link::DeviceLinkKey>,
+    /// Rate limits and daily quotas shared with every other gateway.
+    limits: crate::limits::Limits,
 }
 
 /// Counts an answered send in `sealpost_ingress_requests_total`.
@@ -110,8 +112,10 @@ impl Gateway {
     ) -> Self {
         let keys =
             crate::keys::KeyCheck::new(executor.store().client().clone(), tenants.label_keys());
+        let limits = crate::limits::Limits::new(executor.store().client().clone());
         Self {
             inner: Arc::new(Inner {
+                limits,
                 executor,
                 blobs,
                 keys,
@@ -215,6 +219,14 @@ impl Gateway {
         header_key: Option<&str>,
     ) -> Result<SendReply, ApiError> {
         tenant.take_token(Instant::now())?;
+        let unix_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        self.inner.limits.admit_rate(tenant, unix_ms).await?;
         let valid = send::validate(&tenant.id, body, header_key)?;
         self.inner
             .keys
@@ -223,10 +235,10 @@ impl Gateway {
         let (sha256, size) = self.check_payload(&tenant.id, &valid).await?;
         let now = OffsetDateTime::now_utc();
         let day = (now.unix_timestamp() / 86_400).max(0) as u64;
-        tenant.reserve_quota(day)?;
+        self.inner.limits.reserve_quota(tenant, day).await?;
         let result = self.accept(&tenant.id, valid, sha256, size, now).await;
         if !matches!(&result, Ok(r) if r.status == SendStatus::Accepted) {
-            tenant.refund_quota();
+            self.inner.limits.refund_quota(tenant, day).await;
         }
         result
     }

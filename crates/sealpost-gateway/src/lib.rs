@@ -5,15 +5,17 @@
 //!
 //! **Owns:** the public send/cancel/status contract and its error codes ([`error`]), the
 //! OpenAPI description generated from the HTTP routes ([`openapi`]), validation
-//! of every rule of the send command ([`send`]), tenants with their API-key hashes, rate limits,
-//! daily quotas ([`tenants`]), the send path's `key_stale` check against the key directory
+//! of every rule of the send command ([`send`]), tenants with their API-key hashes ([`tenants`]),
+//! rate limits and daily quotas shared by every gateway through JetStream KV ([`limits`]), the
+//! send path's `key_stale` check against the key directory
 //! (`keys`), the NATS accounts that isolate tenants ([`accounts`]), the check that a payload reference
 //! lies in the tenant's prefix and the object exists with its digest, idempotent acceptance
 //! through the event store, and devices' capability links ([`device`]: fetch one message's
 //! payload, report that it could not be opened).
 //!
 //! **Must not:** keep state a `kill -9` can lose (every answer comes from JetStream or S3; the
-//! blob index and rate buckets are caches and limits, not records); read, log or return
+//! blob index and rate buckets are caches and limits, not records; the shared counters live in
+//! JetStream KV); read, log or return
 //! ciphertext, keys, API keys or full phone numbers (errors never echo input values); decide
 //! lifecycle rules (that is `sealpost-domain`); submit to carriers (it only receives their
 //! signed receipts, [`receipts`]).
@@ -24,6 +26,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 mod keys;
+pub mod limits;
 pub mod nats;
 pub mod openapi;
 pub mod receipts;

@@ -1,8 +1,8 @@
-//! Tenants from config: API keys (stored only as SHA-256 hashes), per-tenant token-bucket rate
-//! limits and daily quotas (the NATS accounts generated from the same list are in `accounts`).
+//! Tenants from config: API keys (stored only as SHA-256 hashes) and each gateway's token bucket
+//! (the cluster-wide rate limits and daily quotas are in `limits`; the NATS accounts generated
+//! from the same list are in `accounts`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -24,13 +24,16 @@ pub struct TenantConfig {
     /// The public nkey (`U...`) of the tenant's NATS user, for `sealpost tenants nats-config`.
     #[serde(default)]
     pub nats_nkey: Option<String>,
-    /// Sustained sends per second (per gateway instance).
+    /// Sustained sends per second across all gateways: one token bucket of this rate and
+    /// `burst`, shared through JetStream KV (each gateway also keeps a local bucket of the same
+    /// size). 0 = no rate limit (for load generators).
     #[serde(default = "default_rate")]
     pub rate_per_sec: f64,
-    /// Bucket size: how many sends may arrive at once.
+    /// Bucket size: how many sends may arrive back to back.
     #[serde(default = "default_burst")]
     pub burst: u32,
-    /// Accepted sends per UTC day; none = unlimited.
+    /// Accepted sends per UTC day across all gateways (kept in JetStream KV, so a restart keeps
+    /// the count); none = unlimited.
     #[serde(default)]
     pub daily_quota: Option<u64>,
     /// The tenant's key directory (`[tenants.keys]`); none = no directory.
@@ -100,7 +103,6 @@ pub struct Tenant {
     /// `[tenants.keys] label_key`, parsed.
     pub label_key: Option<sealpost_keyformat::LabelKey>,
     bucket: Mutex<Bucket>,
-    quota: Quota,
 }
 
 #[derive(Debug)]
@@ -109,17 +111,13 @@ struct Bucket {
     last: Instant,
 }
 
-/// Accepted sends of the current UTC day, per gateway instance.
-#[derive(Debug, Default)]
-struct Quota {
-    day: AtomicU64,
-    used: AtomicU64,
-}
-
 impl Tenant {
     /// Takes one token, or says how long until one is available.
     pub fn take_token(&self, now: Instant) -> Result<(), ApiError> {
-        let rate = self.config.rate_per_sec.max(0.001);
+        if self.config.rate_per_sec == 0.0 {
+            return Ok(());
+        }
+        let rate = self.config.rate_per_sec;
         let burst = f64::from(self.config.burst.max(1));
         let mut b = self
             .bucket
@@ -144,38 +142,6 @@ impl Tenant {
             .with_retry_after_ms(wait_ms))
         }
     }
-
-    /// Reserves one send of today's quota (`day` = days since the epoch, UTC).
-    pub fn reserve_quota(&self, day: u64) -> Result<(), ApiError> {
-        let Some(limit) = self.config.daily_quota else {
-            return Ok(());
-        };
-        if self.quota.day.swap(day, Ordering::AcqRel) != day {
-            self.quota.used.store(0, Ordering::Release);
-        }
-        let used = self.quota.used.fetch_add(1, Ordering::AcqRel);
-        if used >= limit {
-            self.quota.used.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "tenant '{}' used its daily quota of {limit} sends; it resets at 00:00 UTC",
-                    self.id.as_str()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Gives back a reservation that did not become an accepted send (duplicate or error).
-    pub fn refund_quota(&self) {
-        if self.config.daily_quota.is_some() {
-            let _ = self
-                .quota
-                .used
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
-        }
-    }
 }
 
 /// All configured tenants, looked up by id or by API-key hash.
@@ -197,9 +163,9 @@ impl Tenants {
         for c in configs {
             let id = TenantId::new(c.id.clone())
                 .map_err(|e| TenantConfigError(format!("tenant id '{}': {e}", c.id)))?;
-            if !c.rate_per_sec.is_finite() || c.rate_per_sec <= 0.0 || c.burst == 0 {
+            if !c.rate_per_sec.is_finite() || c.rate_per_sec < 0.0 || c.burst == 0 {
                 return Err(TenantConfigError(format!(
-                    "tenant '{}': rate_per_sec and burst must be positive",
+                    "tenant '{}': rate_per_sec must be 0 (no limit) or positive, and burst positive",
                     c.id
                 )));
             }
@@ -244,7 +210,6 @@ impl Tenants {
                     tokens: f64::from(c.burst),
                     last: now,
                 }),
-                quota: Quota::default(),
             };
             if t.by_id.insert(c.id.clone(), tenant).is_some() {
                 return Err(TenantConfigError(format!(
@@ -352,22 +317,6 @@ mod tests {
         assert_eq!(e.code, ErrorCode::RateLimited);
         assert_eq!(e.retry_after_ms, Some(100));
         acme.take_token(now + Duration::from_millis(100)).unwrap();
-    }
-
-    #[test]
-    fn the_daily_quota_counts_reservations_refunds_and_resets_each_day() {
-        let t = Tenants::new(&[cfg("acme")]).unwrap();
-        let acme = t.get("acme").unwrap();
-        for _ in 0..3 {
-            acme.reserve_quota(100).unwrap();
-        }
-        assert_eq!(
-            acme.reserve_quota(100).unwrap_err().code,
-            ErrorCode::QuotaExceeded
-        );
-        acme.refund_quota();
-        acme.reserve_quota(100).unwrap();
-        acme.reserve_quota(101).unwrap();
     }
 
     #[test]

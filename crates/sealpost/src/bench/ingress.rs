@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use async_nats::jetstream;
+use sealpost_domain::TenantId;
 use sealpost_eventstore::names::{EventSubject, Role, ServiceOp, ServiceSubject, Stream};
 use sealpost_eventstore::provision::{check_server, embedded_definitions};
 
@@ -45,7 +46,15 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     js.delete_stream(&stream_cfg.name).await.ok();
     let raw = raw?;
 
-    let (cfg, tenant, api_key) = bench_tenant(cfg, "ingress", &run)?;
+    let (mut cfg, tenant, api_key) = bench_tenant(cfg, "ingress", &run)?;
+    // A second tenant with a rate limit and a daily quota, both far above what the bench sends:
+    // its sends pay for the shared limits (JetStream KV reservations) and are never refused.
+    let limited = TenantId::new(format!("{}-lim", tenant.as_str()))?;
+    let mut limited_cfg = crate::harness::unlimited_tenant(&limited, &format!("{api_key}-lim"));
+    limited_cfg.rate_per_sec = 1e6;
+    limited_cfg.burst = 1_000_000;
+    limited_cfg.daily_quota = Some(1_000_000_000);
+    cfg.tenants.push(limited_cfg);
     // The streams without the durable consumers: the bench measures ingress alone, not the
     // server's work for the delivery and projection consumers that filter the events.
     let mut streams_only = embedded_definitions();
@@ -82,6 +91,43 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         }
     })
     .await?;
+
+    // 2b. The same over NATS for the tenant with shared limits, counting the reservations.
+    let kv_writes = |js: jetstream::Context| async move {
+        let mut n = 0;
+        for s in [Stream::Rates, Stream::Quotas] {
+            n += js
+                .get_stream(s.as_str())
+                .await?
+                .info()
+                .await?
+                .state
+                .last_sequence;
+        }
+        anyhow::Ok(n)
+    };
+    let kv_before = kv_writes(js.clone()).await?;
+    let limited_subject = ServiceSubject::new(limited.clone(), ServiceOp::Send).to_string();
+    let limited_blob = upload_blob(http, &format!("{api_key}-lim"), vec![0x5a; 2048]).await?;
+    let shared = measure("NATS, shared limits", messages, concurrency, |i| {
+        let client = clients[i % clients.len()].clone();
+        let body = body(limited.as_str(), &format!("lim-{i}"), &limited_blob);
+        let subject = limited_subject.clone();
+        async move {
+            let t = Instant::now();
+            let reply = client.request(subject, body.into()).await?;
+            let lat = t.elapsed();
+            let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+            anyhow::ensure!(
+                v["status"] == "accepted",
+                "send not accepted: {}",
+                String::from_utf8_lossy(&reply.payload)
+            );
+            Ok(vec![(lat, 1)])
+        }
+    })
+    .await?;
+    let reservations = kv_writes(js.clone()).await? - kv_before;
 
     // 3. Sends over HTTP.
     let http_client = reqwest::Client::builder()
@@ -132,7 +178,21 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         "expected {} events of the bench tenant (NATS + HTTP), found {stored}",
         2 * messages
     );
-    report(&version, messages, concurrency, &[raw, nats, over_http]);
+    let (plain, limited_rate) = (nats.ops_per_sec(), shared.ops_per_sec());
+    report(
+        &version,
+        messages,
+        concurrency,
+        &[raw, nats, over_http, shared],
+    );
+    println!(
+        "shared limits (rate + daily quota in JetStream KV): {limited_rate:.0} against {plain:.0} \
+         accepted/s without = {:.2} x; {:.1} µs more per send; {reservations} KV reservations \
+         for {messages} sends ({:.1} per 1,000)",
+        limited_rate / plain,
+        (1e6 / limited_rate - 1e6 / plain),
+        reservations as f64 * 1000.0 / messages as f64
+    );
     Ok(())
 }
 

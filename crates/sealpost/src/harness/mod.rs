@@ -317,7 +317,7 @@ pub(crate) fn unlimited_tenant(tenant: &TenantId, api_key: &str) -> sealpost_gat
         id: tenant.as_str().to_owned(),
         api_key_sha256: vec![sealpost_gateway::hash_api_key(api_key)],
         nats_nkey: None,
-        rate_per_sec: 1e9,
+        rate_per_sec: 0.0,
         burst: u32::MAX,
         daily_quota: None,
         keys: None,
