@@ -65,7 +65,14 @@ pub struct SimStats {
     pub revokes: u64,
     pub sms_accepted: u64,
     pub sms_duplicates: u64,
+    /// RBM sends that arrived inside an open Retry-After window.
     pub throttle_violations: u64,
+    /// Of those, the ones that arrived more than 10 ms after the 429 that opened the window was
+    /// answered: a client that reacts at once has them in flight already only within the first
+    /// milliseconds.
+    pub throttle_violations_after_10ms: u64,
+    /// The latest arrival of a violation after its window's 429, in ms.
+    pub throttle_violation_max_ms: u64,
     /// Access tokens the token endpoint issued.
     pub tokens_issued: u64,
     /// Token requests refused (bad or revoked assertion).

@@ -54,6 +54,7 @@ impl CarrierSim {
                 requests: HashMap::new(),
                 scripts: HashMap::new(),
                 throttle_until: None,
+                throttle_opened: None,
                 stats: SimStats::default(),
                 sms_refs: HashSet::new(),
                 notices: Vec::new(),
@@ -126,6 +127,8 @@ pub(crate) struct SimState {
     pub(crate) requests: HashMap<String, Vec<RequestRecord>>,
     pub(crate) scripts: HashMap<String, VecDeque<Scripted>>,
     pub(crate) throttle_until: Option<Instant>,
+    /// When the open throttle window began (the 429 that opened it was decided).
+    pub(crate) throttle_opened: Option<Instant>,
     pub(crate) stats: SimStats,
     pub(crate) sms_refs: HashSet<String>,
     pub(crate) notices: Vec<NoticeRecord>,
@@ -212,6 +215,14 @@ async fn send(
         st.stats.sends += 1;
         if st.throttle_until.is_some_and(|until| arrived < until) {
             st.stats.throttle_violations += 1;
+            if let Some(opened) = st.throttle_opened {
+                let late = arrived.saturating_duration_since(opened);
+                if late > Duration::from_millis(10) {
+                    st.stats.throttle_violations_after_10ms += 1;
+                }
+                st.stats.throttle_violation_max_ms =
+                    st.stats.throttle_violation_max_ms.max(late.as_millis() as u64);
+            }
         }
     }
     let record = |status: u16| {
@@ -272,7 +283,11 @@ async fn send(
                     429 => {
                         st.stats.throttled += 1;
                         if let Some(secs) = retry_after {
-                            let until = Instant::now() + Duration::from_secs(*secs);
+                            let now = Instant::now();
+                            let until = now + Duration::from_secs(*secs);
+                            if st.throttle_until.is_none_or(|t| t <= now) {
+                                st.throttle_opened = Some(now);
+                            }
                             st.throttle_until =
                                 Some(st.throttle_until.map_or(until, |t| t.max(until)));
                         }

@@ -244,6 +244,11 @@ pub fn sim_rows(s: &SimStats) -> Vec<(&'static str, u64)> {
         ("sms_accepted", s.sms_accepted),
         ("sms_duplicates", s.sms_duplicates),
         ("throttle_violations", s.throttle_violations),
+        (
+            "throttle_violations_after_10ms",
+            s.throttle_violations_after_10ms,
+        ),
+        ("throttle_violation_max_ms", s.throttle_violation_max_ms),
         ("oauth_tokens_issued", s.tokens_issued),
         ("auth_rejections", s.auth_rejections),
     ]
