@@ -530,8 +530,9 @@ async fn provisioning_is_idempotent_and_refuses_a_stream_that_lost_a_flag() {
 
     // A stream whose server dropped allow_atomic (as 2.9 does) is refused with a fix.
     let defs = embedded_definitions();
-    let mut wanted: async_nats::jetstream::stream::Config =
-        serde_json::from_str(&defs.streams[0].1).expect("config");
+    let mut wanted = defs
+        .stream(sealpost_eventstore::names::Stream::Events)
+        .expect("the events stream's definition");
     wanted.name = "DROPPED_FLAG".into();
     wanted.subjects = vec!["dropped.>".into()];
     let mut as_an_old_server_would = wanted.clone();

@@ -220,8 +220,10 @@ async fn send(
                 if late > Duration::from_millis(10) {
                     st.stats.throttle_violations_after_10ms += 1;
                 }
-                st.stats.throttle_violation_max_ms =
-                    st.stats.throttle_violation_max_ms.max(late.as_millis() as u64);
+                st.stats.throttle_violation_max_ms = st
+                    .stats
+                    .throttle_violation_max_ms
+                    .max(late.as_millis() as u64);
             }
         }
     }
