@@ -64,8 +64,9 @@ pub fn mirror_config(
     Ok(cfg)
 }
 
-/// Creates (or updates) the mirrors of [`MIRRORED`] on the standby `js`, copying from the
-/// primary's JetStream domain `primary_domain`.
+/// Creates the mirrors of [`MIRRORED`] that the standby `js` does not have yet, copying from the
+/// primary's JetStream domain `primary_domain`; an existing mirror is left as it is (run again,
+/// it only reports). A stream here that is not a mirror is refused.
 pub async fn create_mirrors(
     js: &jetstream::Context,
     defs: &Definitions,
@@ -102,7 +103,7 @@ pub async fn create_mirrors(
                 }
             }
             Err(_) => {
-                js.create_stream(cfg.clone())
+                js.create_stream(cfg)
                     .await
                     .map_err(api_error(format!("creating the mirror of {stream}")))?;
             }
@@ -115,20 +116,7 @@ pub async fn create_mirrors(
 pub async fn status(js: &jetstream::Context) -> Result<Vec<MirrorState>, StoreError> {
     let mut out = Vec::new();
     for stream in MIRRORED {
-        let mut s = js.get_stream(stream.as_str()).await.map_err(|e| {
-            StoreError::with_source(
-                StoreErrorKind::Other,
-                format!("no stream {stream} here; run `sealpost dr mirror` on the standby"),
-                e,
-            )
-        })?;
-        let info = s.info().await.map_err(|e| {
-            StoreError::with_source(
-                StoreErrorKind::Unavailable,
-                format!("reading stream {stream}"),
-                e,
-            )
-        })?;
+        let info = stream_info(js, stream, "run `sealpost dr mirror` on the standby").await?;
         out.push(MirrorState {
             stream: stream.as_str().to_owned(),
             last_seq: info.state.last_sequence,
@@ -148,20 +136,7 @@ pub async fn promote(
     defs: &Definitions,
 ) -> Result<Vec<MirrorState>, StoreError> {
     for stream in MIRRORED {
-        let mut s = js.get_stream(stream.as_str()).await.map_err(|e| {
-            StoreError::with_source(
-                StoreErrorKind::Other,
-                format!("no stream {stream} here to promote"),
-                e,
-            )
-        })?;
-        let info = s.info().await.map_err(|e| {
-            StoreError::with_source(
-                StoreErrorKind::Unavailable,
-                format!("reading stream {stream}"),
-                e,
-            )
-        })?;
+        let info = stream_info(js, stream, "nothing to promote on this server").await?;
         let mut cfg = defs.stream(stream)?;
         // Keep what the standby was created with (its replicas), as `provision` would.
         cfg.num_replicas = info.config.num_replicas;
@@ -180,4 +155,26 @@ pub async fn promote(
         verify_stream(js, &cfg).await?;
     }
     status(js).await
+}
+
+/// The info of `stream` on `js`; `missing` says what to do when it is not there.
+async fn stream_info(
+    js: &jetstream::Context,
+    stream: Stream,
+    missing: &str,
+) -> Result<stream::Info, StoreError> {
+    let mut s = js.get_stream(stream.as_str()).await.map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Other,
+            format!("no stream {stream} here; {missing}"),
+            e,
+        )
+    })?;
+    s.info().await.cloned().map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Unavailable,
+            format!("reading stream {stream}"),
+            e,
+        )
+    })
 }

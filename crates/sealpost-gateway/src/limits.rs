@@ -214,49 +214,22 @@ impl Limits {
     }
 
     /// Adds a block to the daily count `key` by compare-and-set; returns its size (0: the limit
-    /// is reached).
+    /// is reached). An unreadable count is taken as the limit reached.
     async fn reserve_count(&self, key: &str, limit: u64, cap: u64) -> Result<u64, ApiError> {
-        let store = self.store(Kind::Quota).await?;
-        for round in 0..MAX_ROUNDS {
-            let entry = store
-                .entry(key)
-                .await
-                .map_err(|e| unavailable("reading a shared limit", e))?;
-            let (used, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    std::str::from_utf8(&e.value)
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(limit),
-                    e.revision,
-                ),
-                Some(e) => (0, e.revision),
-                None => (0, 0),
-            };
-            let remaining = limit.saturating_sub(used);
+        self.compare_and_set(Kind::Quota, key, |value| {
+            let used = value.map_or(Some(0), |v| std::str::from_utf8(v).ok()?.parse().ok());
+            let remaining = limit.saturating_sub(used.unwrap_or(limit));
             if remaining == 0 {
-                return Ok(0);
+                return Step::Answer(0);
             }
             let grant = (remaining / 8).clamp(1, cap).min(remaining);
-            match store
-                .update(key, (used + grant).to_string().into(), revision)
-                .await
-            {
-                Ok(_) => return Ok(grant),
-                // Another gateway reserved first, or the replica read was behind: read again.
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    tokio::time::sleep(Duration::from_micros(200 * u64::from(round + 1))).await;
-                }
-                Err(e) => return Err(unavailable("reserving from a shared limit", e)),
-            }
-        }
-        Err(unavailable(
-            "a shared limit stayed contended",
-            format!("{MAX_ROUNDS} compare-and-set rounds"),
-        ))
+            Step::Write((limit - remaining + grant).to_string(), grant)
+        })
+        .await
     }
 
-    /// Takes a block of tokens from the bucket `key` by compare-and-set.
+    /// Takes a block of tokens from the bucket `key` by compare-and-set. A missing or unreadable
+    /// bucket is full.
     async fn reserve_tokens(
         &self,
         key: &str,
@@ -265,42 +238,64 @@ impl Limits {
         cap: u64,
         now_ms: u64,
     ) -> Result<Grant, ApiError> {
-        let store = self.store(Kind::Rate).await?;
-        for round in 0..MAX_ROUNDS {
-            let entry = store
-                .entry(key)
-                .await
-                .map_err(|e| unavailable("reading a shared rate limit", e))?;
-            let (stored, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    (parse_bucket(&e.value), e.revision)
-                }
-                Some(e) => (None, e.revision),
-                None => (None, 0),
-            };
-            let (tokens, last_ms) = stored.unwrap_or((burst, now_ms));
+        self.compare_and_set(Kind::Rate, key, |value| {
+            let (tokens, last_ms) = value.and_then(parse_bucket).unwrap_or((burst, now_ms));
             let elapsed = now_ms.saturating_sub(last_ms) as f64 / 1000.0;
             let tokens = (tokens + elapsed * rate).min(burst);
             if tokens < 1.0 {
                 let wait_ms = ((1.0 - tokens) / rate * 1000.0).ceil() as u64;
-                return Ok(Grant::RetryAt(now_ms + wait_ms.max(1)));
+                return Step::Answer(Grant::RetryAt(now_ms + wait_ms.max(1)));
             }
             let whole = tokens.floor() as u64;
             let grant = (whole / 8).clamp(1, cap).min(whole);
             let value = format!("{} {}", tokens - grant as f64, now_ms.max(last_ms));
+            Step::Write(value, Grant::Sends(grant))
+        })
+        .await
+    }
+
+    /// Reads `key` and writes what `decide` makes of its value, at the read revision; on a
+    /// conflict (another gateway wrote first, or the replica read was behind) reads again.
+    async fn compare_and_set<T>(
+        &self,
+        kind: Kind,
+        key: &str,
+        decide: impl Fn(Option<&[u8]>) -> Step<T>,
+    ) -> Result<T, ApiError> {
+        let store = self.store(kind).await?;
+        for round in 0..MAX_ROUNDS {
+            let entry = store
+                .entry(key)
+                .await
+                .map_err(|e| unavailable("reading a shared limit", e))?;
+            let (value, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (Some(&e.value[..]), e.revision),
+                Some(e) => (None, e.revision),
+                None => (None, 0),
+            };
+            let (value, answer) = match decide(value) {
+                Step::Answer(answer) => return Ok(answer),
+                Step::Write(value, answer) => (value, answer),
+            };
             match store.update(key, value.into(), revision).await {
-                Ok(_) => return Ok(Grant::Sends(grant)),
+                Ok(_) => return Ok(answer),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tokio::time::sleep(Duration::from_micros(200 * u64::from(round + 1))).await;
                 }
-                Err(e) => return Err(unavailable("reserving from a shared rate limit", e)),
+                Err(e) => return Err(unavailable("writing a shared limit", e)),
             }
         }
         Err(unavailable(
-            "a shared rate limit stayed contended",
+            "a shared limit stayed contended",
             format!("{MAX_ROUNDS} compare-and-set rounds"),
         ))
     }
+}
+
+/// What [`Limits::compare_and_set`] does with a value: answer without writing, or write.
+enum Step<T> {
+    Answer(T),
+    Write(String, T),
 }
 
 /// `<tokens> <unix ms>` as stored in `SEALPOST_RATES`.

@@ -72,24 +72,15 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
     for _ in 0..4 {
         clients.push(connect(&cfg).await?);
     }
-    let subject = ServiceSubject::new(tenant.clone(), ServiceOp::Send).to_string();
-    let nats = measure("sends over NATS", messages, concurrency, |i| {
-        let client = clients[i % clients.len()].clone();
-        let body = body(tenant.as_str(), &format!("nats-{i}"), &blob);
-        let subject = subject.clone();
-        async move {
-            let t = Instant::now();
-            let reply = client.request(subject, body.into()).await?;
-            let lat = t.elapsed();
-            let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-            anyhow::ensure!(
-                v["status"] == "accepted",
-                "send not accepted: {}",
-                String::from_utf8_lossy(&reply.payload)
-            );
-            Ok(vec![(lat, 1)])
-        }
-    })
+    let nats = nats_sends(
+        "sends over NATS",
+        &clients,
+        &tenant,
+        "nats",
+        &blob,
+        messages,
+        concurrency,
+    )
     .await?;
 
     // 2b. The same over NATS for the tenant with shared limits, counting the reservations.
@@ -107,25 +98,16 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         anyhow::Ok(n)
     };
     let kv_before = kv_writes(js.clone()).await?;
-    let limited_subject = ServiceSubject::new(limited.clone(), ServiceOp::Send).to_string();
     let limited_blob = upload_blob(http, &format!("{api_key}-lim"), vec![0x5a; 2048]).await?;
-    let shared = measure("NATS, shared limits", messages, concurrency, |i| {
-        let client = clients[i % clients.len()].clone();
-        let body = body(limited.as_str(), &format!("lim-{i}"), &limited_blob);
-        let subject = limited_subject.clone();
-        async move {
-            let t = Instant::now();
-            let reply = client.request(subject, body.into()).await?;
-            let lat = t.elapsed();
-            let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-            anyhow::ensure!(
-                v["status"] == "accepted",
-                "send not accepted: {}",
-                String::from_utf8_lossy(&reply.payload)
-            );
-            Ok(vec![(lat, 1)])
-        }
-    })
+    let shared = nats_sends(
+        "NATS, shared limits",
+        &clients,
+        &limited,
+        "lim",
+        &limited_blob,
+        messages,
+        concurrency,
+    )
     .await?;
     let reservations = kv_writes(js.clone()).await? - kv_before;
 
@@ -194,6 +176,38 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         reservations as f64 * 1000.0 / messages as f64
     );
     Ok(())
+}
+
+/// `messages` sends of `tenant` over NATS request/reply (keys `<prefix>-<i>`), spread over
+/// `clients`; each must be answered `accepted`.
+async fn nats_sends(
+    name: &'static str,
+    clients: &[async_nats::Client],
+    tenant: &TenantId,
+    prefix: &str,
+    blob: &Uploaded,
+    messages: usize,
+    concurrency: usize,
+) -> anyhow::Result<Phase> {
+    let subject = ServiceSubject::new(tenant.clone(), ServiceOp::Send).to_string();
+    measure(name, messages, concurrency, |i| {
+        let client = clients[i % clients.len()].clone();
+        let body = body(tenant.as_str(), &format!("{prefix}-{i}"), blob);
+        let subject = subject.clone();
+        async move {
+            let t = Instant::now();
+            let reply = client.request(subject, body.into()).await?;
+            let lat = t.elapsed();
+            let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+            anyhow::ensure!(
+                v["status"] == "accepted",
+                "send not accepted: {}",
+                String::from_utf8_lossy(&reply.payload)
+            );
+            Ok(vec![(lat, 1)])
+        }
+    })
+    .await
 }
 
 fn report(version: &str, messages: usize, concurrency: usize, phases: &[Phase]) {
