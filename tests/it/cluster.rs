@@ -1,6 +1,8 @@
-//! Sealpost on a 3-node JetStream cluster (issue 14, item 1, first part): the test kit's
-//! `NatsCluster` on loopback, `provision` with `replicas = 3`, and ingress idempotency while the
-//! events stream's leader node is `kill -9`ed and restarted.
+//! Sealpost on a 3-node JetStream cluster (issue 14, item 1): the test kit's `NatsCluster` on
+//! loopback, `provision` with `replicas = 3`, ingress idempotency while the events stream's
+//! leader node is `kill -9`ed and restarted, and no command refused on a lagging follower's read.
+//! The delivery and projector crash tests run on the cluster too (`on_the_cluster_…` in
+//! `delivery.rs` and `projections.rs`).
 
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
