@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sealpost::{App, Role};
-use sealpost_domain::TenantId;
 use sealpost_eventstore::provision::embedded_definitions;
 use sealpost_testkit::NatsCluster;
 use serde_json::Value;
@@ -64,18 +63,7 @@ async fn ingress_is_idempotent_while_the_events_leader_is_killed() {
     let gateway = App::start(cfg.clone(), &[Role::Gateway], std::future::pending())
         .await
         .expect("the gateway starts on the cluster");
-    let blob = gateway
-        .blob_store()
-        .unwrap()
-        .put_stream(
-            &TenantId::new(ACME).unwrap(),
-            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
-                b"sealed bytes",
-            ))]),
-            1024,
-        )
-        .await
-        .unwrap();
+    let blob = crate::support::upload(gateway.blob_store().unwrap(), ACME, b"sealed bytes").await;
     let client = cluster.connect().await.unwrap();
     let events = sealpost_eventstore::names::Stream::Events.as_str();
 

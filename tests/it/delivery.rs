@@ -164,18 +164,12 @@ impl Deployment {
                 gateway.http_addr().unwrap()
             )));
         }
-        let blob = gateway
-            .blob_store()
-            .unwrap()
-            .put_stream(
-                &TenantId::new(ACME).unwrap(),
-                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
-                    b"sealed MLS ciphertext",
-                ))]),
-                1024,
-            )
-            .await
-            .unwrap();
+        let blob = crate::support::upload(
+            gateway.blob_store().unwrap(),
+            ACME,
+            b"sealed MLS ciphertext",
+        )
+        .await;
         // The delivery roles reach the gateway's object store as any other S3 endpoint.
         cfg.s3.endpoint = gateway.embedded_s3().unwrap();
         let mut p = Deployment {

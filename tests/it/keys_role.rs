@@ -844,18 +844,7 @@ async fn a_send_sealed_to_a_revoked_or_unknown_key_is_key_stale_and_stores_nothi
         .await
         .unwrap();
     let nats = &env.client;
-    let blob = app
-        .blob_store()
-        .unwrap()
-        .put_stream(
-            &TenantId::new(TENANT).unwrap(),
-            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
-                b"sealed bytes",
-            ))]),
-            1 << 20,
-        )
-        .await
-        .unwrap();
+    let blob = crate::support::upload(app.blob_store().unwrap(), TENANT, b"sealed bytes").await;
     let events = || async {
         let js = async_nats::jetstream::new(nats.clone());
         let mut s = js.get_stream("SEALPOST_EVENTS").await.unwrap();

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sealpost::{App, Role, Running};
-use sealpost_domain::TenantId;
 use sealpost_gateway::TenantConfig;
 use serde_json::Value;
 
@@ -39,18 +38,7 @@ impl Pair {
                     .expect("a gateway starts"),
             );
         }
-        let blob = gateways[0]
-            .blob_store()
-            .unwrap()
-            .put_stream(
-                &TenantId::new(ACME).unwrap(),
-                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
-                    b"sealed",
-                ))]),
-                1024,
-            )
-            .await
-            .unwrap();
+        let blob = crate::support::upload(gateways[0].blob_store().unwrap(), ACME, b"sealed").await;
         Pair {
             env,
             cfg,

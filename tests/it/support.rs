@@ -91,6 +91,23 @@ impl Nats {
     }
 }
 
+/// Uploads `bytes` for `tenant` with `blobs` (a running Sealpost's blob store, or one of the
+/// test's own), as the gateway's upload path stores them.
+pub async fn upload(
+    blobs: &sealpost_blobstore::BlobStore,
+    tenant: &str,
+    bytes: &'static [u8],
+) -> sealpost_blobstore::StoredBlob {
+    blobs
+        .put_stream(
+            &TenantId::new(tenant).expect("tenant id"),
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(bytes))]),
+            1 << 20,
+        )
+        .await
+        .expect("upload")
+}
+
 pub fn store_on(client: &async_nats::Client) -> JetStreamEventStore<Message> {
     JetStreamEventStore::new(
         client.clone(),
