@@ -477,12 +477,18 @@ async fn kill_the_projector_repeatedly(cluster: bool) {
         store_on(&client),
         sealpost_domain::RetryPolicy::default(),
     ));
-    // Writers in the background: thousands of events.
+    // Writers in the background: thousands of events, and more until the projector has been
+    // killed enough times (a slower setup, like the cluster's, gets as many kills).
+    let enough_kills = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let ex = ex.clone();
+        let enough_kills = enough_kills.clone();
         tokio::spawn(async move {
             let mut all = vec![];
-            for chunk in 0..10 {
+            for chunk in 0..40 {
+                if chunk >= 10 && enough_kills.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 let prefix = format!("k{chunk}");
                 let batch =
                     futures::future::join_all((0..80).map(|i| run_lifecycle(&ex, &prefix, i)))
@@ -514,6 +520,9 @@ async fn kill_the_projector_repeatedly(cluster: bool) {
         }
         proc.kill9().await;
         kills += 1;
+        if kills >= 6 {
+            enough_kills.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         last = cps;
         proc.spawn();
     }
