@@ -342,11 +342,6 @@ where
         }
     }
 
-    /// Batch direct get of every message matching `filter`, page by page.
-    pub async fn direct_get_all(&self, filter: &str) -> Result<Vec<RawEvent>, StoreError> {
-        self.direct_get_all_once(filter).await
-    }
-
     /// [`JetStreamEventStore::direct_get_all`] whose last message is at or past `min_last_seq`
     /// (see [`JetStreamEventStore::load_raw_at_least`]).
     pub async fn direct_get_all_at_least(
@@ -354,11 +349,13 @@ where
         filter: &str,
         min_last_seq: u64,
     ) -> Result<Vec<RawEvent>, StoreError> {
-        self.until_at_least(min_last_seq, || self.direct_get_all_once(filter))
+        self.until_at_least(min_last_seq, || self.direct_get_all(filter))
             .await
     }
 
-    async fn direct_get_all_once(&self, filter: &str) -> Result<Vec<RawEvent>, StoreError> {
+    /// Batch direct get of every message matching `filter`, page by page, from whichever
+    /// replica answers.
+    pub async fn direct_get_all(&self, filter: &str) -> Result<Vec<RawEvent>, StoreError> {
         let mut out = Vec::new();
         let mut from = 1u64;
         loop {
