@@ -9,7 +9,9 @@
 //! `.tools/bin/moto_server`, installed by `scripts/lib.sh`'s `ensure_moto`) for Object Lock
 //! tests; an in-process embedded S3 over a temp folder ([`embedded_s3`]); a private Postgres
 //! database per test cloned from a migrated template ([`PgDatabase`]); and [`eventually`], for
-//! polling eventual state with a deadline; an OTLP/HTTP trace receiver ([`otlp::OtlpReceiver`]).
+//! polling eventual state with a deadline; an OTLP/HTTP trace receiver ([`otlp::OtlpReceiver`]);
+//! a private Prometheus server ([`PrometheusServer`]) that scrapes a test's processes and
+//! evaluates the shipped alert rules.
 //!
 //! **Must not:** share servers, streams, buckets or databases between tests, talk to the system
 //! NATS on port 4222 (Debian's 2.9 ignores atomic batches), or sleep a fixed time to wait for a
@@ -25,7 +27,9 @@ use anyhow::{bail, Context as _};
 
 pub mod otlp;
 mod postgres;
+mod prometheus;
 pub use postgres::{postgres_admin_url, PgDatabase};
+pub use prometheus::{prometheus_binary, PrometheusServer};
 
 /// Where the nats-server binary is: `SEALPOST_NATS_SERVER`, else the project-local install.
 pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
@@ -51,10 +55,47 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the kernel won't hand it out again soon).
+/// A free TCP port on 127.0.0.1 for a server a test starts, chosen *below* the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`).
+///
+/// A port from `bind(0)` comes from the ephemeral range, which the many outgoing connections of
+/// a parallel test run draw from too: between releasing it and the server binding it, one of
+/// them may take it (a clean-clone CI run failed so, a cluster route port "already in use"). Below
+/// the range only another listener can take it, and that one checks first, as this does.
 pub fn free_port() -> anyhow::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    const FLOOR: u16 = 20000;
+    if low > FLOOR + 1000 {
+        let span = u64::from(low - FLOOR);
+        for _ in 0..200 {
+            let port = FLOOR + (random_u64() % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// A random number from the standard library's per-process random hash keys (test ports only).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 /// A private JetStream server for one test. Killed (SIGKILL) and its store removed on drop.
@@ -85,15 +126,21 @@ impl NatsServer {
         extra_args: &[&str],
         seed: Option<String>,
     ) -> anyhow::Result<Self> {
-        let mut server = NatsServer {
-            child: None,
-            port: free_port()?,
-            store: tempfile::tempdir().context("creating a temp JetStream store")?,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            seed,
-        };
-        server.spawn().await?;
-        Ok(server)
+        let mut attempt = 0;
+        loop {
+            let mut server = NatsServer {
+                child: None,
+                port: free_port()?,
+                store: tempfile::tempdir().context("creating a temp JetStream store")?,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                seed: seed.clone(),
+            };
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt < 3 && port_was_taken(&e) => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn url(&self) -> String {
@@ -185,6 +232,11 @@ impl NatsServer {
     }
 }
 
+/// Whether a server failed to start because another process took one of its ports first.
+fn port_was_taken(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains("address already in use")
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
@@ -202,6 +254,16 @@ impl NatsCluster {
     /// Starts three nodes (`n0`, `n1`, `n2`) routed to each other and waits until JetStream
     /// answers on every one (it does only once the cluster has a meta leader).
     pub async fn start() -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once().await {
+                Err(e) if attempt < 3 && port_was_taken(&e) => attempt += 1,
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once() -> anyhow::Result<Self> {
         let cluster_ports = [free_port()?, free_port()?, free_port()?];
         let routes = cluster_ports
             .iter()
