@@ -604,30 +604,34 @@ _apt_install_quiet_service() {
   done
 }
 
-# ensure_promtool: exports SEALPOST_PROMTOOL. A SEALPOST_PROMTOOL set by the caller, else the
-# promtool on PATH, else /usr/bin/promtool from Debian's prometheus package, installed here
-# (--no-install-recommends) with its service kept stopped and disabled: only promtool is wanted,
-# not a Prometheus server on :9090.
+# ensure_promtool: exports SEALPOST_PROMTOOL and SEALPOST_PROMETHEUS (the server: the alerts test
+# runs one that scrapes Sealpost's processes and evaluates the rules). Each one set by the caller,
+# else the one on PATH, else from Debian's prometheus package, installed here
+# (--no-install-recommends) with its service kept stopped and disabled: the test starts its own
+# server on a free port, never the packaged one on :9090.
 ensure_promtool() {
-  local bin
-  if [[ -n ${SEALPOST_PROMTOOL:-} ]]; then
-    [[ -x $SEALPOST_PROMTOOL ]] || die "SEALPOST_PROMTOOL=$SEALPOST_PROMTOOL is not an executable file"
-    export SEALPOST_PROMTOOL
-    return 0
-  fi
-  if ! bin=$(command -v promtool 2>/dev/null); then
-    _tools_lock
-    if ! bin=$(command -v promtool 2>/dev/null); then
-      step "installing promtool (Debian package prometheus, its service left stopped)"
-      _apt_install_quiet_service prometheus --no-install-recommends prometheus
-      bin=$(command -v promtool 2>/dev/null) || {
-        _tools_unlock
-        die "promtool not found even after installing the prometheus package"
-      }
+  local name var bin
+  for name in promtool prometheus; do
+    var=SEALPOST_${name^^}
+    if [[ -n ${!var:-} ]]; then
+      [[ -x ${!var} ]] || die "$var=${!var} is not an executable file"
+      export "${var?}"
+      continue
     fi
-    _tools_unlock
-  fi
-  export SEALPOST_PROMTOOL=$bin
+    if ! bin=$(command -v "$name" 2>/dev/null); then
+      _tools_lock
+      if ! bin=$(command -v "$name" 2>/dev/null); then
+        step "installing $name (Debian package prometheus, its service left stopped)"
+        _apt_install_quiet_service prometheus --no-install-recommends prometheus
+        bin=$(command -v "$name" 2>/dev/null) || {
+          _tools_unlock
+          die "$name not found even after installing the prometheus package"
+        }
+      fi
+      _tools_unlock
+    fi
+    export "$var=$bin"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------

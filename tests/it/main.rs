@@ -1,5 +1,6 @@
 //! End-to-end tests against real servers: one test binary, each test with its own nats-server.
 
+mod alerts;
 mod audit;
 mod blobstore;
 mod carriers;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::support::{store_on, ServeProcess};
+use crate::support::{store_on, Served};
 
 const TENANT: &str = "metrics-co";
 const API_KEY: &str = "metrics-co-key";
@@ -107,98 +107,13 @@ async fn metrics_after_a_real_run_equal_what_happened() {
     let sim = CarrierSim::start("127.0.0.1:0".parse().unwrap(), sim_cfg.clone())
         .await
         .unwrap();
-    let free = || sealpost_testkit::free_port().unwrap();
-    let (gateway_port, workers_port, s3_port) = (free(), free(), free());
-    sim.set_webhook_url(Some(format!(
-        "http://127.0.0.1:{gateway_port}/v1/receipts/rbm"
-    )));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sealpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[gateway]
-http_listen = "127.0.0.1:{gateway_port}"
-[s3]
-embedded_listen = "127.0.0.1:{s3_port}"
-embedded_dir = "{s3dir}"
-[retry]
-base_ms = 100
-max_ms = 500
-[carriers.rbm]
-base_url = "{sim}"
-agent_id = "{agent}"
-bearer_token = "{bearer}"
-client_token = "{client_token}"
-[carriers.sms]
-base_url = "{sim}"
-api_key = "{sms}"
-[[tenants]]
-id = "{TENANT}"
-api_key_sha256 = ["{hash}"]
-rate_per_sec = 10000.0
-burst = 10000
-"#,
-            s3dir = dir.path().join("s3").display(),
-            sim = sim.base_url(),
-            agent = sim_cfg.agent_id,
-            bearer = sim_cfg.bearer_token.expose(),
-            client_token = sim_cfg.client_token.expose(),
-            sms = sim_cfg.sms_api_key.expose(),
-            hash = sealpost_gateway::hash_api_key(API_KEY),
-        ),
-    )
-    .unwrap();
-    let mut gateway = ServeProcess::new("gateway", config.clone(), server.url());
-    gateway.spawn();
-    // The delivery roles: their own /metrics port, and the gateway's embedded S3 as endpoint.
-    let mut workers = ServeProcess::new("delivery,receipts,expiry,fallback", config, server.url())
-        .env(
-            "SEALPOST_GATEWAY_HTTP_LISTEN",
-            &format!("127.0.0.1:{workers_port}"),
-        )
-        .env(
-            "SEALPOST_S3_ENDPOINT",
-            &format!("http://127.0.0.1:{s3_port}"),
-        );
-
-    let http = reqwest::Client::new();
-    let gw = format!("http://127.0.0.1:{gateway_port}");
-    let wk = format!("http://127.0.0.1:{workers_port}");
-    let up = |base: String| {
-        let http = http.clone();
-        async move {
-            sealpost_testkit::eventually(Duration::from_secs(30), "a /healthz", || async {
-                http.get(format!("{base}/healthz"))
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            })
-            .await
-            .unwrap();
-        }
-    };
-    up(gw.clone()).await;
-    // HTTP answers before the NATS service is registered; wait for the service too (a ping
-    // counts nothing).
-    sealpost_testkit::eventually(Duration::from_secs(30), "the NATS service", || async {
-        client.request("$SRV.PING.sealpost", "".into()).await.ok()
-    })
-    .await
-    .unwrap();
-    let blob: Value = http
-        .post(format!("{gw}/v1/blobs"))
-        .bearer_auth(API_KEY)
-        .body(b"sealed MLS ciphertext".to_vec())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut served = Served::start(&server.url(), &client, &sim, &sim_cfg, TENANT, API_KEY).await;
+    let (http, gw, wk) = (
+        served.http.clone(),
+        served.gateway_url.clone(),
+        served.workers_url.clone(),
+    );
+    let blob = served.upload(API_KEY, b"sealed MLS ciphertext").await;
     let body = |key: &str, to: &str, fallback: bool| {
         let mut v = json!({
             "idempotency_key": key,
@@ -315,8 +230,7 @@ burst = 10000
         "no series for the refused key"
     );
 
-    workers.spawn();
-    up(wk.clone()).await;
+    served.start_workers().await;
     let store = store_on(&client);
     let ends = [
         ("happy", Status::Displayed),
@@ -459,6 +373,6 @@ burst = 10000
         .await;
     assert!(drained.is_ok(), "{:?}", depth(&scrape(&http, &gw).await));
 
-    workers.kill9().await;
-    gateway.kill9().await;
+    served.workers.kill9().await;
+    served.gateway.kill9().await;
 }

@@ -304,3 +304,145 @@ pub fn result(attempt: u32, outcome: sealpost_domain::CarrierOutcome) -> Message
         at: now(),
     }
 }
+
+/// Sealpost as production runs it beside the carrier simulator: a `sealpost serve --roles
+/// gateway` process and a `sealpost serve --roles delivery,receipts,expiry,fallback` process,
+/// each with its own `/metrics` port, one config file naming the simulator's carriers and one
+/// tenant, and the simulator's webhooks pointed at the gateway. [`Served::start`] starts the
+/// gateway only; [`Served::start_workers`] the delivery roles.
+pub struct Served {
+    pub gateway: ServeProcess,
+    pub workers: ServeProcess,
+    /// `http://127.0.0.1:<port>` of each process (`/v1/...`, `/metrics`, `/healthz`).
+    pub gateway_url: String,
+    pub workers_url: String,
+    pub http: reqwest::Client,
+    /// The config file both processes read (for further `sealpost serve` processes).
+    pub config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Writes the config (retries from 100 ms to 500 ms, `tenant` with `api_key` and no rate
+    /// limit), starts the gateway against `nats_url`, and waits until both its HTTP API and its
+    /// NATS service (`client` pings it) answer.
+    pub async fn start(
+        nats_url: &str,
+        client: &async_nats::Client,
+        sim: &sealpost_carrier_sim::RunningSim,
+        sim_cfg: &sealpost_carrier_sim::SimConfig,
+        tenant: &str,
+        api_key: &str,
+    ) -> Served {
+        let free = || sealpost_testkit::free_port().expect("a free port");
+        let (gateway_port, workers_port, s3_port) = (free(), free(), free());
+        sim.set_webhook_url(Some(format!(
+            "http://127.0.0.1:{gateway_port}/v1/receipts/rbm"
+        )));
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("sealpost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[gateway]
+http_listen = "127.0.0.1:{gateway_port}"
+[s3]
+embedded_listen = "127.0.0.1:{s3_port}"
+embedded_dir = "{s3dir}"
+[retry]
+base_ms = 100
+max_ms = 500
+[carriers.rbm]
+base_url = "{sim}"
+agent_id = "{agent}"
+bearer_token = "{bearer}"
+client_token = "{client_token}"
+[carriers.sms]
+base_url = "{sim}"
+api_key = "{sms}"
+[[tenants]]
+id = "{tenant}"
+api_key_sha256 = ["{hash}"]
+rate_per_sec = 0.0
+"#,
+                s3dir = dir.path().join("s3").display(),
+                sim = sim.base_url(),
+                agent = sim_cfg.agent_id,
+                bearer = sim_cfg.bearer_token.expose(),
+                client_token = sim_cfg.client_token.expose(),
+                sms = sim_cfg.sms_api_key.expose(),
+                hash = sealpost_gateway::hash_api_key(api_key),
+            ),
+        )
+        .expect("the config is written");
+        let mut gateway = ServeProcess::new("gateway", config.clone(), nats_url.to_owned());
+        gateway.spawn();
+        // The delivery roles: their own /metrics port, and the gateway's embedded S3 as endpoint.
+        let workers = ServeProcess::new(
+            "delivery,receipts,expiry,fallback",
+            config.clone(),
+            nats_url.to_owned(),
+        )
+        .env(
+            "SEALPOST_GATEWAY_HTTP_LISTEN",
+            &format!("127.0.0.1:{workers_port}"),
+        )
+        .env(
+            "SEALPOST_S3_ENDPOINT",
+            &format!("http://127.0.0.1:{s3_port}"),
+        );
+        let served = Served {
+            gateway,
+            workers,
+            gateway_url: format!("http://127.0.0.1:{gateway_port}"),
+            workers_url: format!("http://127.0.0.1:{workers_port}"),
+            http: reqwest::Client::new(),
+            config,
+            _dir: dir,
+        };
+        served.healthy(&served.gateway_url).await;
+        // HTTP answers before the NATS service is registered; wait for the service too (a ping
+        // counts nothing).
+        sealpost_testkit::eventually(Duration::from_secs(30), "the NATS service", || async {
+            client.request("$SRV.PING.sealpost", "".into()).await.ok()
+        })
+        .await
+        .expect("the gateway's NATS service answers");
+        served
+    }
+
+    /// Starts the delivery roles and waits until they answer `/healthz`.
+    pub async fn start_workers(&mut self) {
+        self.workers.spawn();
+        self.healthy(&self.workers_url).await;
+    }
+
+    async fn healthy(&self, base: &str) {
+        sealpost_testkit::eventually(Duration::from_secs(30), "a /healthz", || async {
+            self.http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await
+        .expect("the process answers /healthz");
+    }
+
+    /// Uploads `bytes` through the gateway's `POST /v1/blobs`: `{reference, sha256, ...}`.
+    pub async fn upload(&self, api_key: &str, bytes: &[u8]) -> serde_json::Value {
+        self.http
+            .post(format!("{}/v1/blobs", self.gateway_url))
+            .bearer_auth(api_key)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("the upload is answered")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+}

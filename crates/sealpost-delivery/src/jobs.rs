@@ -89,6 +89,12 @@ where
     Fut: Future<Output = JobEnd> + Send + 'static,
 {
     let handler = Arc::new(handler);
+    // The drain-rate series exists (at 0) from the start, not from the first finished job.
+    let _ = sealpost_telemetry::metrics().jobs_done.get_or_create(
+        &sealpost_telemetry::ConsumerLabels {
+            consumer: durable.as_str().to_owned(),
+        },
+    );
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let stream = durable.stream().as_str();
@@ -153,7 +159,7 @@ where
                 // Each job is a task of its own, so jobs run on every runtime thread; it is
                 // aborted with the consumer (an unfinished job is redelivered after ack_wait).
                 let task = AbortOnDrop(tokio::spawn(
-                    async move { answer(msg, job.await).await }.in_current_span(),
+                    async move { answer(durable, msg, job.await).await }.in_current_span(),
                 ));
                 if let Err(e) = task.join().await {
                     tracing::warn!(error = %e, "a job's task ended without an answer; it is redelivered after ack_wait");
@@ -184,8 +190,17 @@ where
     Some((msg, fut))
 }
 
-/// Answers the server as the handler said.
-async fn answer(msg: jetstream::Message, end: JobEnd) {
+/// Answers the server as the handler said, and counts a job that is done
+/// (`sealpost_queue_jobs_done_total{consumer}`: what the queue-drain alert divides by).
+async fn answer(durable: Durable, msg: jetstream::Message, end: JobEnd) {
+    if !matches!(end, JobEnd::Nak(_)) {
+        sealpost_telemetry::metrics()
+            .jobs_done
+            .get_or_create(&sealpost_telemetry::ConsumerLabels {
+                consumer: durable.as_str().to_owned(),
+            })
+            .inc();
+    }
     let acked = match end {
         JobEnd::Ack => msg.ack().await,
         JobEnd::Nak(d) => msg.ack_with(AckKind::Nak(Some(d))).await,

@@ -120,6 +120,7 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub queue_depth: Family<ConsumerLabels, Gauge>,
+    pub jobs_done: Family<ConsumerLabels, Counter>,
     pub tenant_queue_depth: Family<TenantLabels, Gauge>,
     pub key_lookups: Family<KeyLookupLabels, Counter>,
     pub decryption_failures: Family<DecryptionFailureLabels, Counter>,
@@ -138,6 +139,7 @@ impl Metrics {
             latency_histogram,
         );
         let queue_depth = Family::<ConsumerLabels, Gauge>::default();
+        let jobs_done = Family::<ConsumerLabels, Counter>::default();
         let tenant_queue_depth = Family::<TenantLabels, Gauge>::default();
         let key_lookups = Family::<KeyLookupLabels, Counter>::default();
         let decryption_failures = Family::<DecryptionFailureLabels, Counter>::default();
@@ -173,6 +175,11 @@ impl Metrics {
             "sealpost_queue_depth",
             "Messages a JetStream consumer has not finished (pending + unacknowledged)",
             queue_depth.clone(),
+        );
+        register(&mut registry, &mut names,
+            "sealpost_queue_jobs_done",
+            "Jobs a JetStream consumer of this process finished (acknowledged or terminated, not put back): the queue's drain rate",
+            jobs_done.clone(),
         );
         register(
             &mut registry,
@@ -211,6 +218,7 @@ impl Metrics {
             retries,
             latency,
             queue_depth,
+            jobs_done,
             tenant_queue_depth,
             key_lookups,
             decryption_failures,
