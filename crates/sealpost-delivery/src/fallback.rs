@@ -162,11 +162,12 @@ impl Delivery {
                         tracing::info!(%message_id, "fallback notice sent");
                         JobEnd::Ack
                     }
-                    CarrierOutcome::Throttled { retry_after, .. } => {
-                        let d = retry_after.unwrap_or(Duration::from_secs(1));
-                        slot.gate.pause(d, crate::PauseReason::Throttled);
-                        JobEnd::Nak(d.max(retry))
-                    }
+                    // `answered` paused the carrier for it.
+                    CarrierOutcome::Throttled { retry_after, .. } => JobEnd::Nak(
+                        retry_after
+                            .unwrap_or(crate::gate::DEFAULT_THROTTLE_PAUSE)
+                            .max(retry),
+                    ),
                     CarrierOutcome::Transient { retry_after, .. } => {
                         JobEnd::Nak(retry_after.unwrap_or(retry).max(retry))
                     }

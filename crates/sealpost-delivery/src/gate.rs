@@ -1,16 +1,23 @@
 //! Per-carrier throttling: a concurrency limit, a token bucket, and a carrier-wide pause when
 //! the carrier answers 429 or refuses our credentials. The pause holds back every job for that
 //! carrier, not only the one that was refused, so a throttled aggregator sees no request before
-//! its Retry-After, and a credential outage costs one probe per pause instead of every message.
+//! its Retry-After. When a pause ends, one job probes the carrier first and the others follow
+//! its answer: a carrier still throttling sees one request per Retry-After, not every job that
+//! waited (which would all land inside the next window), and a credential outage costs one
+//! request per pause instead of every message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
-/// How long a job is put back while another job probes a carrier that refused our credentials.
+/// How long a job is put back while another job probes a carrier that refused our credentials
+/// (or while a throttle probe takes longer than the job may wait in the gate).
 pub const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// The pause when a 429 names no Retry-After.
+pub const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Limits for one carrier.
 #[derive(Debug, Clone, Copy)]
@@ -47,11 +54,12 @@ pub struct CarrierGate {
     slots: Semaphore,
     bucket: Mutex<Bucket>,
     paused_until: Mutex<Option<Instant>>,
-    /// Set by an auth-failure pause: when the pause ends, one job at a time probes the carrier
-    /// until one is answered without an auth failure, so a credential outage costs one request
-    /// per pause, not one per job waiting.
-    probe_only: AtomicBool,
+    /// Set by a pause, with its reason: when the pause ends, one job at a time probes the
+    /// carrier until one is answered neither throttled nor refused for our credentials.
+    probe_only: Mutex<Option<PauseReason>>,
     probe_in_flight: AtomicBool,
+    /// Wakes the jobs waiting behind a throttle probe when it ends.
+    probe_ended: Notify,
 }
 
 /// A job let through the gate: it holds a submission slot until dropped.
@@ -63,22 +71,38 @@ pub struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// The carrier answered this job's request with something other than an auth failure: our
-    /// credentials work, so every job may go again.
-    pub fn credentials_accepted(self) {
-        self.gate.probe_only.store(false, Ordering::SeqCst);
+    /// The carrier took this job's request (neither throttled nor refused for our credentials).
+    /// If this job was the probe, every job may go again. An answer to a request sent before the
+    /// pause began ends nothing: the probe after the pause decides.
+    pub fn carrier_accepts(self) {
+        if !self.probe {
+            return;
+        }
+        if let Ok(mut p) = self.gate.probe_only.lock() {
+            *p = None;
+        }
     }
 
-    /// Ends the pass with the carrier's answer. Only an answer the carrier gives past its
-    /// authentication (accepted, refused for the message, throttled) ends a probe; a timeout or
-    /// a 5xx says nothing about our credentials, so the next job probes again.
+    /// Ends the pass with the carrier's answer.
+    /// - Accepted, or refused for the message itself: the carrier takes requests again, and a
+    ///   probe lets every job go.
+    /// - Throttled: the carrier is paused for its Retry-After (1 s without one), and when that
+    ///   ends one job probes again. The pause is set before the pass is let go, so the jobs
+    ///   waiting behind a probe see it.
+    /// - A timeout or a 5xx says nothing about throttling or our credentials: the next job
+    ///   probes again.
+    ///
+    /// (An auth failure pauses the carrier through [`CarrierGate::pause`] before the pass is
+    /// dropped; see `carrier_auth_failed`.)
     pub fn answered(self, outcome: &sealpost_domain::CarrierOutcome) {
         use sealpost_domain::CarrierOutcome as O;
-        if matches!(
-            outcome,
-            O::Acked { .. } | O::Permanent { .. } | O::NotRcsCapable | O::Throttled { .. }
-        ) {
-            self.credentials_accepted();
+        match outcome {
+            O::Acked { .. } | O::Permanent { .. } | O::NotRcsCapable => self.carrier_accepts(),
+            O::Throttled { retry_after, .. } => self.gate.pause(
+                retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE),
+                PauseReason::Throttled,
+            ),
+            _ => {}
         }
     }
 
@@ -92,6 +116,7 @@ impl Drop for Pass<'_> {
     fn drop(&mut self) {
         if self.probe {
             self.gate.probe_in_flight.store(false, Ordering::SeqCst);
+            self.gate.probe_ended.notify_waiters();
         }
     }
 }
@@ -123,8 +148,9 @@ impl CarrierGate {
                 last: Instant::now(),
             }),
             paused_until: Mutex::new(None),
-            probe_only: AtomicBool::new(false),
+            probe_only: Mutex::new(None),
             probe_in_flight: AtomicBool::new(false),
+            probe_ended: Notify::new(),
         }
     }
 
@@ -135,8 +161,8 @@ impl CarrierGate {
     /// Holds the carrier back until `now + d`. A pause only ever grows: a shorter Retry-After
     /// from a later answer does not end an earlier, longer one.
     pub fn pause(&self, d: Duration, reason: PauseReason) {
-        if reason == PauseReason::AuthFailed {
-            self.probe_only.store(true, Ordering::SeqCst);
+        if let Ok(mut p) = self.probe_only.lock() {
+            *p = Some(reason);
         }
         let until = Instant::now() + d;
         if let Ok(mut p) = self.paused_until.lock() {
@@ -169,9 +195,12 @@ impl CarrierGate {
     }
 
     /// Waits for a free slot, a token and the end of any pause. A pause longer than `max_wait`
-    /// is returned instead of waited out, so the caller can NAK its job until then. After an
-    /// auth-failure pause, only one job at a time is let through (the probe); the others are
-    /// returned [`PROBE_WAIT`] until a probe is answered without an auth failure.
+    /// is returned instead of waited out, so the caller can NAK its job until then. After a
+    /// pause, only one job at a time is let through (the probe) until one is answered neither
+    /// throttled nor refused for our credentials. Meanwhile the others wait here for the probe's
+    /// answer after a throttle (up to `max_wait`, then [`PROBE_WAIT`] is returned), and are
+    /// returned [`PROBE_WAIT`] after an auth failure (an outage lasts longer than a job should
+    /// wait in the gate).
     pub async fn enter(&self, max_wait: Duration) -> Result<Pass<'_>, Paused> {
         loop {
             if let Some(remaining) = self.paused_for(Instant::now()) {
@@ -201,12 +230,23 @@ impl CarrierGate {
                 continue;
             }
             let mut probe = false;
-            if self.probe_only.load(Ordering::SeqCst) {
+            let probing = self.probe_only.lock().ok().and_then(|p| *p);
+            if let Some(reason) = probing {
+                // Registered before the check, so the probe's end cannot slip in between.
+                let ended = self.probe_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
                 if self
                     .probe_in_flight
                     .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
                     .is_err()
                 {
+                    drop(permit);
+                    let waited = reason == PauseReason::Throttled
+                        && tokio::time::timeout(max_wait, ended).await.is_ok();
+                    if waited {
+                        continue;
+                    }
                     return Err(Paused {
                         remaining: PROBE_WAIT,
                     });
@@ -281,7 +321,7 @@ mod tests {
         drop(probe);
         let second = g.enter(Duration::from_secs(1)).await.unwrap();
         assert!(second.is_probe());
-        second.credentials_accepted();
+        second.carrier_accepts();
         // Accepted: everyone goes, together.
         let a = g.enter(Duration::ZERO).await.unwrap();
         let b = g.enter(Duration::ZERO).await.unwrap();
@@ -311,12 +351,84 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_a_throttle_pause_when_it_ends_then_every_job_goes() {
-        let g = CarrierGate::new("rbm", GateConfig::default());
+    async fn given_a_throttle_pause_when_it_ends_then_one_probe_goes_and_the_others_wait_for_its_answer(
+    ) {
+        use sealpost_domain::CarrierOutcome;
+        let g = std::sync::Arc::new(CarrierGate::new("rbm", GateConfig::default()));
         g.pause(Duration::from_millis(10), PauseReason::Throttled);
-        let a = g.enter(Duration::from_secs(1)).await.unwrap();
-        let b = g.enter(Duration::from_secs(1)).await.unwrap();
+        let probe = g.enter(Duration::from_secs(1)).await.unwrap();
+        assert!(probe.is_probe());
+        // Another job waits in the gate (not put back) while the probe is out.
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let p = g.enter(Duration::from_secs(5)).await.map(|p| p.is_probe());
+                (p, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "it waits for the probe's answer");
+        let answered_at = Instant::now();
+        probe.answered(&CarrierOutcome::Acked {
+            carrier_message_id: "m".into(),
+        });
+        let (entered, at) = waiter.await.unwrap();
+        assert_eq!(
+            entered,
+            Ok(false),
+            "after an accepted probe, every job goes"
+        );
+        assert!(at >= answered_at);
+        let a = g.enter(Duration::ZERO).await.unwrap();
+        let b = g.enter(Duration::ZERO).await.unwrap();
         assert!(!a.is_probe() && !b.is_probe());
+    }
+
+    #[tokio::test]
+    async fn given_a_throttle_probe_when_it_is_throttled_again_then_the_waiting_jobs_see_the_new_pause(
+    ) {
+        use sealpost_domain::CarrierOutcome;
+        let g = std::sync::Arc::new(CarrierGate::new("rbm", GateConfig::default()));
+        g.pause(Duration::ZERO, PauseReason::Throttled);
+        let probe = g.enter(Duration::from_secs(1)).await.unwrap();
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.enter(Duration::from_millis(500)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        probe.answered(&CarrierOutcome::Throttled {
+            code: "http_429".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        let err = waiter.await.unwrap().unwrap_err();
+        assert!(
+            err.remaining > Duration::from_secs(29),
+            "put back until the new Retry-After: {err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_throttle_probe_that_takes_longer_than_a_job_may_wait_then_the_job_is_put_back()
+    {
+        let g = CarrierGate::new("rbm", GateConfig::default());
+        g.pause(Duration::ZERO, PauseReason::Throttled);
+        let _probe = g.enter(Duration::from_secs(1)).await.unwrap();
+        let err = g.enter(Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(err.remaining, PROBE_WAIT);
+    }
+
+    #[tokio::test]
+    async fn given_a_pause_when_a_request_sent_before_it_is_accepted_then_the_probe_still_decides()
+    {
+        use sealpost_domain::CarrierOutcome;
+        let g = CarrierGate::new("rbm", GateConfig::default());
+        let early = g.enter(Duration::ZERO).await.unwrap();
+        assert!(!early.is_probe());
+        g.pause(Duration::ZERO, PauseReason::Throttled);
+        early.answered(&CarrierOutcome::Acked {
+            carrier_message_id: "m".into(),
+        });
+        assert!(g.enter(Duration::ZERO).await.unwrap().is_probe());
     }
 
     #[test]

@@ -130,13 +130,7 @@ impl Delivery {
             CarrierOutcome::AuthFailed { code } => {
                 return crate::carrier_auth_failed(slot, code, self.inner.cfg.carrier_auth_pause)
             }
-            CarrierOutcome::Throttled { retry_after, .. } => {
-                slot.gate.pause(
-                    retry_after.unwrap_or(Duration::from_secs(1)),
-                    crate::PauseReason::Throttled,
-                );
-                pass.answered(&outcome);
-            }
+            // A 429 pauses the carrier (`answered`) before the pass is let go.
             _ => pass.answered(&outcome),
         }
         let label = outcome_label(&outcome);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::{free_port, http_answers};
+use crate::free_port;
 
 /// Where the Prometheus server is: `SEALPOST_PROMETHEUS`, else `prometheus` on PATH (Debian's
 /// `prometheus` package, which `scripts/test` installs with its service left stopped).
@@ -82,12 +82,13 @@ impl PrometheusServer {
                     server.log()
                 );
             }
-            if http_answers(port).await {
+            // HTTP answers before the server is ready (the API says 503 meanwhile).
+            if ready(port).await {
                 return Ok(server);
             }
             if Instant::now() > deadline {
                 bail!(
-                    "prometheus did not answer on port {port} in 30 s:\n{}",
+                    "prometheus was not ready on port {port} in 30 s:\n{}",
                     server.log()
                 );
             }
@@ -104,6 +105,27 @@ impl PrometheusServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
+}
+
+/// Whether `GET /-/ready` on 127.0.0.1:`port` answers 200.
+async fn ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 impl Drop for PrometheusServer {
