@@ -33,7 +33,7 @@ fn timer(id: &str) -> TimerSubject {
 
 /// Provisions every stream and consumer, with `ack_wait` shortened so that work a killed
 /// process held is redelivered quickly.
-async fn provision_with_ack_wait(
+pub(crate) async fn provision_with_ack_wait(
     client: &async_nats::Client,
     ack_wait: Duration,
     replicas: Option<usize>,

@@ -4,6 +4,7 @@ mod alerts;
 mod audit;
 mod blobstore;
 mod carriers;
+mod chaos;
 mod cluster;
 mod dashboard;
 mod delivery;

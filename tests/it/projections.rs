@@ -347,7 +347,7 @@ async fn lifecycles_become_rows_holds_and_metrics() {
     assert!(!s.recent_failures.is_empty());
 }
 
-async fn metric_counts(pool: &PgPool) -> BTreeMap<String, i64> {
+pub(crate) async fn metric_counts(pool: &PgPool) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>(
         "SELECT event_type, sum(count)::int8 FROM metrics_events GROUP BY event_type",
     )

@@ -11,7 +11,8 @@
 //! database per test cloned from a migrated template ([`PgDatabase`]); and [`eventually`], for
 //! polling eventual state with a deadline; an OTLP/HTTP trace receiver ([`otlp::OtlpReceiver`]);
 //! a private Prometheus server ([`PrometheusServer`]) that scrapes a test's processes and
-//! evaluates the shipped alert rules.
+//! evaluates the shipped alert rules; a TCP proxy a test can cut and restore ([`TcpProxy`]), for
+//! outages of Postgres or S3 without stopping them.
 //!
 //! **Must not:** share servers, streams, buckets or databases between tests, talk to the system
 //! NATS on port 4222 (Debian's 2.9 ignores atomic batches), or sleep a fixed time to wait for a
@@ -28,8 +29,10 @@ use anyhow::{bail, Context as _};
 pub mod otlp;
 mod postgres;
 mod prometheus;
+mod proxy;
 pub use postgres::{postgres_admin_url, PgDatabase};
 pub use prometheus::{prometheus_binary, PrometheusServer};
+pub use proxy::TcpProxy;
 
 /// Where the nats-server binary is: `SEALPOST_NATS_SERVER`, else the project-local install.
 pub fn nats_server_binary() -> anyhow::Result<PathBuf> {

@@ -11,15 +11,11 @@ use sealpost_carrier_sim::{FaultMix, SimConfig};
 use crate::config::Config;
 use crate::harness::{self, Harness, Options};
 
-pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::Result<()> {
-    let messages = messages.max(1);
-    let mut cfg = cfg.clone();
-    // Short backoffs and a client timeout below the simulator's hang, so that every fault shows
-    // up within seconds.
-    cfg.retry.base = Duration::from_millis(200);
-    cfg.retry.max = Duration::from_millis(2000);
-    cfg.carriers.rbm.timeout = Duration::from_millis(200);
-    let faults = FaultMix {
+/// The demo's fault mix, which the fault suite (`tests/it/chaos.rs`) uses too: 1% 429s, 5% 5xx,
+/// 1% accept-then-hang (300 ms, above the demo's 200 ms client timeout), 2% numbers without RCS,
+/// 1% permanent refusals, 5% duplicate and 5% out-of-order receipts.
+pub fn fault_mix() -> FaultMix {
+    FaultMix {
         throttle: 0.01,
         retry_after_secs: 1,
         server_error: 0.05,
@@ -30,7 +26,18 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         duplicate_receipt: 0.05,
         out_of_order_receipt: 0.05,
         offline: 0.0,
-    };
+    }
+}
+
+pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::Result<()> {
+    let messages = messages.max(1);
+    let mut cfg = cfg.clone();
+    // Short backoffs and a client timeout below the simulator's hang, so that every fault shows
+    // up within seconds.
+    cfg.retry.base = Duration::from_millis(200);
+    cfg.retry.max = Duration::from_millis(2000);
+    cfg.carriers.rbm.timeout = Duration::from_millis(200);
+    let faults = fault_mix();
     let sim = SimConfig {
         latency: Duration::from_millis(5),
         receipt_delay: Duration::from_millis(50),
