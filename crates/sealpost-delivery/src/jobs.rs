@@ -90,16 +90,12 @@ where
 {
     let handler = Arc::new(handler);
     // The drain-rate series exists (at 0) from the start, not from the first finished job.
-    let _ = sealpost_telemetry::metrics().jobs_done.get_or_create(
-        &sealpost_telemetry::ConsumerLabels {
-            consumer: durable.as_str().to_owned(),
-        },
-    );
+    let done = sealpost_telemetry::jobs_done(durable.as_str());
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let stream = durable.stream().as_str();
         loop {
-            match consume(&js, durable, concurrency, handler.clone()).await {
+            match consume(&js, durable, concurrency, handler.clone(), &done).await {
                 Ok(()) => {
                     tracing::warn!(stream, consumer = %durable, "consumer stream ended; restarting")
                 }
@@ -118,6 +114,7 @@ async fn consume<F, Fut>(
     durable: Durable,
     concurrency: usize,
     handler: Arc<F>,
+    done: &sealpost_telemetry::Counter,
 ) -> Result<(), DeliveryError>
 where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
@@ -158,8 +155,9 @@ where
                 };
                 // Each job is a task of its own, so jobs run on every runtime thread; it is
                 // aborted with the consumer (an unfinished job is redelivered after ack_wait).
+                let done = done.clone();
                 let task = AbortOnDrop(tokio::spawn(
-                    async move { answer(durable, msg, job.await).await }.in_current_span(),
+                    async move { answer(&done, msg, job.await).await }.in_current_span(),
                 ));
                 if let Err(e) = task.join().await {
                     tracing::warn!(error = %e, "a job's task ended without an answer; it is redelivered after ack_wait");
@@ -192,14 +190,9 @@ where
 
 /// Answers the server as the handler said, and counts a job that is done
 /// (`sealpost_queue_jobs_done_total{consumer}`: what the queue-drain alert divides by).
-async fn answer(durable: Durable, msg: jetstream::Message, end: JobEnd) {
+async fn answer(done: &sealpost_telemetry::Counter, msg: jetstream::Message, end: JobEnd) {
     if !matches!(end, JobEnd::Nak(_)) {
-        sealpost_telemetry::metrics()
-            .jobs_done
-            .get_or_create(&sealpost_telemetry::ConsumerLabels {
-                consumer: durable.as_str().to_owned(),
-            })
-            .inc();
+        done.inc();
     }
     let acked = match end {
         JobEnd::Ack => msg.ack().await,

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub mod traces;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -267,6 +267,17 @@ fn register<M: prometheus_client::registry::Metric>(
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// `sealpost_queue_jobs_done_total{consumer}`, created at 0: a consumer keeps it and counts each
+/// finished job without a lookup per job.
+pub fn jobs_done(consumer: &str) -> Counter {
+    metrics()
+        .jobs_done
+        .get_or_create(&ConsumerLabels {
+            consumer: consumer.to_owned(),
+        })
+        .clone()
 }
 
 /// The content type of [`encode`]'s output.
