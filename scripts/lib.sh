@@ -295,8 +295,8 @@ ensure_old_nats_server() {
 }
 
 # start_nats NAME: a private JetStream server on 127.0.0.1 (free ports, temp store, nats/dev.conf).
-# Exports SEALPOST_NATS_URL, SEALPOST_NATS_MONITOR_URL and SEALPOST_NATS_LOG. Stopped, and its
-# store removed, when the calling shell exits.
+# Exports SEALPOST_NATS_URL, SEALPOST_NATS_MONITOR_URL, SEALPOST_NATS_LOG and SEALPOST_NATS_PID.
+# Stopped, and its store removed, when the calling shell exits.
 start_nats() { # NAME [CONFIG_FILE]
   local name=${1:?usage: start_nats NAME [CONFIG_FILE]}
   local conf=${2:-$ROOT/nats/dev.conf}
@@ -323,6 +323,7 @@ start_nats() { # NAME [CONFIG_FILE]
         export SEALPOST_NATS_URL="nats://127.0.0.1:$port"
         export SEALPOST_NATS_MONITOR_URL="http://127.0.0.1:$mon"
         export SEALPOST_NATS_LOG="$dir/nats-server.log"
+        export SEALPOST_NATS_PID=$pid
         step "nats-server '$name' ($(_nats_version "$SEALPOST_NATS_SERVER")) at $SEALPOST_NATS_URL, log $SEALPOST_NATS_LOG"
         return 0
       fi
@@ -346,6 +347,49 @@ start_nats() { # NAME [CONFIG_FILE]
     tail -n 30 "$dir/nats-server.log" 2>/dev/null || echo "(no log)"
   } >&2
   die "could not start nats-server '$name'"
+}
+
+# start_nats_cluster NAME: a private 3-node JetStream cluster on 127.0.0.1 (free ports, a temp
+# store per node, nats/dev.conf), routed to each other. Exports SEALPOST_NATS_URL (the three
+# client URLs), SEALPOST_NATS_PIDS (comma-separated) and SEALPOST_NATS_REPLICAS=3. Stopped, and
+# the stores removed, when the calling shell exits.
+start_nats_cluster() { # NAME
+  local name=${1:?usage: start_nats_cluster NAME}
+  name=${name//[^A-Za-z0-9_-]/_}
+  [[ -n ${SEALPOST_NATS_SERVER:-} ]] || ensure_nats_server
+  _need_cmd curl curl
+
+  local dir i routes="" urls="" pids="" deadline
+  local -a ports mons cports
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/sealpost-nats-$name.XXXXXX")
+  add_cleanup "rm -rf '$dir'"
+  for i in 0 1 2; do
+    ports[i]=$(free_port)
+    mons[i]=$(free_port)
+    cports[i]=$(free_port)
+    routes+="${routes:+,}nats://127.0.0.1:${cports[i]}"
+    urls+="${urls:+,}nats://127.0.0.1:${ports[i]}"
+  done
+  for i in 0 1 2; do
+    "$SEALPOST_NATS_SERVER" -n "n$i" -js -a 127.0.0.1 -p "${ports[i]}" -m "${mons[i]}" \
+      -sd "$dir/n$i" -c "$ROOT/nats/dev.conf" --cluster_name "sealpost-$name" \
+      --cluster "nats://127.0.0.1:${cports[i]}" --routes "$routes" \
+      </dev/null >>"$dir/n$i.log" 2>&1 &
+    add_cleanup "_stop_pid $!"
+    pids+="${pids:+,}$!"
+  done
+  deadline=$((SECONDS + 30))
+  for i in 0 1 2; do
+    until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:${mons[i]}/healthz?js-enabled-only=true" 2>/dev/null; do
+      if ((SECONDS >= deadline)); then
+        tail -n 30 "$dir/n$i.log" >&2 || true
+        die "the nats-server cluster '$name' did not become ready within 30 s (node n$i)"
+      fi
+      sleep 0.2
+    done
+  done
+  export SEALPOST_NATS_URL=$urls SEALPOST_NATS_PIDS=$pids SEALPOST_NATS_REPLICAS=3
+  step "nats-server cluster '$name' ($(_nats_version "$SEALPOST_NATS_SERVER")), 3 nodes at $SEALPOST_NATS_URL, logs in $dir"
 }
 
 # ---------------------------------------------------------------------------------------------

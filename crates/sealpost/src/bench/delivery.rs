@@ -62,7 +62,9 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
             anyhow::Ok((s, p.sim_stats()))
         }
     };
+    let cpu_before = CpuSnapshot::now();
     let (s, stats) = run(false, "end to end").await?;
+    let cpu = CpuSnapshot::now().since(&cpu_before);
     // 3. The same path draining a backlog: every message is accepted first, then the
     //    delivery roles start (a new tenant, so nothing of the first run is counted).
     let (drain, _) = run(true, "backlog drain").await?;
@@ -75,6 +77,7 @@ pub async fn run(cfg: &Config, messages: usize, concurrency: usize) -> anyhow::R
         cfg,
     };
     rig.report(&raw, &s, &stats, &drain);
+    cpu.report(messages);
     for (what, s) in [("end to end", &s), ("backlog drain", &drain)] {
         anyhow::ensure!(
             s.all_terminal(),
@@ -204,4 +207,75 @@ impl Rig<'_> {
             }
         );
     }
+}
+
+/// CPU time (user + system) of this process and of the nats-servers named by
+/// `SEALPOST_BENCH_SERVER_PIDS` (comma-separated; `scripts/bench` sets it), from `/proc`.
+#[derive(Debug, Clone, Default)]
+struct CpuSnapshot {
+    sealpost: Option<Duration>,
+    servers: Vec<(String, Option<Duration>)>,
+}
+
+impl CpuSnapshot {
+    fn now() -> Self {
+        let servers = std::env::var("SEALPOST_BENCH_SERVER_PIDS")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| (p.trim().to_owned(), cpu_of(p.trim())))
+            .collect();
+        Self {
+            sealpost: cpu_of("self"),
+            servers,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let diff = |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?));
+        Self {
+            sealpost: diff(self.sealpost, before.sealpost),
+            servers: self
+                .servers
+                .iter()
+                .zip(&before.servers)
+                .map(|((pid, a), (_, b))| (pid.clone(), diff(*a, *b)))
+                .collect(),
+        }
+    }
+
+    fn report(&self, messages: usize) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / messages.max(1) as f64;
+        let Some(own) = self.sealpost else {
+            println!("CPU per message: /proc is not readable here");
+            return;
+        };
+        let servers: Option<Duration> = self.servers.iter().map(|(_, d)| *d).sum();
+        match servers {
+            Some(n) if !self.servers.is_empty() => println!(
+                "CPU per message, end to end: {:.0} µs = nats-server {:.0} µs ({} process{}) + sealpost {:.0} µs (gateway, delivery roles, simulator, load generator, observer)",
+                per(n + own),
+                per(n),
+                self.servers.len(),
+                if self.servers.len() == 1 { "" } else { "es" },
+                per(own)
+            ),
+            _ => println!(
+                "CPU per message, end to end: sealpost {:.0} µs (gateway, delivery roles, simulator, load generator, observer); set SEALPOST_BENCH_SERVER_PIDS for nats-server's share",
+                per(own)
+            ),
+        }
+    }
+}
+
+/// User + system CPU time of `pid` (or `self`) from `/proc/<pid>/stat`, in Linux's USER_HZ
+/// ticks of 10 ms.
+fn cpu_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime and stime are fields 14 and 15.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
