@@ -213,7 +213,8 @@ rate_per_sec = 0.0
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
     for url in &gateway_urls {
-        eventually(Duration::from_secs(60), "a gateway's /healthz", || async {
+        // Generous: five debug processes and a cluster start at once on a loaded machine.
+        eventually(Duration::from_secs(180), "a gateway's /healthz", || async {
             let r = http.get(format!("{url}/healthz")).send().await.ok()?;
             r.status().is_success().then_some(())
         })
@@ -410,8 +411,24 @@ rate_per_sec = 0.0
             let s = l.aggregate.status;
             (s == Status::Displayed || s.is_terminal_failure()).then_some(l)
         })
-        .await
-        .unwrap_or_else(|e| panic!("{id}: {e}"));
+        .await;
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                let history: Vec<String> = store
+                    .load_raw(&agg)
+                    .await
+                    .map(|r| r.iter().map(|e| e.event_type().to_owned()).collect())
+                    .unwrap_or_default();
+                panic!(
+                    "{id}: {e}; its events: {history:?}; at the carrier: {:?}",
+                    sim.requests_for(id)
+                        .iter()
+                        .map(|r| r.status)
+                        .collect::<Vec<_>>()
+                )
+            }
+        };
         *ends.entry(loaded.aggregate.status.to_string()).or_default() += 1;
         finals.insert(agg, loaded);
     }

@@ -339,8 +339,27 @@ impl Deployment {
     /// is acked and then ends at its TTL with the carrier's copy revoked: `expired`, or with a
     /// fallback requested `fallback_triggered` (reason `expired`, the revoke recorded) and
     /// exactly one SMS notice.
-    async fn expire_offline(&self, key: &str, to: &str, ttl: u64, fallback: bool) -> String {
-        self.sim.script(to, vec![Scripted::AcceptOffline]);
+    /// Sends a message the carrier accepts but never delivers, and waits for its expiry: on its
+    /// first attempt, or, with `first_fails`, on its second after a 503.
+    async fn expire_offline(
+        &self,
+        key: &str,
+        to: &str,
+        ttl: u64,
+        fallback: bool,
+        first_fails: bool,
+    ) -> String {
+        let mut script = vec![Scripted::AcceptOffline];
+        if first_fails {
+            script.insert(
+                0,
+                Scripted::Status {
+                    code: 503,
+                    retry_after_secs: None,
+                },
+            );
+        }
+        self.sim.script(to, script);
         let id = self.send_with(key, to, ttl, fallback).await;
         self.wait_for(&id, Duration::from_secs(10), |s| s == Status::CarrierAcked)
             .await;
@@ -351,7 +370,12 @@ impl Deployment {
         };
         self.wait_for(&id, Duration::from_secs(20), |s| s == end)
             .await;
-        assert_eq!(self.types(&id).await, ["accepted", "carrier_acked", last]);
+        let mut types = vec!["accepted"];
+        if first_fails {
+            types.extend(["attempt_failed", "retry_scheduled"]);
+        }
+        types.extend(["carrier_acked", last]);
+        assert_eq!(self.types(&id).await, types);
         let body = self.event_body(&id, last).await;
         assert_eq!(body["revoke"], "revoked");
         if fallback {
@@ -440,17 +464,15 @@ async fn a_message_goes_from_accepted_to_displayed_with_one_submission_and_its_c
         acked.header("Sealpost-Correlation-Id"),
         Some("corr-happy-1")
     );
-    // The expiry timer is stored on the schedules stream, keyed by the message.
+    // No expiry timer: the carrier's TTL bounds a message it acked on its first attempt.
     let js = async_nats::jetstream::new(p.client.clone());
-    let timer = js
+    assert!(js
         .get_stream(Stream::Schedules.as_str())
         .await
         .unwrap()
         .get_last_raw_message_by_subject(&timer(&id).schedule())
         .await
-        .expect("an expiry timer");
-    let spec = timer.headers.get("Nats-Schedule").unwrap().to_string();
-    assert!(spec.starts_with("@at "), "{spec}");
+        .is_err());
 }
 
 #[tokio::test]
@@ -495,6 +517,18 @@ async fn transient_errors_are_retried_with_backoff_until_the_carrier_accepts() {
     );
     // The policy's backoff (base 100 ms, jittered by 0.5..1.5) separates the attempts.
     assert!(requests[1].at - requests[0].at >= Duration::from_millis(50));
+    // Undelivered after its first attempt, it got an expiry timer on the schedules stream,
+    // keyed by the message.
+    let js = async_nats::jetstream::new(p.client.clone());
+    let timer = js
+        .get_stream(Stream::Schedules.as_str())
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&timer(&id).schedule())
+        .await
+        .expect("an expiry timer");
+    let spec = timer.headers.get("Nats-Schedule").unwrap().to_string();
+    assert!(spec.starts_with("@at "), "{spec}");
 }
 
 #[tokio::test]
@@ -616,28 +650,49 @@ async fn a_recipient_without_rcs_gets_one_neutral_sms_notice() {
     assert_eq!((stats.sms_accepted, stats.sms_duplicates), (1, 0));
 }
 
+/// README, Delivery, expiry. A message the carrier acked on its first attempt has no timer: the
+/// carrier's TTL (`expireTime` = `expires_at`) revokes it and its TTL_EXPIRATION_REVOKED receipt
+/// ends it. A message still undelivered after its first attempt gets a timer before the second,
+/// which fires at `expires_at`; the expiry role revokes it (the carrier's TTL is 30 s later).
 #[tokio::test]
 async fn at_its_ttl_an_undelivered_message_expires_and_is_revoked_at_the_carrier() {
     let p = Deployment::start(Options::default()).await;
-    let id = p.expire_offline("ttl-1", "+15550001007", 2, false).await;
-    // With a fallback requested, the same expiry falls back: revoked first, then one notice.
-    p.expire_offline("ttl-fallback-1", "+15550001027", 2, true)
+    let js = async_nats::jetstream::new(p.client.clone());
+    let schedules = js.get_stream(Stream::Schedules.as_str()).await.unwrap();
+
+    let first = p
+        .expire_offline("ttl-1", "+15550001007", 2, false, false)
+        .await;
+    for subject in [timer(&first).schedule(), timer(&first).due()] {
+        assert!(
+            schedules
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .is_err(),
+            "a message acked on its first attempt has a timer ({subject})"
+        );
+    }
+    let retried = p
+        .expire_offline("ttl-2", "+15550001008", 2, false, true)
         .await;
     // The server fired the timer: it published onto the due subject.
-    let js = async_nats::jetstream::new(p.client.clone());
-    js.get_stream("SEALPOST_SCHEDULES")
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(&timer(&id).due())
+    schedules
+        .get_last_raw_message_by_subject(&timer(&retried).due())
         .await
         .expect("the expiry timer fired");
+    // With a fallback requested, the same expiry falls back: revoked first, then one notice.
+    p.expire_offline("ttl-fallback-1", "+15550001027", 2, true, false)
+        .await;
+    p.expire_offline("ttl-fallback-2", "+15550001028", 2, true, true)
+        .await;
 }
 
+/// The expiry role is down: the timer of a message that needed a second attempt fires into
+/// `SEALPOST_SCHEDULES` but nobody acts on it. The carrier's TTL (`expires_at` + 1 s here) takes
+/// the message back and says so in a signed TTL_EXPIRATION_REVOKED webhook, which the gateway
+/// (on its own, without the delivery roles) stores raw before the receipts role applies it.
 #[tokio::test]
 async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
-    // No expiry role: Sealpost's own timer fires into SEALPOST_SCHEDULES but nobody acts on it,
-    // as when the expiry role is down. The carrier's TTL (expires_at + 1 s here) takes the
-    // message back and says so with a signed TTL_EXPIRATION_REVOKED webhook.
     let p = Deployment::start(Options {
         roles: &[Role::Delivery, Role::Receipts],
         carrier_ttl_grace: Duration::from_secs(1),
@@ -645,10 +700,16 @@ async fn the_carriers_ttl_webhook_expires_a_message_our_timer_did_not_end() {
     })
     .await;
     let id = p
-        .expire_offline("carrier-ttl-1", "+15550001017", 1, false)
+        .expire_offline("carrier-ttl-1", "+15550001017", 1, false, true)
         .await;
-    // The webhook was stored raw before it was applied.
     let js = async_nats::jetstream::new(p.client.clone());
+    js.get_stream(Stream::Schedules.as_str())
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&timer(&id).due())
+        .await
+        .expect("our timer fired, with nobody to act on it");
+    // The webhook was stored raw before it was applied.
     let stored = js
         .get_stream(Stream::Receipts.as_str())
         .await
@@ -1664,14 +1725,15 @@ async fn receipts_are_deduplicated_by_the_carriers_event_id() {
     );
 }
 
-/// README, Delivery: "A schedule's subject is its identity, so a redelivered first attempt
-/// replaces the timer instead of adding one." The delivery process stops while the carrier holds
-/// its first attempt; the job comes back after `ack_wait`, attempt 1 runs again (the carrier
-/// answers 409) and stores the timer again. The schedules stream's duplicate window is cut to
-/// 1 s first, so the second store is not dropped as a `Nats-Msg-Id` duplicate: it replaces the
-/// first. One timer is left, and it fires once.
+/// README, Delivery: "A schedule's subject is its identity, so a redelivered attempt replaces
+/// the timer instead of adding one." The first attempt is answered 503, so the second stores a
+/// timer; the delivery process stops while the carrier holds that second attempt; the job comes
+/// back after `ack_wait`, attempt 2 runs again (the carrier answers 409) and stores the timer
+/// again. The schedules stream's duplicate window is cut to 1 s first, so the second store is
+/// not dropped as a `Nats-Msg-Id` duplicate: it replaces the first. One timer is left, and it
+/// fires once.
 #[tokio::test]
-async fn a_redelivered_first_attempt_replaces_the_expiry_timer_instead_of_adding_one() {
+async fn a_redelivered_attempt_replaces_the_expiry_timer_instead_of_adding_one() {
     let p = Deployment::start(Options {
         start_delivery: false,
         rbm_timeout: Duration::from_secs(20),
@@ -1695,30 +1757,40 @@ async fn a_redelivered_first_attempt_replaces_the_expiry_timer_instead_of_adding
 
     let first_process = p.start_roles(&Role::DELIVERY).await;
     let to = "+15550002006";
-    p.sim.script(to, vec![Scripted::Timeout]);
+    p.sim.script(
+        to,
+        vec![
+            Scripted::Status {
+                code: 503,
+                retry_after_secs: None,
+            },
+            Scripted::Timeout,
+        ],
+    );
     let id = p.send_with("one-timer", to, 10, false).await;
     let timer = timer(&id);
     sealpost_testkit::eventually(
         Duration::from_secs(10),
-        "attempt 1 at the carrier",
-        || async { (!p.sim.requests_for(&id).is_empty()).then_some(()) },
+        "attempt 2 at the carrier",
+        || async { (p.sim.requests_for(&id).len() >= 2).then_some(()) },
     )
     .await
     .unwrap();
     let first = schedules
         .get_last_raw_message_by_subject(&timer.schedule())
         .await
-        .expect("the timer stored by attempt 1")
+        .expect("the timer stored by attempt 2")
         .sequence;
-    // The process goes away while the carrier still holds attempt 1 unanswered.
+    // The process goes away while the carrier still holds attempt 2 unanswered.
     drop(first_process);
-    assert_eq!(p.types(&id).await, ["accepted"]);
+    let failed_once = ["accepted", "attempt_failed", "retry_scheduled"];
+    assert_eq!(p.types(&id).await, failed_once);
 
     let _second_process = p.start_roles(&Role::DELIVERY).await;
     p.wait_for(&id, Duration::from_secs(20), |s| s == Status::CarrierAcked)
         .await;
     let statuses: Vec<u16> = p.sim.requests_for(&id).iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 409], "attempt 1 ran twice");
+    assert_eq!(statuses, [503, 200, 409], "attempt 2 ran twice");
     let second = schedules
         .get_last_raw_message_by_subject(&timer.schedule())
         .await
@@ -1737,7 +1809,10 @@ async fn a_redelivered_first_attempt_replaces_the_expiry_timer_instead_of_adding
     p.wait_for(&id, Duration::from_secs(30), |s| s == Status::Expired)
         .await;
     assert_eq!(p.event_body(&id, "expired").await["revoke"], "revoked");
-    assert_eq!(p.types(&id).await, ["accepted", "carrier_acked", "expired"]);
+    assert_eq!(
+        p.types(&id).await,
+        [&failed_once[..], &["carrier_acked", "expired"]].concat()
+    );
     // Fired once, and no timer is left to fire again.
     assert_eq!(
         messages_on_subject(&p.client, Stream::Schedules, &timer.due()).await,
@@ -1885,4 +1960,63 @@ fn auth_failures_counted() -> u64 {
         .filter(|l| l.starts_with("sealpost_carrier_auth_failures_total{carrier=\"rbm\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// README, Delivery, receipts: the gateway and the delivery roles in one process (the harness of
+/// `sealpost demo` and `sealpost bench delivery`, through `App::start`), with the simulator
+/// sending DELIVERED the moment it accepts a submission (receipt delay 0, before the worker has
+/// its answer). The receipts are applied at once, after the worker records the answer: every
+/// message ends displayed with one event of each kind, and hardly any receipt had to be stored
+/// raw (one is only when it could not be applied within its waits, which a loaded machine can
+/// cause, so the test allows a few).
+#[tokio::test]
+async fn a_gateway_with_the_delivery_roles_applies_receipts_at_once_even_before_the_carrier_answers(
+) {
+    let server = Nats::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = app_config(&server.url(), dir.path(), vec![]);
+    let mut h = sealpost::harness::Harness::start(
+        &cfg,
+        sealpost::harness::Options {
+            sim: SimConfig {
+                latency: Duration::ZERO,
+                receipt_delay: Duration::ZERO,
+                ..SimConfig::default()
+            },
+            sms_fallback: false,
+            fallback_every: 0,
+            tenant_prefix: "colocated",
+            hold_delivery: false,
+        },
+    )
+    .await
+    .unwrap();
+    let n = 300;
+    let s = h.drive(n, 32, None).await.unwrap();
+    assert!(s.all_terminal(), "not all ended: {:?}", s.by_state);
+    assert_eq!(s.displayed(), n as u64, "{:?}", s.by_state);
+    for kind in [
+        sealpost_domain::EventType::Accepted,
+        sealpost_domain::EventType::CarrierAcked,
+        sealpost_domain::EventType::Delivered,
+        sealpost_domain::EventType::Displayed,
+    ] {
+        assert_eq!(s.events.get(&kind), Some(&(n as u64)), "{:?}", s.events);
+    }
+    assert_eq!(s.events_total(), 4 * n as u64, "{:?}", s.events);
+    let js = async_nats::jetstream::new(server.connect().await);
+    let stored = js
+        .get_stream(Stream::Receipts.as_str())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert!(
+        stored <= (2 * n as u64) / 10,
+        "{stored} of {} receipts were stored instead of applied at once",
+        2 * n
+    );
 }

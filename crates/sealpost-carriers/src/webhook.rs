@@ -90,6 +90,25 @@ impl fmt::Debug for Webhook {
     }
 }
 
+/// What became of a verified receipt handed to [`ApplyReceipt::apply_now`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppliedNow {
+    /// Durable as the message's events, or it changes nothing (a duplicate, an ended message,
+    /// an event that is not a receipt): answer 200, store nothing.
+    Applied,
+    /// It cannot be applied yet (no carrier ack recorded, message unknown here, store
+    /// unavailable): store it raw for the receipts consumer before answering 200.
+    Later,
+}
+
+/// Where a gateway hands a receipt whose signature it verified (the delivery crate's
+/// `ReceiptApplier`). Defined here so that the gateway and the delivery roles share it without
+/// depending on each other.
+#[async_trait::async_trait]
+pub trait ApplyReceipt: Send + Sync + std::fmt::Debug {
+    async fn apply_now(&self, event: &RbmEvent) -> AppliedNow;
+}
+
 /// One agent event about one of our messages. Holds no phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RbmEvent {

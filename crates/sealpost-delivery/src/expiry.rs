@@ -1,8 +1,12 @@
-//! Expiry without a sweeper: the first delivery attempt stores a JetStream scheduled message
-//! (`Nats-Schedule: @at <expires_at>`) on `sealpost.sched.<tenant>.<message_id>.expire`; the
-//! server publishes it to `sealpost.due.<tenant>.<message_id>.expire` at that instant, and the
+//! Expiry without a sweeper. A message the carrier acked on its first attempt is bounded by the
+//! carrier's TTL (RBM `expireTime` = `expires_at`), which revokes it and says so in a
+//! TTL_EXPIRATION_REVOKED receipt. A message still undelivered after its first attempt gets a
+//! JetStream scheduled message (`Nats-Schedule: @at <expires_at>`) on
+//! `sealpost.sched.<tenant>.<message_id>.expire`, stored before each later attempt; the server
+//! publishes it to `sealpost.due.<tenant>.<message_id>.expire` at that instant, and the
 //! `expiry` consumer ends the message there. A schedule's subject is its identity, so storing it
-//! again (a redelivered first attempt) replaces it rather than adding a second timer.
+//! again replaces it rather than adding a second timer. A job that finds its message expired
+//! before any timer was stored (the carrier was paused past `expires_at`) ends it itself.
 
 use std::time::Duration;
 
@@ -86,13 +90,26 @@ impl Delivery {
                 return JobEnd::Term;
             }
         };
+        self.expire_now(&tenant, &message_id, job.delivered).await
+    }
+
+    /// Ends a message whose `expires_at` has passed (the `delivered`-th try of the job asking):
+    /// revokes it at the carrier where it may be and records `expired` with the revoke's
+    /// outcome. A message not yet expired is put back until it is; a delivered or ended one is
+    /// left alone. Used by the timer and by a worker that finds its job's message expired.
+    pub(crate) async fn expire_now(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+        delivered: i64,
+    ) -> JobEnd {
         let retry = growing_delay(
             Duration::from_millis(500),
-            job.delivered,
+            delivered,
             Duration::from_secs(30),
         );
         // The timer is not an event of the message: its state is read as the leader has it.
-        let state = match self.load(&tenant, &message_id, None).await {
+        let state = match self.load(tenant, message_id, None).await {
             Ok(l) => l.aggregate,
             Err(e) => {
                 tracing::warn!(%message_id, error = %e, "cannot load an expiring message; retrying");
@@ -115,7 +132,7 @@ impl Delivery {
                 RevokeResult::Revoked => RevokeOutcome::Revoked,
                 // Delivered meanwhile (its receipt is on the way) or unknown to the carrier.
                 RevokeResult::NotRevocable => RevokeOutcome::RevokeFailed,
-                RevokeResult::Failed { code } if job.delivered < 5 => {
+                RevokeResult::Failed { code } if delivered < 5 => {
                     tracing::warn!(%message_id, code, "revoke failed; retrying");
                     return JobEnd::Nak(retry);
                 }
@@ -134,7 +151,7 @@ impl Delivery {
             _ => return JobEnd::Ack,
         };
         let cmd = MessageCommand::Expire { revoke, at: now };
-        let agg = aggregate_id(&tenant, &message_id);
+        let agg = aggregate_id(tenant, message_id);
         match self
             .inner
             .executor

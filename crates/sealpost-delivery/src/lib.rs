@@ -11,13 +11,16 @@
 //! - [`gate`]: per-carrier concurrency limit, token bucket and carrier-wide pause after a 429 or
 //!   a refusal of our credentials (401/403): an auth failure is the carrier's outage, never the
 //!   message's failure, so it is not recorded on the message; the job waits and tries again.
-//! - [`expiry`]: at the first attempt a `Nats-Schedule: @at <expires_at>` message is stored in
-//!   `SEALPOST_SCHEDULES`; when the server fires it, the `expiry` consumer revokes at the
-//!   carrier where the message may be and records `expired` with the revoke's outcome.
-//! - [`receipts`]: the `receipts` consumer applies the raw receipts the gateway stored in
-//!   `SEALPOST_RECEIPTS`, one at a time per message in stream order (`turns`); a receipt that
-//!   arrives before the carrier ack was recorded waits briefly, then is retried (NAK with delay),
-//!   never dropped; duplicates make no events (the aggregate dedupes by id).
+//! - [`expiry`]: before any attempt after the first a `Nats-Schedule: @at <expires_at>` message
+//!   is stored in `SEALPOST_SCHEDULES` (a first attempt the carrier acks is bounded by the
+//!   carrier's TTL, set to `expires_at`); when the server fires it, the `expiry` consumer revokes
+//!   at the carrier where the message may be and records `expired` with the revoke's outcome.
+//! - [`receipts`]: [`receipts::ReceiptApplier`] applies a receipt a gateway verified at once
+//!   when it can; the `receipts` consumer applies the ones the gateway stored raw in
+//!   `SEALPOST_RECEIPTS` because they could not be applied yet. A message's receipts go one at a
+//!   time per process, in arrival order (`turns`); a receipt that arrives before the carrier ack
+//!   was recorded waits briefly, then is stored or retried (NAK with delay), never dropped;
+//!   duplicates make no events (the aggregate dedupes by id).
 //! - [`fallback`]: the `fallback` consumer (jobs are `fallback_triggered` events) revokes the
 //!   RCS message where it may have landed, then sends the neutral notice (SMS, idempotent by
 //!   client reference) or publishes the in-app notice.
@@ -96,8 +99,9 @@ pub struct DeliveryConfig {
     pub payload_url_ttl: Duration,
     /// First redelivery delay of a receipt that arrived before its message's carrier ack.
     pub receipt_retry: Duration,
-    /// How long after `expires_at` the carrier's own TTL (RBM `expireTime`) takes a message back,
-    /// as a backstop for a revoke by the expiry role that cannot get through.
+    /// How long after `expires_at` the carrier's own TTL (RBM `expireTime`) takes a message back
+    /// from its second attempt on, as a backstop for a revoke by the expiry role that cannot get
+    /// through. A first attempt stores no timer: its `expireTime` is `expires_at` itself.
     pub carrier_ttl_grace: Duration,
     /// Fallback notice texts by template id (the send command names a template, never text).
     /// A template not listed here is sent as [`DEFAULT_NOTICE`]. Texts must stay neutral: no
@@ -161,14 +165,13 @@ pub struct Delivery {
 #[derive(Debug)]
 struct Inner {
     js: jetstream::Context,
-    executor: CommandExecutor<Message>,
+    executor: Arc<CommandExecutor<Message>>,
     blobs: BlobStore,
     carriers: Carriers,
     cfg: DeliveryConfig,
-    /// message id → tenant, for receipts (carriers name messages by id only). Bounded.
-    tenants: quick_cache::sync::Cache<String, TenantId>,
-    /// Per-message FIFO turns of the receipts consumer.
-    turns: Arc<turns::Turns>,
+    /// Applies receipts, for the receipts consumer and for a gateway in this process; shares
+    /// `executor` (and its state cache).
+    receipts: Arc<receipts::ReceiptApplier>,
 }
 
 impl Delivery {
@@ -181,17 +184,24 @@ impl Delivery {
         carriers: Carriers,
         cfg: DeliveryConfig,
     ) -> Self {
+        let executor = Arc::new(executor);
         Self {
             inner: Arc::new(Inner {
                 js: jetstream::new(client),
+                receipts: Arc::new(receipts::ReceiptApplier::new(executor.clone())),
                 executor,
                 blobs,
                 carriers,
                 cfg,
-                tenants: quick_cache::sync::Cache::new(receipts::TENANT_CACHE),
-                turns: Default::default(),
             }),
         }
+    }
+
+    /// The receipt applier of these roles, for a gateway in the same process: it decides on the
+    /// state the worker left in the shared cache, and knows the tenants of the messages the
+    /// worker submitted.
+    pub fn receipts(&self) -> Arc<receipts::ReceiptApplier> {
+        self.inner.receipts.clone()
     }
 
     pub fn config(&self) -> &DeliveryConfig {

@@ -2,7 +2,8 @@
 //!
 //! Per job: rebuild the message (from the job itself on first delivery of an `accepted` event,
 //! otherwise by a load), skip it if it is settled, NAK it until `not_before` if it is not due,
-//! store the expiry timer on the first attempt, pass the carrier's throttle, submit attempt
+//! end it if it expired, store the expiry timer before any attempt after the first (the
+//! carrier's TTL bounds the first), pass the carrier's throttle, submit attempt
 //! `next_attempt` with a presigned GET URL of the ciphertext, and record the answer; an answer
 //! about our credentials (401/403) pauses the carrier instead and records nothing. The job is
 //! acked only after the answer is an event; a retry NAKs it with the delay the domain chose.
@@ -60,7 +61,7 @@ impl Delivery {
         if let Some(c) = job.header(sealpost_eventstore::store::HDR_CORRELATION_ID) {
             span.record("correlation_id", c);
         }
-        self.remember_tenant(&message_id, &tenant);
+        self.inner.receipts.remember_tenant(&message_id, &tenant);
         let agg = aggregate_id(&tenant, &message_id);
         let state = match self.job_state(&agg, &job, kind, &tenant, &message_id).await {
             Ok(s) => s,
@@ -86,7 +87,18 @@ impl Delivery {
         }
         let attempt = state.next_attempt;
         span.record("attempt", attempt);
-        if attempt == 1 {
+        if now >= accepted.expires_at {
+            // Submitting now would only have to be revoked. A message that never got past its
+            // first attempt has no timer to end it (see below): end it here, as the timer would.
+            return self.expire_now(&tenant, &message_id, job.delivered).await;
+        }
+        // The first attempt stores no timer: a message the carrier acks is bounded by the
+        // carrier's own TTL, set to `expires_at` (RBM revokes it then and says so in a
+        // TTL_EXPIRATION_REVOKED receipt). Only a message still undelivered after it gets a
+        // timer, before its second attempt (stored again on each later one: a timer's subject is
+        // its identity, so that replaces it).
+        let first = attempt == 1;
+        if !first {
             if let Err(e) = self
                 .schedule_expiry(&tenant, &message_id, accepted.expires_at)
                 .await
@@ -99,11 +111,6 @@ impl Delivery {
                 ));
             }
         }
-        if now >= accepted.expires_at {
-            // The expiry timer fires (or has fired) and ends the message; submitting now would
-            // only have to be revoked.
-            return JobEnd::Ack;
-        }
         let slot = &self.inner.carriers.opaque;
         // Everything but the request itself happens before the gate, so that a job let through
         // submits at once and a 429's pause holds back as few in-flight jobs as possible.
@@ -115,14 +122,21 @@ impl Delivery {
             message_id: message_id.as_str().to_owned(),
             recipient: accepted.recipient.expose().to_owned(),
             content,
-            // Sealpost's own timer ends the message and revokes it at `expires_at`; the
-            // carrier's TTL is a backstop a little later, for a revoke that cannot get through.
-            expire_time: Some(accepted.expires_at + self.inner.cfg.carrier_ttl_grace),
+            // From the second attempt on, Sealpost's own timer ends the message and revokes it
+            // at `expires_at`, and the carrier's TTL is a backstop a little later, for a revoke
+            // that cannot get through. On the first, the carrier's TTL is the timer.
+            expire_time: Some(if first {
+                accepted.expires_at
+            } else {
+                accepted.expires_at + self.inner.cfg.carrier_ttl_grace
+            }),
         };
         let pass = match slot.gate.enter(self.inner.cfg.max_pause_wait).await {
             Ok(p) => p,
             Err(paused) => return JobEnd::Nak(paused.remaining),
         };
+        // Receipts of this message arriving meanwhile in this process wait for the record.
+        let _answer = self.inner.receipts.awaiting_answer(&message_id);
         let outcome = slot.carrier.submit(&submission).await;
         match &outcome {
             // About our credentials, not the message: the same attempt is tried again later.

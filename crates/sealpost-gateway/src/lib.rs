@@ -18,7 +18,8 @@
 //! JetStream KV); read, log or return
 //! ciphertext, keys, API keys or full phone numbers (errors never echo input values); decide
 //! lifecycle rules (that is `sealpost-domain`); submit to carriers (it only receives their
-//! signed receipts, [`receipts`]).
+//! signed receipts, [`receipts`], and hands each verified one to the applier it was given, or
+//! stores it raw: how a receipt changes a message is the delivery crate's).
 
 pub mod accounts;
 pub mod device;

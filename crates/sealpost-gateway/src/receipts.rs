@@ -1,12 +1,20 @@
 //! `POST /v1/receipts/{carrier}`: carrier webhooks. The signature is checked first (RBM:
 //! `X-Goog-Signature` = base64 HMAC-SHA512 of the body with the client token); a forged or
-//! unsigned body is refused with 401 and stored nowhere. A genuine receipt is written raw to
-//! `SEALPOST_RECEIPTS` (deduplicated by the carrier's event id) and only then answered 200, so a
-//! receipt the carrier was told we have is never lost. The delivery role's `receipts` consumer
-//! applies it. RBM's endpoint-verification handshake is answered here too.
+//! unsigned body is refused with 401 and stored nowhere. A genuine receipt is answered 200 only
+//! once it is durable, so a receipt the carrier was told we have is never lost:
+//! - with an applier configured ([`ReceiptConfig::apply`]), it is applied to its message at once
+//!   when it can be, and answered 200 once its event is committed (or it changes nothing);
+//! - otherwise, or when it cannot be applied yet (its carrier ack is not recorded, the message
+//!   is unknown, the store is unavailable), it is written raw to `SEALPOST_RECEIPTS`
+//!   (deduplicated by the carrier's event id) and then answered 200; the delivery role's
+//!   `receipts` consumer applies it later.
+//!
+//! RBM's endpoint-verification handshake is answered here too.
 
 use async_nats::HeaderMap;
-use sealpost_carriers::webhook::{self, Webhook};
+use std::sync::Arc;
+
+use sealpost_carriers::webhook::{self, AppliedNow, ApplyReceipt, Webhook};
 use sealpost_carriers::WebhookError;
 use sealpost_domain::Secret;
 use sealpost_eventstore::names::receipt_subject;
@@ -21,18 +29,21 @@ pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;
 pub struct ReceiptConfig {
     /// The RBM client token (the webhook signing key).
     pub rbm_client_token: Option<Secret>,
+    /// Applies a verified receipt to its message at once when it can; without one every
+    /// receipt is stored raw for the receipts consumer.
+    pub apply: Option<Arc<dyn ApplyReceipt>>,
 }
 
 /// What the HTTP layer answers with 200.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReceiptReply {
-    /// Stored; the body is `{}`.
+    /// Applied to its message, or stored for the receipts consumer; the body is `{}`.
     Stored,
     /// RBM's endpoint verification: answer `{"secret": ...}`.
     Verification { secret: String },
 }
 
-/// Verifies and stores one webhook.
+/// Verifies one webhook, then applies or stores it.
 pub async fn ingest(
     js: &async_nats::jetstream::Context,
     cfg: &ReceiptConfig,
@@ -85,6 +96,11 @@ pub async fn ingest(
             },
         )
     })?;
+    if let Some(apply) = &cfg.apply {
+        if apply.apply_now(&event).await == AppliedNow::Applied {
+            return Ok(ReceiptReply::Stored);
+        }
+    }
     let mut headers = HeaderMap::new();
     headers.insert(
         "Nats-Msg-Id",

@@ -127,13 +127,22 @@ impl App {
         if let (true, Some(store)) = (has(Role::Keys), store.clone()) {
             running.keys = Some(crate::keys::start(&cfg, connect(&cfg).await?, store).await?);
         }
-        if let (true, Some(store)) = (has(Role::Gateway), store.clone()) {
-            let gateway = gateway(&cfg, connect(&cfg).await?, store).await?;
+        let delivery = match (delivery_roles.is_empty(), store.clone()) {
+            (false, Some(store)) => Some(delivery(&cfg, connect(&cfg).await?, store)?),
+            _ => None,
+        };
+        if let (true, Some(store)) = (has(Role::Gateway), store) {
+            // With the delivery roles in this process, the gateway applies receipts at once on
+            // their state cache, after the worker's record of the carrier's answer. A gateway on
+            // its own stores every receipt for the receipts role, as before.
+            let receipts: Option<Arc<dyn sealpost_carriers::webhook::ApplyReceipt>> = delivery
+                .as_ref()
+                .map(|d| d.receipts() as Arc<dyn sealpost_carriers::webhook::ApplyReceipt>);
+            let gateway = gateway(&cfg, connect(&cfg).await?, store, receipts).await?;
             running.http_addr = Some(gateway.http_addr);
             running.gateway = Some(gateway);
         }
-        if let (false, Some(store)) = (delivery_roles.is_empty(), store) {
-            let d = delivery(&cfg, connect(&cfg).await?, store)?;
+        if let Some(d) = delivery {
             let consumers = d.start(&delivery_roles);
             running.delivery = Some((d, consumers));
         }
@@ -355,6 +364,7 @@ async fn gateway(
     cfg: &Config,
     client: async_nats::Client,
     blobs: BlobStore,
+    receipts: Option<Arc<dyn sealpost_carriers::webhook::ApplyReceipt>>,
 ) -> anyhow::Result<RunningGateway> {
     let tenants = Tenants::new(&cfg.tenants)?;
     if tenants.is_empty() {
@@ -371,6 +381,7 @@ async fn gateway(
     )
     .with_receipts(sealpost_gateway::ReceiptConfig {
         rbm_client_token: Some(cfg.carriers.rbm.client_token.clone()).filter(|t| !t.is_empty()),
+        apply: receipts,
     });
     let gateway = match crate::status::source(cfg) {
         Some(source) => gateway.with_status_source(source),
