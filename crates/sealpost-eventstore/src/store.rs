@@ -348,14 +348,8 @@ where
     }
 
     /// The last message of each subject matching `filter` (wildcards allowed), from whichever
-    /// replica answers: one direct get through the stream's subject index. Use it where a
-    /// subject holds one message (an aggregate's `accepted` event); a batch over a wildcard
-    /// filter ([`JetStreamEventStore::direct_get_all`]) scans the stream instead, which costs
-    /// milliseconds on a long one.
-    pub async fn direct_get_last_per_subject(
-        &self,
-        filter: &str,
-    ) -> Result<Vec<RawEvent>, StoreError> {
+    /// replica answers: one direct get through the stream's subject index, in stream order.
+    async fn direct_get_last_per_subject(&self, filter: &str) -> Result<Vec<RawEvent>, StoreError> {
         let mut lasts = self
             .direct_get(&DirectGetRequest::MultiLast {
                 multi_last: [filter],
@@ -364,17 +358,6 @@ where
             .0;
         lasts.sort_by_key(|r| r.stream_seq);
         Ok(lasts)
-    }
-
-    /// [`JetStreamEventStore::direct_get_last_per_subject`] whose last message is at or past
-    /// `min_last_seq` (see [`JetStreamEventStore::load_raw_at_least`]).
-    pub async fn direct_get_last_per_subject_at_least(
-        &self,
-        filter: &str,
-        min_last_seq: u64,
-    ) -> Result<Vec<RawEvent>, StoreError> {
-        self.until_at_least(min_last_seq, || self.direct_get_last_per_subject(filter))
-            .await
     }
 
     /// Batch direct get of every message matching `filter`, page by page, from whichever
