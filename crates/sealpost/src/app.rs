@@ -353,10 +353,33 @@ async fn blobs(cfg: &Config) -> anyhow::Result<Blobs> {
         (cfg.s3.blob_config(Some(cfg.s3.endpoint.clone())), None)
     };
     let store = BlobStore::new(&blob_cfg)?;
-    store
-        .ensure_bucket()
-        .await
-        .with_context(|| format!("bucket '{}'", cfg.s3.bucket))?;
+    match store.ensure_bucket().await {
+        Ok(()) => {}
+        // An S3 outage must not keep a restarted gateway or worker down: what needs S3 is
+        // refused `unavailable` (sends of unknown blobs) or retried (presigning needs no
+        // request) until it is back. The bucket is checked again in the background.
+        Err(e) if e.kind() == sealpost_blobstore::BlobErrorKind::Unavailable => {
+            tracing::warn!(error = %e, bucket = %cfg.s3.bucket, "S3 is unreachable at start; starting anyway, and checking the bucket again every 5 s");
+            let store = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    match store.ensure_bucket().await {
+                        Ok(()) => {
+                            tracing::info!("S3 is reachable again; the bucket is there");
+                            return;
+                        }
+                        Err(e) if e.kind() == sealpost_blobstore::BlobErrorKind::Unavailable => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "the payload bucket cannot be used; check [s3] in the config");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => return Err(e).with_context(|| format!("bucket '{}'", cfg.s3.bucket)),
+    }
     Ok(Blobs { store, embedded })
 }
 
