@@ -759,17 +759,7 @@ async fn forged_and_unsigned_receipts_are_refused_and_stored_nowhere() {
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 401);
-    let js = async_nats::jetstream::new(p.client.clone());
-    let stored = js
-        .get_stream(Stream::Receipts.as_str())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
-    assert_eq!(stored, 0);
+    assert_eq!(stream_messages(&p.client, Stream::Receipts).await, 0);
     // RBM's endpoint verification is answered with the secret.
     let token = SimConfig::default().client_token.expose().to_owned();
     let v: Value = http
@@ -1334,6 +1324,13 @@ fn signed_rbm_event(kind: &str, event_id: &str, message_id: &str) -> (Vec<u8>, S
     let signature =
         sealpost_carriers::webhook::sign(&body, SimConfig::default().client_token.expose());
     (body, signature)
+}
+
+/// How many messages `stream` holds.
+async fn stream_messages(client: &async_nats::Client, stream: Stream) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut s = js.get_stream(stream.as_str()).await.unwrap();
+    s.info().await.unwrap().state.messages
 }
 
 /// How many messages `stream` holds on exactly `subject`.
@@ -2004,16 +2001,7 @@ async fn a_gateway_with_the_delivery_roles_applies_receipts_at_once_even_before_
         assert_eq!(s.events.get(&kind), Some(&(n as u64)), "{:?}", s.events);
     }
     assert_eq!(s.events_total(), 4 * n as u64, "{:?}", s.events);
-    let js = async_nats::jetstream::new(server.connect().await);
-    let stored = js
-        .get_stream(Stream::Receipts.as_str())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let stored = stream_messages(&server.connect().await, Stream::Receipts).await;
     assert!(
         stored <= (2 * n as u64) / 10,
         "{stored} of {} receipts were stored instead of applied at once",
