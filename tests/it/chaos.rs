@@ -19,7 +19,10 @@
 //! - **The checks**: every acknowledged send ends `displayed` or in a terminal state; the
 //!   carrier accepted exactly one submission per message it delivered, and at most one for any;
 //!   every `messages` row equals its aggregate and every event is counted once in
-//!   `metrics_events`. The figures (kills, outages, resends, 409s, time to recover) are printed.
+//!   `metrics_events`; no process exited on its own (each logs to its own file, and a supervisor
+//!   restarts one that exits, as an orchestrator would, so that the other checks still run and
+//!   the exit's last log lines are printed). The figures (kills, outages, resends, 409s, time to
+//!   recover) are printed.
 
 // Test fixtures: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -88,6 +91,38 @@ struct Processes {
     gateways: Vec<ServeProcess>,
     delivery: Vec<ServeProcess>,
     projector: ServeProcess,
+    /// Each time a process exited on its own (not killed by the suite): its name, status and
+    /// last log lines. The supervisor restarted it, as an orchestrator would.
+    exits: Vec<String>,
+}
+
+impl Processes {
+    fn each(&mut self) -> impl Iterator<Item = (String, &mut ServeProcess)> {
+        let gateways = self.gateways.iter_mut().enumerate();
+        let delivery = self.delivery.iter_mut().enumerate();
+        gateways
+            .map(|(i, p)| (format!("gateway {i}"), p))
+            .chain(delivery.map(|(i, p)| (format!("delivery {i}"), p)))
+            .chain([("projector".to_owned(), &mut self.projector)])
+    }
+
+    /// Restarts every process that exited on its own and records why it did.
+    fn supervise(&mut self, started: Instant) {
+        let mut exits = vec![];
+        for (name, p) in self.each() {
+            if let Some(status) = p.exited() {
+                let tail = p.log_tail(8);
+                eprintln!(
+                    "chaos: {:>5.1} s  {name} exited on its own ({status}); restarted; its last \
+                     log lines:\n{tail}",
+                    started.elapsed().as_secs_f64()
+                );
+                exits.push(format!("{name} ({status}): {tail}"));
+                p.spawn();
+            }
+        }
+        self.exits.extend(exits);
+    }
 }
 
 /// The sender's progress, shared with the fault task: when a send was last accepted (ms since
@@ -182,28 +217,39 @@ rate_per_sec = 0.0
         ),
     )
     .unwrap();
-    let process = |roles: &str, port: u16| {
+    // Each process logs warnings and errors to its own file, kept across its restarts.
+    let process = |roles: &str, port: u16, log: &str| {
         ServeProcess::new(roles, config.clone(), cluster.url())
             .env("SEALPOST_GATEWAY_HTTP_LISTEN", &format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &db_url)
+            .log_to(dir.path().join(log), "warn,async_nats=error")
     };
     let roles = "delivery,receipts,expiry,fallback";
-    let mut procs = Processes {
-        gateways: gateway_ports
-            .iter()
-            .map(|p| process("gateway", *p))
-            .collect(),
-        delivery: vec![process(roles, free()), process(roles, free())],
-        projector: process("projector", free()),
-    };
-    for p in procs
-        .gateways
-        .iter_mut()
-        .chain(procs.delivery.iter_mut())
-        .chain([&mut procs.projector])
-    {
+    let procs = Arc::new(tokio::sync::Mutex::new(Processes {
+        gateways: vec![
+            process("gateway", gateway_ports[0], "gateway-0.log"),
+            process("gateway", gateway_ports[1], "gateway-1.log"),
+        ],
+        delivery: vec![
+            process(roles, free(), "delivery-0.log"),
+            process(roles, free(), "delivery-1.log"),
+        ],
+        projector: process("projector", free(), "projector.log"),
+        exits: vec![],
+    }));
+    for (_, p) in procs.lock().await.each() {
         p.spawn();
     }
+    // The orchestrator: a process that exits on its own is started again within a second.
+    let supervisor = {
+        let procs = procs.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                procs.lock().await.supervise(started);
+            }
+        })
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -330,20 +376,24 @@ rate_per_sec = 0.0
                     "events leader node"
                 }
                 1 | 6 => {
+                    let mut procs = procs.lock().await;
                     let g = &mut procs.gateways[usize::from(step == 6)];
                     g.kill9().await;
                     g.spawn();
                     "gateway"
                 }
                 3 | 7 => {
+                    let mut procs = procs.lock().await;
                     let d = &mut procs.delivery[usize::from(step == 7)];
                     d.kill9().await;
                     d.spawn();
                     "delivery process"
                 }
                 4 => {
-                    procs.projector.kill9().await;
-                    procs.projector.spawn();
+                    let mut procs = procs.lock().await;
+                    let p = &mut procs.projector;
+                    p.kill9().await;
+                    p.spawn();
                     "projector"
                 }
                 5 => {
@@ -420,12 +470,21 @@ rate_per_sec = 0.0
                     .await
                     .map(|r| r.iter().map(|e| e.event_type().to_owned()).collect())
                     .unwrap_or_default();
+                let mut procs = procs.lock().await;
+                let logs: Vec<String> = procs
+                    .each()
+                    .map(|(name, p)| format!("{name}:\n{}", p.log_tail(15)))
+                    .collect();
                 panic!(
-                    "{id}: {e}; its events: {history:?}; at the carrier: {:?}",
+                    "{id}: {e}; its events: {history:?}; at the carrier: {:?}; the simulator: \
+                     {:?}; exits: {:?}; the last log lines:\n{}",
                     sim.requests_for(id)
                         .iter()
                         .map(|r| r.status)
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>(),
+                    sim.stats(),
+                    procs.exits,
+                    logs.join("\n")
                 )
             }
         };
@@ -528,12 +587,20 @@ rate_per_sec = 0.0
             && figures.status_from_events == figures.status_during_pg_outage,
         "status answered from the events while Postgres was away: {figures:?}"
     );
-    for p in procs
-        .gateways
-        .iter_mut()
-        .chain(procs.delivery.iter_mut())
-        .chain([&mut procs.projector])
-    {
+    supervisor.abort();
+    let mut procs = procs.lock().await;
+    eprintln!(
+        "chaos: processes that exited on their own and were restarted: {}",
+        procs.exits.len()
+    );
+    for (_, p) in procs.each() {
         p.kill9().await;
     }
+    // A process started during a fault waits it out instead of exiting (the supervisor only
+    // keeps an exit from hiding the checks above).
+    assert!(
+        procs.exits.is_empty(),
+        "processes exited on their own: {:?}",
+        procs.exits
+    );
 }

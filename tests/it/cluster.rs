@@ -206,3 +206,25 @@ async fn no_command_is_refused_on_a_lagging_follower() {
          plain reads right after a write; 200 of 200 receipts recorded through it"
     );
 }
+
+/// A process whose streams are missing fails at once, naming `sealpost provision`: only
+/// JetStream not answering is waited out at start (`sealpost::app`; the classification is
+/// unit-tested in `sealpost-eventstore`, and the fault suite asserts that no process restarted
+/// during its faults exits).
+#[tokio::test]
+async fn a_process_without_its_streams_fails_at_once_naming_provision() {
+    let cluster = NatsCluster::start().await.expect("a 3-node cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = app_config(&cluster.url(), dir.path(), vec![tenant_config(ACME)]);
+    let t = Instant::now();
+    let Err(err) = App::start(cfg, &[Role::Gateway], std::future::pending()).await else {
+        panic!("no streams: it does not start");
+    };
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("is missing; run `sealpost provision`"),
+        "{text}"
+    );
+    // Not waited out, which would take 120 s.
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+}

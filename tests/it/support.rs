@@ -181,6 +181,8 @@ pub struct ServeProcess {
     config: Option<std::path::PathBuf>,
     nats_url: String,
     envs: Vec<(String, String)>,
+    /// Where stderr goes (appended across restarts), if anywhere.
+    log: Option<(std::path::PathBuf, &'static str)>,
     /// How many processes were started in all.
     pub spawned: usize,
 }
@@ -201,8 +203,34 @@ impl ServeProcess {
             config: None,
             nats_url,
             envs: vec![],
+            log: None,
             spawned: 0,
         }
+    }
+
+    /// Appends every process's stderr, at log level `filter`, to `path` (instead of dropping it
+    /// with the level at `error`).
+    pub fn log_to(mut self, path: std::path::PathBuf, filter: &'static str) -> Self {
+        self.log = Some((path, filter));
+        self
+    }
+
+    /// The last `lines` lines of the log file, if the process logs to one.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Some((path, _)) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The exit status if the running process has exited on its own (it is reaped), `None` while
+    /// it runs or when none was started.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
     }
 
     /// An environment variable for every process started from now on.
@@ -216,13 +244,24 @@ impl ServeProcess {
         if let Some(config) = &self.config {
             cmd.env("SEALPOST_CONFIG", config);
         }
+        let (stderr, filter) = match &self.log {
+            Some((path, filter)) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("the process's log file opens");
+                (std::process::Stdio::from(file), *filter)
+            }
+            None => (std::process::Stdio::null(), "error"),
+        };
         let child = cmd
             .args(["serve", "--roles", &self.roles])
             .env("SEALPOST_NATS_URL", &self.nats_url)
-            .env("SEALPOST_LOG_FILTER", "error")
+            .env("SEALPOST_LOG_FILTER", filter)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("sealpost serve starts");

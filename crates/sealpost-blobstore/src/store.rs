@@ -230,11 +230,18 @@ impl BlobStore {
                 Ok(())
             }
             Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
-            Err(e) if e.code() == Some("BucketAlreadyExists") => Err(BlobError::other(format!(
-                "bucket '{}' already exists and belongs to another account; choose another \
-                 bucket name",
-                self.bucket
-            ))),
+            // Another process of ours may have created it since the check (some S3 servers
+            // answer that with BucketAlreadyExists too): ours if we can read it.
+            Err(e) if e.code() == Some("BucketAlreadyExists") => {
+                match self.client.head_bucket().bucket(&self.bucket).send().await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(BlobError::other(format!(
+                        "bucket '{}' already exists and belongs to another account; choose \
+                         another bucket name",
+                        self.bucket
+                    ))),
+                }
+            }
             Err(e) => Err(self.sdk_error("creating bucket", &self.bucket, e)),
         }
     }

@@ -251,22 +251,61 @@ pub async fn provision(
     Ok(report)
 }
 
+/// A failed stream lookup, classified: the stream missing (`Unsupported`: run `sealpost
+/// provision`); JetStream not answering or a cluster without a leader or quorum yet
+/// (`Unavailable`: a starting process waits, see `sealpost::app`); any other refusal
+/// (`Unsupported`, with the server's reason).
+fn stream_lookup_error(
+    name: &str,
+    e: async_nats::jetstream::context::GetStreamError,
+) -> StoreError {
+    use async_nats::jetstream::context::GetStreamErrorKind as K;
+    use async_nats::jetstream::ErrorCode as C;
+    let unavailable = |e| {
+        StoreError::with_source(
+            StoreErrorKind::Unavailable,
+            format!("cannot read stream {name}; JetStream did not answer"),
+            e,
+        )
+    };
+    match e.kind() {
+        K::JetStream(j) if j.error_code() == C::STREAM_NOT_FOUND => StoreError::with_source(
+            StoreErrorKind::Unsupported,
+            format!("stream {name} is missing; run `sealpost provision`"),
+            e,
+        ),
+        K::JetStream(j)
+            if [
+                C::CLUSTER_NOT_AVAILABLE,
+                C::CLUSTER_NOT_ACTIVE,
+                C::CLUSTER_NOT_LEADER,
+                C::CLUSTER_INCOMPLETE,
+                C::CLUSTER_NO_PEERS,
+                C::RAFT_GENERAL,
+            ]
+            .contains(&j.error_code()) =>
+        {
+            unavailable(e)
+        }
+        K::Request => unavailable(e),
+        _ => StoreError::with_source(
+            StoreErrorKind::Unsupported,
+            format!("cannot read stream {name}"),
+            e,
+        ),
+    }
+}
+
 /// Reads a stream's config back from the server and checks that every guarantee we asked for is
 /// in force. Run at every process start, not only by `provision`.
 pub async fn verify_stream(
     js: &jetstream::Context,
     wanted: &stream::Config,
 ) -> Result<(), StoreError> {
-    let mut s = js.get_stream(&wanted.name).await.map_err(|e| {
-        StoreError::with_source(
-            StoreErrorKind::Unsupported,
-            format!(
-                "stream {} is missing; run `sealpost provision`",
-                wanted.name
-            ),
-            e,
-        )
-    })?;
+    let mut s = js
+        .get_stream(&wanted.name)
+        .await
+        .map_err(|e| stream_lookup_error(&wanted.name, e))?;
     let info = s.info().await.map_err(|e| {
         StoreError::with_source(
             StoreErrorKind::Unavailable,
@@ -415,6 +454,54 @@ pub async fn provision_tenant_sources(
 
 #[cfg(test)]
 mod tests {
+
+    fn lookup_failure(kind: async_nats::jetstream::context::GetStreamErrorKind) -> StoreError {
+        stream_lookup_error(
+            "SEALPOST_EVENTS",
+            async_nats::jetstream::context::GetStreamError::new(kind),
+        )
+    }
+
+    fn jetstream_error(err_code: u64) -> async_nats::jetstream::context::GetStreamErrorKind {
+        let body = format!(r#"{{"code": 503, "err_code": {err_code}, "description": "x"}}"#);
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(
+            serde_json::from_str(&body).expect("a JetStream error body"),
+        )
+    }
+
+    #[test]
+    fn given_a_stream_not_found_when_looking_it_up_then_it_is_missing_and_provision_is_named() {
+        let e = lookup_failure(jetstream_error(10059));
+        assert_eq!(e.kind(), StoreErrorKind::Unsupported);
+        assert!(
+            e.to_string()
+                .contains("stream SEALPOST_EVENTS is missing; run `sealpost provision`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn given_no_answer_or_a_cluster_without_a_leader_when_looking_it_up_then_it_is_unavailable() {
+        use async_nats::jetstream::context::GetStreamErrorKind as K;
+        for (what, kind) in [
+            ("no answer", K::Request),
+            ("cluster not available", jetstream_error(10008)),
+            ("not the leader", jetstream_error(10009)),
+            ("incomplete cluster", jetstream_error(10004)),
+        ] {
+            let e = lookup_failure(kind);
+            assert_eq!(e.kind(), StoreErrorKind::Unavailable, "{what}: {e}");
+            assert!(!e.to_string().contains("missing"), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn given_another_refusal_when_looking_it_up_then_it_is_not_waited_for() {
+        // JetStream not enabled for the account: waiting would not help.
+        let e = lookup_failure(jetstream_error(10039));
+        assert_eq!(e.kind(), StoreErrorKind::Unsupported);
+    }
+
     use super::*;
 
     #[test]

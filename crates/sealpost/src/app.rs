@@ -37,6 +37,41 @@ use crate::config::Config;
 /// How many message states a delivery process keeps in memory (a miss costs one load).
 const DELIVERY_STATE_CACHE: usize = 100_000;
 
+/// How long a starting process waits for JetStream to answer (a cluster electing a leader, a node
+/// restarting) before it gives up.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Checks the server and the streams. A stream that is missing or wrongly configured, or a server
+/// that cannot serve, fails at once; JetStream not answering is waited out (with a warning every
+/// attempt) for up to [`READY_WAIT`], so that a process started during a leader election starts
+/// instead of exiting.
+async fn wait_until_ready(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    use backon::Retryable as _;
+    let defs = embedded_definitions();
+    let check = || check_ready(js, &defs);
+    let waited = std::time::Instant::now();
+    check
+        .retry(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(250))
+                .with_max_delay(std::time::Duration::from_secs(5))
+                .with_total_delay(Some(READY_WAIT))
+                .without_max_times()
+                .with_jitter(),
+        )
+        .when(|e| e.kind() == sealpost_eventstore::StoreErrorKind::Unavailable)
+        .notify(|e, next| {
+            tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "JetStream is not ready yet; waiting");
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the streams are not ready after {} s; check that NATS answers and run `sealpost provision`",
+                waited.elapsed().as_secs()
+            )
+        })
+}
+
 /// Starts Sealpost's roles.
 #[derive(Debug)]
 pub struct App;
@@ -98,9 +133,7 @@ impl App {
 
         let client = connect(&cfg).await?;
         let js = async_nats::jetstream::new(client.clone());
-        check_ready(&js, &embedded_definitions())
-            .await
-            .context("the streams are not ready; run `sealpost provision` first")?;
+        wait_until_ready(&js).await?;
 
         let mut running = Running {
             roles: roles.clone(),
