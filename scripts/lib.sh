@@ -378,9 +378,11 @@ start_nats_cluster() { # NAME
     add_cleanup "_stop_pid $!"
     pids+="${pids:+,}$!"
   done
+  # The full /healthz answers ok only once JetStream has a meta leader (a cluster that answers
+  # ?js-enabled-only can still time out stream requests).
   deadline=$((SECONDS + 30))
   for i in 0 1 2; do
-    until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:${mons[i]}/healthz?js-enabled-only=true" 2>/dev/null; do
+    until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:${mons[i]}/healthz" 2>/dev/null; do
       if ((SECONDS >= deadline)); then
         tail -n 30 "$dir/n$i.log" >&2 || true
         die "the nats-server cluster '$name' did not become ready within 30 s (node n$i)"
