@@ -52,7 +52,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// `postgres://user@host:port/db` → (host:port, the same URL with `127.0.0.1:<port>`).
-fn through(url: &str, port: u16) -> (std::net::SocketAddr, String) {
+pub(crate) fn through(url: &str, port: u16) -> (std::net::SocketAddr, String) {
     let (scheme, rest) = url.split_once("://").unwrap();
     let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
     let (hostport, path) = rest.split_once('/').unwrap();

@@ -762,3 +762,74 @@ async fn a_gap_larger_than_max_gap_fill_waits_for_its_own_events_and_applies_not
     );
     drop(running);
 }
+
+/// A projector that starts while Postgres cannot be reached (every connection refused, as in a
+/// restart) waits for it instead of exiting, and projects once Postgres is back; a projector
+/// whose database does not exist fails at once.
+#[tokio::test]
+async fn a_projector_started_while_postgres_is_away_waits_for_it_and_then_projects() {
+    let nats = sealpost_testkit::NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = app_config(&nats.url(), dir.path(), vec![]);
+    sealpost::app::provision(
+        &cfg,
+        &sealpost_eventstore::provision::embedded_definitions(),
+    )
+    .await
+    .unwrap();
+    let (db, pool) = db().await;
+    let (upstream, _) = crate::chaos::through(&db.url, 0);
+    let proxy = sealpost_testkit::TcpProxy::start(upstream).await.unwrap();
+
+    // A database that does not exist is not waited for.
+    let (_, missing) = crate::chaos::through(&format!("{}_missing", db.url), proxy.port());
+    cfg.postgres.url = sealpost_domain::Secret::new(missing);
+    let Err(e) = sealpost::App::start(
+        cfg.clone(),
+        &[sealpost::Role::Projector],
+        std::future::pending(),
+    )
+    .await
+    else {
+        panic!("a missing database: it does not start");
+    };
+    assert!(format!("{e:#}").contains("PostgreSQL"), "{e:#}");
+
+    let (_, through_proxy) = crate::chaos::through(&db.url, proxy.port());
+    cfg.postgres.url = sealpost_domain::Secret::new(through_proxy);
+    proxy.cut();
+    let starting = tokio::spawn({
+        let cfg = cfg.clone();
+        async move {
+            sealpost::App::start(cfg, &[sealpost::Role::Projector], std::future::pending()).await
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if starting.is_finished() {
+        let ended = starting.await.unwrap().err().map(|e| format!("{e:#}"));
+        panic!("it waits for Postgres instead of exiting: {ended:?}");
+    }
+    proxy.restore();
+    let _projector = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("it starts once Postgres is back")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("it starts once Postgres is back: {e:#}"));
+
+    // And it projects: an accepted message becomes a row.
+    let client = nats.connect().await.unwrap();
+    let (agg, accept) = accept_cmd("while-postgres-was-away");
+    sealpost::app::executor(&cfg, client)
+        .execute(&agg, accept, &meta("c"))
+        .await
+        .unwrap();
+    let (t, m) = agg.split_once('.').unwrap();
+    eventually(Duration::from_secs(30), "the message's row", || async {
+        sealpost_projections::message_row(&pool, t, m)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+    .unwrap();
+}

@@ -39,7 +39,7 @@ const DELIVERY_STATE_CACHE: usize = 100_000;
 
 /// How long a starting process waits for JetStream to answer (a cluster electing a leader, a node
 /// restarting) before it gives up.
-const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Checks the server and the streams. A stream that is missing or wrongly configured, or a server
 /// that cannot serve, fails at once; JetStream not answering is waited out (with a warning every

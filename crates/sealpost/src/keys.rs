@@ -207,7 +207,7 @@ pub async fn start(
     let dirs = directories(cfg)?;
     let hooks: std::sync::Arc<dyn sealpost_keys::publisher::AlertHook> =
         std::sync::Arc::new(webhooks(cfg)?);
-    let pool = crate::views::pool(cfg).await?;
+    let pool = crate::views::pool_when_reachable(cfg).await?;
     sealpost_projections::migrate(&pool)
         .await
         .context("applying the migrations (the key directory's tables)")?;

@@ -16,6 +16,47 @@ pub async fn pool(cfg: &Config) -> anyhow::Result<PgPool> {
         .context("cannot connect to PostgreSQL (DATABASE_URL / [postgres] url)")
 }
 
+/// [`pool`] for a role starting up: Postgres unreachable (connection refused or cut, no
+/// connection within the pool's timeout, a server starting or shutting down) is waited out, with a warning per attempt, for up to
+/// [`crate::app::READY_WAIT`], as JetStream is; anything else (a bad URL, refused credentials,
+/// a missing database) fails at once.
+pub async fn pool_when_reachable(cfg: &Config) -> anyhow::Result<PgPool> {
+    use backon::Retryable as _;
+    let url = cfg.postgres.required_url()?;
+    let connect = || sealpost_projections::connect(url, cfg.postgres.max_connections);
+    connect
+        .retry(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(250))
+                .with_max_delay(std::time::Duration::from_secs(5))
+                .with_total_delay(Some(crate::app::READY_WAIT))
+                .without_max_times()
+                .with_jitter(),
+        )
+        .when(|e| match e {
+            sealpost_projections::Error::Db(e) => postgres_unreachable(e),
+            _ => false,
+        })
+        .notify(|e, next| {
+            tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "PostgreSQL is not reachable yet; waiting");
+        })
+        .await
+        .context("cannot connect to PostgreSQL (DATABASE_URL / [postgres] url)")
+}
+
+/// Whether a failed connection says Postgres cannot be reached now (waiting may help), rather
+/// than that the configuration is wrong (a bad password, a missing database).
+fn postgres_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        // Refused, reset, or closed before the handshake (a connection cut by a restart reads as
+        // a protocol error: sqlx sees no answer to its SSLRequest).
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        // 57P03: the server is starting up or shutting down; 53300: too many connections.
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("57P03" | "53300")),
+        _ => false,
+    }
+}
+
 /// `sealpost migrate`.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     let pool = pool(cfg).await?;
@@ -36,7 +77,7 @@ pub async fn start_projector(
     cfg: &Config,
     js: async_nats::jetstream::Context,
 ) -> anyhow::Result<(RunningProjector, tokio::task::JoinHandle<()>)> {
-    let pool = pool(cfg).await?;
+    let pool = pool_when_reachable(cfg).await?;
     let running = Projector::start(
         js.clone(),
         pool.clone(),
