@@ -135,7 +135,9 @@ async fn two_gateways_together_admit_the_tenants_rate_not_twice_it() {
         "{} accepted, far below the {allowed:.0} the bucket allows",
         a + b
     );
-    assert!(a >= 20 && b >= 20, "both gateways admitted sends: {a}, {b}");
+    // Both take part. Not an even split: which gateway reserves the next block is a race, and
+    // under load one took 18 of 99 in a CI run (the bound was 20 then).
+    assert!(a >= 10 && b >= 10, "both gateways admitted sends: {a}, {b}");
 }
 
 /// A daily quota of 30 shared by two gateways: of 60 sends alternating between them, exactly 30
