@@ -41,6 +41,17 @@ const DELIVERY_STATE_CACHE: usize = 100_000;
 /// restarting) before it gives up.
 pub(crate) const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// How a starting process waits for a dependency (JetStream, Postgres) that does not answer yet:
+/// 250 ms doubling to 5 s, jittered, for up to [`READY_WAIT`] in all.
+pub(crate) fn startup_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(250))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_total_delay(Some(READY_WAIT))
+        .without_max_times()
+        .with_jitter()
+}
+
 /// Checks the server and the streams. A stream that is missing or wrongly configured, or a server
 /// that cannot serve, fails at once; JetStream not answering is waited out (with a warning every
 /// attempt) for up to [`READY_WAIT`], so that a process started during a leader election starts
@@ -51,14 +62,7 @@ async fn wait_until_ready(js: &async_nats::jetstream::Context) -> anyhow::Result
     let check = || check_ready(js, &defs);
     let waited = std::time::Instant::now();
     check
-        .retry(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(std::time::Duration::from_millis(250))
-                .with_max_delay(std::time::Duration::from_secs(5))
-                .with_total_delay(Some(READY_WAIT))
-                .without_max_times()
-                .with_jitter(),
-        )
+        .retry(startup_backoff())
         .when(|e| e.kind() == sealpost_eventstore::StoreErrorKind::Unavailable)
         .notify(|e, next| {
             tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "JetStream is not ready yet; waiting");

@@ -25,14 +25,7 @@ pub async fn pool_when_reachable(cfg: &Config) -> anyhow::Result<PgPool> {
     let url = cfg.postgres.required_url()?;
     let connect = || sealpost_projections::connect(url, cfg.postgres.max_connections);
     connect
-        .retry(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(std::time::Duration::from_millis(250))
-                .with_max_delay(std::time::Duration::from_secs(5))
-                .with_total_delay(Some(crate::app::READY_WAIT))
-                .without_max_times()
-                .with_jitter(),
-        )
+        .retry(crate::app::startup_backoff())
         .when(|e| match e {
             sealpost_projections::Error::Db(e) => postgres_unreachable(e),
             _ => false,
