@@ -38,7 +38,7 @@ use sealpost_domain::Status;
 use sealpost_testkit::{eventually, NatsCluster, PgDatabase, TcpProxy};
 use serde_json::{json, Value};
 
-use crate::support::{store_on, ServeProcess};
+use crate::support::{store_on, through, ServeProcess};
 
 const TENANT: &str = "chaos-co";
 const API_KEY: &str = "chaos-co-key";
@@ -49,29 +49,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// `postgres://user@host:port/db` → (host:port, the same URL with `127.0.0.1:<port>`).
-pub(crate) fn through(url: &str, port: u16) -> (std::net::SocketAddr, String) {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
-    let (hostport, path) = rest.split_once('/').unwrap();
-    let hostport = if hostport.contains(':') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:5432")
-    };
-    let upstream =
-        std::net::ToSocketAddrs::to_socket_addrs(&hostport.replace("localhost", "127.0.0.1"))
-            .unwrap()
-            .next()
-            .unwrap();
-    let at = if userinfo.is_empty() {
-        String::new()
-    } else {
-        format!("{userinfo}@")
-    };
-    (upstream, format!("{scheme}://{at}127.0.0.1:{port}/{path}"))
 }
 
 /// What the run did, printed at the end.

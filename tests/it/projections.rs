@@ -778,11 +778,11 @@ async fn a_projector_started_while_postgres_is_away_waits_for_it_and_then_projec
     .await
     .unwrap();
     let (db, pool) = db().await;
-    let (upstream, _) = crate::chaos::through(&db.url, 0);
+    let (upstream, _) = through(&db.url, 0);
     let proxy = sealpost_testkit::TcpProxy::start(upstream).await.unwrap();
 
     // A database that does not exist is not waited for.
-    let (_, missing) = crate::chaos::through(&format!("{}_missing", db.url), proxy.port());
+    let (_, missing) = through(&format!("{}_missing", db.url), proxy.port());
     cfg.postgres.url = sealpost_domain::Secret::new(missing);
     let Err(e) = sealpost::App::start(
         cfg.clone(),
@@ -795,7 +795,7 @@ async fn a_projector_started_while_postgres_is_away_waits_for_it_and_then_projec
     };
     assert!(format!("{e:#}").contains("PostgreSQL"), "{e:#}");
 
-    let (_, through_proxy) = crate::chaos::through(&db.url, proxy.port());
+    let (_, through_proxy) = through(&db.url, proxy.port());
     cfg.postgres.url = sealpost_domain::Secret::new(through_proxy);
     proxy.cut();
     let starting = tokio::spawn({

@@ -485,3 +485,26 @@ rate_per_sec = 0.0
             .expect("a JSON answer")
     }
 }
+
+/// `postgres://user@host:port/db` → (host:port, the same URL with `127.0.0.1:<port>`).
+pub fn through(url: &str, port: u16) -> (std::net::SocketAddr, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+    let (hostport, path) = rest.split_once('/').expect("a URL with a database");
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    };
+    let upstream =
+        std::net::ToSocketAddrs::to_socket_addrs(&hostport.replace("localhost", "127.0.0.1"))
+            .expect("a resolvable host")
+            .next()
+            .expect("an address");
+    let at = if userinfo.is_empty() {
+        String::new()
+    } else {
+        format!("{userinfo}@")
+    };
+    (upstream, format!("{scheme}://{at}127.0.0.1:{port}/{path}"))
+}
