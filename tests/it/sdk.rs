@@ -596,15 +596,17 @@ async fn the_payload_link_a_device_gets_expires_with_its_message_and_opens_no_ot
     let phone = s.device(ALICE, "phone", "phone-k1").await;
     let sender = s.sender(false, "links.checkpoint").await;
     s.await_keys(&sender, ALICE, &["phone-k1"]).await;
-    let mut short = outgoing(ALICE, "links-short");
-    short.ttl_seconds = Some(4);
-    let a = sender.send(&short, b"short-lived").await.unwrap();
+    // The long-lived message first, so that the short one's TTL covers only its own delivery.
     let b = sender
         .send(&outgoing(ALICE, "links-other"), b"another message")
         .await
         .unwrap();
-    let link_a = s.handset(&a.message_id).await.file_url;
     let link_b = s.handset(&b.message_id).await.file_url;
+    let mut short = outgoing(ALICE, "links-short");
+    short.ttl_seconds = Some(8);
+    let sent_at = tokio::time::Instant::now();
+    let a = sender.send(&short, b"short-lived").await.unwrap();
+    let link_a = s.handset(&a.message_id).await.file_url;
     // The link works without any API key while the message lives.
     let sealed = sealpost_sdk::device::fetch(&link_a).await.unwrap();
     assert_eq!(
@@ -627,7 +629,7 @@ async fn the_payload_link_a_device_gets_expires_with_its_message_and_opens_no_ot
     ));
 
     // The link expires with the message (its TTL bounds the URL's lifetime).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep_until(sent_at + Duration::from_secs(8 + 2)).await;
     assert!(matches!(
         sealpost_sdk::device::fetch(&link_a).await,
         Err(SdkError::Fetch { status: 403 })
@@ -1081,6 +1083,7 @@ async fn a_fallback_notice_carries_the_device_link_which_opens_the_message_until
     let mut out = outgoing(BOB, "notice-1");
     out.ttl_seconds = Some(8);
     out.fallback = Some(("sms".into(), "secure_message_waiting".into()));
+    let sent_at = tokio::time::Instant::now();
     let sent = sender.send(&out, b"read me in the app").await.unwrap();
     let notice = eventually(Duration::from_secs(20), "the SMS notice", || async {
         s.sim
@@ -1100,7 +1103,7 @@ async fn a_fallback_notice_carries_the_device_link_which_opens_the_message_until
     assert_eq!(row["status"], "fallback_triggered");
 
     // The link expires with the message.
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    tokio::time::sleep_until(sent_at + Duration::from_secs(8 + 1)).await;
     let expired = sealpost_sdk::device::fetch_by_link(link).await.unwrap_err();
     assert!(
         matches!(&expired, SdkError::Api { status: 410, code, .. } if code == "expired"),

@@ -300,8 +300,9 @@ mod tests {
     #[tokio::test]
     async fn given_a_short_pause_when_entering_then_it_waits_it_out() {
         let g = CarrierGate::new("rbm", GateConfig::default());
-        g.pause(Duration::from_millis(50), PauseReason::AuthFailed);
+        // Timed from before the pause, so a stall between the two lines cannot fail the check.
         let t = Instant::now();
+        g.pause(Duration::from_millis(50), PauseReason::AuthFailed);
         let _p = g.enter(Duration::from_secs(1)).await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(45));
     }
