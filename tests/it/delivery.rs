@@ -1160,7 +1160,7 @@ async fn status_answers_from_the_messages_view_and_from_events_until_the_view_ha
 
 /// The report of the expiry-versus-fallback issue, end to end: every message asks for an SMS
 /// fallback; a fifth go to recipients without RCS and a fifth to recipients whose carrier always
-/// answers 503, with a 4 s TTL; the delivery process is `kill -9`ed whenever it has work in
+/// answers 503, with an 8 s TTL; the delivery process is `kill -9`ed whenever it has work in
 /// flight. Every failing message ends `fallback_triggered` with exactly one SMS notice counted at
 /// the simulator's SMS API (the 503s with the reason `expired`, the others `not_capable`), and
 /// none ends otherwise, although the kills make the expiry timer and redelivered jobs race.
@@ -1201,7 +1201,8 @@ async fn killing_the_delivery_process_never_changes_how_a_failing_message_ends()
                     retry_after_secs: None,
                 };
                 p.sim.script(&to, vec![always_503; 200]);
-                4
+                // Long enough for several kills to land while they retry on a slow machine.
+                8
             }
             _ => 3600,
         };
@@ -1774,7 +1775,9 @@ async fn a_redelivered_attempt_replaces_the_expiry_timer_instead_of_adding_one()
             Scripted::Timeout,
         ],
     );
-    let id = p.send_with("one-timer", to, 10, false).await;
+    // A TTL that leaves room for two attempts, a restart and the 3 s redelivery on a slow
+    // machine: the message must be acked before its timer ends it.
+    let id = p.send_with("one-timer", to, 20, false).await;
     let timer = timer(&id);
     sealpost_testkit::eventually(
         Duration::from_secs(10),
