@@ -696,7 +696,8 @@ async fn rbm_service_account_tokens_are_cached_and_refreshed_before_they_expire(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stats = sim.stats();
-    assert!(n >= 40, "{n} sends");
+    // Many more sends than tokens (at least 20; about 65 on a quiet machine).
+    assert!(n >= 20, "{n} sends");
     assert_eq!(stats.accepted, n);
     assert_eq!(stats.auth_rejections, 0, "{stats:?}");
     // 7 s at a refresh every 1.5 s: 5 tokens (the first plus 4 refreshes), give or take one.

@@ -1546,7 +1546,7 @@ async fn an_in_app_fallback_publishes_a_neutral_notice_for_the_tenant_and_sends_
 }
 
 /// README, Delivery: "A job that would wait longer than `max_pause_wait_ms` is NAKed until the
-/// pause ends." A 429 with Retry-After 5 s pauses the carrier; `max_pause_wait` is 500 ms. A
+/// pause ends." A 429 with Retry-After 10 s pauses the carrier; `max_pause_wait` is 500 ms. A
 /// message sent during the pause is put back (the server reports the NAK of its job, first
 /// delivery, while the pause lasts), comes back, and reaches the carrier only after the pause.
 #[tokio::test]
@@ -1574,7 +1574,8 @@ async fn a_job_facing_a_pause_longer_than_max_pause_wait_is_put_back_until_the_p
         throttled_to,
         vec![Scripted::Status {
             code: 429,
-            retry_after_secs: Some(5),
+            // Long enough that B's put-back surely comes inside it on a slow machine.
+            retry_after_secs: Some(10),
         }],
     );
     let a = p.send("pause-a", throttled_to, 3600).await;
@@ -1583,7 +1584,7 @@ async fn a_job_facing_a_pause_longer_than_max_pause_wait_is_put_back_until_the_p
     })
     .await
     .unwrap();
-    let pause_ends = p.sim.requests_for(&a)[0].at + Duration::from_secs(5);
+    let pause_ends = p.sim.requests_for(&a)[0].at + Duration::from_secs(10);
     let b = p.send("pause-b", "+15550002004", 3600).await;
     let b_seq = p.history(&b).await[0].stream_seq;
 
