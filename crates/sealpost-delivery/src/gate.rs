@@ -5,6 +5,12 @@
 //! its answer: a carrier still throttling sees one request per Retry-After, not every job that
 //! waited (which would all land inside the next window), and a credential outage costs one
 //! request per pause instead of every message.
+//!
+//! A carrier that throttled us lately is also held to a few requests in flight (four by
+//! default) until it has not throttled for a while (`throttle_cooldown`). A 429 then finds
+//! (almost) nothing else on its way, so the next requests honour its window; at full
+//! concurrency, every request already sent when the 429 is answered lands inside the window,
+//! and a carrier that throttles at random does so again within the burst that follows a pause.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -28,6 +34,10 @@ pub struct GateConfig {
     pub rate_per_sec: u32,
     /// Bucket size: how many submissions may start back to back after a quiet spell.
     pub burst: u32,
+    /// Submissions in flight at once while the carrier throttled us within `throttle_cooldown`.
+    pub throttled_concurrency: usize,
+    /// How long after its last 429 a carrier is held to `throttled_concurrency`.
+    pub throttle_cooldown: Duration,
 }
 
 impl Default for GateConfig {
@@ -36,6 +46,8 @@ impl Default for GateConfig {
             concurrency: 256,
             rate_per_sec: 0,
             burst: 100,
+            throttled_concurrency: 4,
+            throttle_cooldown: Duration::from_secs(10),
         }
     }
 }
@@ -52,6 +64,10 @@ pub struct CarrierGate {
     name: String,
     cfg: GateConfig,
     slots: Semaphore,
+    /// The few slots a job also takes while the carrier cools down after a 429.
+    cooldown_slots: Semaphore,
+    /// When the carrier last answered 429 (or a 5xx with Retry-After).
+    last_throttle: Mutex<Option<Instant>>,
     bucket: Mutex<Bucket>,
     paused_until: Mutex<Option<Instant>>,
     /// Set by a pause, with its reason: when the pause ends, one job at a time probes the
@@ -67,6 +83,8 @@ pub struct CarrierGate {
 pub struct Pass<'a> {
     gate: &'a CarrierGate,
     _permit: SemaphorePermit<'a>,
+    /// Held while the carrier cools down after a 429.
+    _cooldown: Option<SemaphorePermit<'a>>,
     probe: bool,
 }
 
@@ -143,6 +161,8 @@ impl CarrierGate {
             name: name.to_owned(),
             cfg,
             slots: Semaphore::new(cfg.concurrency.max(1)),
+            cooldown_slots: Semaphore::new(cfg.throttled_concurrency.max(1)),
+            last_throttle: Mutex::new(None),
             bucket: Mutex::new(Bucket {
                 tokens: f64::from(cfg.burst.max(1)),
                 last: Instant::now(),
@@ -163,6 +183,11 @@ impl CarrierGate {
     pub fn pause(&self, d: Duration, reason: PauseReason) {
         if let Ok(mut p) = self.probe_only.lock() {
             *p = Some(reason);
+        }
+        if reason == PauseReason::Throttled {
+            if let Ok(mut t) = self.last_throttle.lock() {
+                *t = Some(Instant::now());
+            }
         }
         let until = Instant::now() + d;
         if let Ok(mut p) = self.paused_until.lock() {
@@ -188,6 +213,15 @@ impl CarrierGate {
     }
 
     /// Remaining pause, if the carrier is paused.
+    /// Whether the carrier throttled us within `throttle_cooldown` of `now`.
+    pub fn cooling_down(&self, now: Instant) -> bool {
+        self.last_throttle
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.throttle_cooldown)
+    }
+
     pub fn paused_for(&self, now: Instant) -> Option<Duration> {
         let p = *self.paused_until.lock().ok()?;
         p.and_then(|until| until.checked_duration_since(now))
@@ -200,7 +234,8 @@ impl CarrierGate {
     /// throttled nor refused for our credentials. Meanwhile the others wait here for the probe's
     /// answer after a throttle (up to `max_wait`, then [`PROBE_WAIT`] is returned), and are
     /// returned [`PROBE_WAIT`] after an auth failure (an outage lasts longer than a job should
-    /// wait in the gate).
+    /// wait in the gate). While the carrier cools down after a 429, a job also waits up to
+    /// `max_wait` for one of the `throttled_concurrency` slots, then [`PROBE_WAIT`] is returned.
     pub async fn enter(&self, max_wait: Duration) -> Result<Pass<'_>, Paused> {
         loop {
             if let Some(remaining) = self.paused_for(Instant::now()) {
@@ -224,9 +259,23 @@ impl CarrierGate {
                     continue;
                 }
             }
+            // Cooling down after a 429: one of the few cool-down slots as well, waited for up
+            // to `max_wait` like a pause (then the job is put back for a while).
+            let cooldown = if self.cooling_down(Instant::now()) {
+                match tokio::time::timeout(max_wait, self.cooldown_slots.acquire()).await {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(Paused {
+                            remaining: PROBE_WAIT,
+                        })
+                    }
+                }
+            } else {
+                None
+            };
             // A pause may have begun while this job waited for a slot.
             if self.paused_for(Instant::now()).is_some() {
-                drop(permit);
+                drop((cooldown, permit));
                 continue;
             }
             let mut probe = false;
@@ -241,7 +290,7 @@ impl CarrierGate {
                     .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
                     .is_err()
                 {
-                    drop(permit);
+                    drop((cooldown, permit));
                     let waited = reason == PauseReason::Throttled
                         && tokio::time::timeout(max_wait, ended).await.is_ok();
                     if waited {
@@ -256,6 +305,7 @@ impl CarrierGate {
             return Ok(Pass {
                 gate: self,
                 _permit: permit,
+                _cooldown: cooldown,
                 probe,
             });
         }
@@ -351,11 +401,19 @@ mod tests {
         assert!(!g.enter(Duration::ZERO).await.unwrap().is_probe());
     }
 
+    /// The probe alone, without the cool-down after a 429 (tested on its own below).
+    fn no_cooldown() -> GateConfig {
+        GateConfig {
+            throttle_cooldown: Duration::ZERO,
+            ..GateConfig::default()
+        }
+    }
+
     #[tokio::test]
     async fn given_a_throttle_pause_when_it_ends_then_one_probe_goes_and_the_others_wait_for_its_answer(
     ) {
         use sealpost_domain::CarrierOutcome;
-        let g = std::sync::Arc::new(CarrierGate::new("rbm", GateConfig::default()));
+        let g = std::sync::Arc::new(CarrierGate::new("rbm", no_cooldown()));
         g.pause(Duration::from_millis(10), PauseReason::Throttled);
         let probe = g.enter(Duration::from_secs(1)).await.unwrap();
         assert!(probe.is_probe());
@@ -389,7 +447,7 @@ mod tests {
     async fn given_a_throttle_probe_when_it_is_throttled_again_then_the_waiting_jobs_see_the_new_pause(
     ) {
         use sealpost_domain::CarrierOutcome;
-        let g = std::sync::Arc::new(CarrierGate::new("rbm", GateConfig::default()));
+        let g = std::sync::Arc::new(CarrierGate::new("rbm", no_cooldown()));
         g.pause(Duration::ZERO, PauseReason::Throttled);
         let probe = g.enter(Duration::from_secs(1)).await.unwrap();
         let waiter = {
@@ -411,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn given_a_throttle_probe_that_takes_longer_than_a_job_may_wait_then_the_job_is_put_back()
     {
-        let g = CarrierGate::new("rbm", GateConfig::default());
+        let g = CarrierGate::new("rbm", no_cooldown());
         g.pause(Duration::ZERO, PauseReason::Throttled);
         let _probe = g.enter(Duration::from_secs(1)).await.unwrap();
         let err = g.enter(Duration::from_millis(20)).await.unwrap_err();
@@ -432,6 +490,103 @@ mod tests {
         assert!(g.enter(Duration::ZERO).await.unwrap().is_probe());
     }
 
+    #[tokio::test]
+    async fn given_a_throttle_when_the_carrier_cools_down_then_only_throttled_concurrency_jobs_go_at_once(
+    ) {
+        use sealpost_domain::CarrierOutcome;
+        let g = CarrierGate::new(
+            "rbm",
+            GateConfig {
+                throttled_concurrency: 2,
+                ..GateConfig::default()
+            },
+        );
+        // At full concurrency before any 429.
+        let before: Vec<_> = enter_at_once(&g, 3).await;
+        assert!(!g.cooling_down(Instant::now()));
+        drop(before);
+        g.pause(Duration::ZERO, PauseReason::Throttled);
+        assert!(g.cooling_down(Instant::now()));
+        let probe = g.enter(Duration::ZERO).await.unwrap();
+        assert!(probe.is_probe());
+        probe.answered(&CarrierOutcome::Acked {
+            carrier_message_id: "m".into(),
+        });
+        // Two in flight; a third waits up to its max wait, then is put back.
+        let a = g.enter(Duration::ZERO).await.unwrap();
+        let b = g.enter(Duration::ZERO).await.unwrap();
+        let err = g.enter(Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(err.remaining, PROBE_WAIT);
+        // One answered: the next goes.
+        drop(a);
+        let c = g.enter(Duration::from_millis(20)).await.unwrap();
+        assert!(!c.is_probe() && !b.is_probe());
+    }
+
+    #[tokio::test]
+    async fn given_a_throttle_when_a_cooling_job_waits_for_a_slot_and_the_carrier_pauses_then_it_sees_the_pause(
+    ) {
+        use sealpost_domain::CarrierOutcome;
+        let g = std::sync::Arc::new(CarrierGate::new(
+            "rbm",
+            GateConfig {
+                throttled_concurrency: 1,
+                ..GateConfig::default()
+            },
+        ));
+        g.pause(Duration::ZERO, PauseReason::Throttled);
+        let probe = g.enter(Duration::ZERO).await.unwrap();
+        probe.carrier_accepts();
+        let first = g.enter(Duration::ZERO).await.unwrap();
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.enter(Duration::from_millis(500)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "one in flight at a time");
+        // The one in flight is throttled: the waiter gets the slot only to find the pause.
+        first.answered(&CarrierOutcome::Throttled {
+            code: "http_429".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        let err = waiter.await.unwrap().unwrap_err();
+        assert!(err.remaining > Duration::from_secs(29), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn given_a_throttle_when_the_cooldown_has_passed_then_jobs_go_at_full_concurrency() {
+        let g = CarrierGate::new(
+            "rbm",
+            GateConfig {
+                throttle_cooldown: Duration::from_millis(30),
+                ..GateConfig::default()
+            },
+        );
+        g.pause(Duration::ZERO, PauseReason::Throttled);
+        g.enter(Duration::ZERO).await.unwrap().carrier_accepts();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(!g.cooling_down(Instant::now()));
+        assert_eq!(enter_at_once(&g, 3).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn given_an_auth_failure_pause_when_it_ends_then_no_cooldown_follows() {
+        let g = CarrierGate::new("rbm", GateConfig::default());
+        g.pause(Duration::ZERO, PauseReason::AuthFailed);
+        g.enter(Duration::ZERO).await.unwrap().carrier_accepts();
+        assert!(!g.cooling_down(Instant::now()));
+        assert_eq!(enter_at_once(&g, 3).await.len(), 3);
+    }
+
+    /// Enters `n` times without waiting (each must get through at once) and holds the passes.
+    async fn enter_at_once(g: &CarrierGate, n: usize) -> Vec<Pass<'_>> {
+        let mut passes = Vec::new();
+        for _ in 0..n {
+            passes.push(g.enter(Duration::ZERO).await.unwrap());
+        }
+        passes
+    }
+
     #[test]
     fn given_a_long_pause_when_a_shorter_one_arrives_then_the_longer_one_stays() {
         let g = CarrierGate::new("rbm", GateConfig::default());
@@ -448,6 +603,7 @@ mod tests {
                 concurrency: 4,
                 rate_per_sec: 10,
                 burst: 2,
+                ..GateConfig::default()
             },
         );
         let now = Instant::now();

@@ -496,6 +496,8 @@ fn carriers(cfg: &Config) -> anyhow::Result<Carriers> {
             concurrency: rbm.concurrency,
             rate_per_sec: rbm.rate_per_sec,
             burst: rbm.burst,
+            throttled_concurrency: rbm.throttled_concurrency,
+            throttle_cooldown: rbm.throttle_cooldown,
         },
     );
     let sms = &cfg.carriers.sms;
@@ -513,6 +515,8 @@ fn carriers(cfg: &Config) -> anyhow::Result<Carriers> {
                 concurrency: sms.concurrency,
                 rate_per_sec: sms.rate_per_sec,
                 burst: sms.burst,
+                throttled_concurrency: sms.throttled_concurrency,
+                throttle_cooldown: sms.throttle_cooldown,
             },
         ))
     };

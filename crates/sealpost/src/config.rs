@@ -265,6 +265,11 @@ pub struct RbmSection {
     pub concurrency: usize,
     pub rate_per_sec: u32,
     pub burst: u32,
+    /// Submissions in flight at once while the carrier throttled us within the cool-down.
+    pub throttled_concurrency: usize,
+    /// How long after its last 429 the carrier is held to `throttled_concurrency`.
+    #[serde(rename = "throttle_cooldown_ms", with = "ms")]
+    pub throttle_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,6 +283,11 @@ pub struct SmsSection {
     pub concurrency: usize,
     pub rate_per_sec: u32,
     pub burst: u32,
+    /// Submissions in flight at once while the carrier throttled us within the cool-down.
+    pub throttled_concurrency: usize,
+    /// How long after its last 429 the carrier is held to `throttled_concurrency`.
+    #[serde(rename = "throttle_cooldown_ms", with = "ms")]
+    pub throttle_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -558,14 +568,24 @@ impl Config {
                 return Err(invalid(key, "must start with http:// or https://"));
             }
         }
-        for (key, timeout, concurrency) in [
-            ("carriers.rbm", c.rbm.timeout, c.rbm.concurrency),
-            ("carriers.sms", c.sms.timeout, c.sms.concurrency),
+        for (key, timeout, concurrency, throttled) in [
+            (
+                "carriers.rbm",
+                c.rbm.timeout,
+                c.rbm.concurrency,
+                c.rbm.throttled_concurrency,
+            ),
+            (
+                "carriers.sms",
+                c.sms.timeout,
+                c.sms.concurrency,
+                c.sms.throttled_concurrency,
+            ),
         ] {
-            if timeout.is_zero() || concurrency == 0 {
+            if timeout.is_zero() || concurrency == 0 || throttled == 0 {
                 return Err(invalid(
                     key,
-                    "timeout_ms and concurrency must be at least 1",
+                    "timeout_ms, concurrency and throttled_concurrency must be at least 1",
                 ));
             }
         }

@@ -183,4 +183,12 @@ fn report(
     for (id, c) in not_once.iter().take(10) {
         println!("  {id}: accepted {c} times");
     }
+    println!(
+        "Retry-After windows honoured: {} of {} sends arrived inside one of the windows the \
+         carrier's {} 429s opened ({} of them more than 10 ms after the 429)",
+        stats.throttle_violations,
+        stats.sends,
+        stats.throttled,
+        stats.throttle_violations_after_10ms,
+    );
 }
