@@ -374,7 +374,7 @@ async fn tampered_misrouted_and_replayed_envelopes_are_refused_with_a_typed_erro
         "recipient": ALICE,
         "encrypted_payload_reference": sent.blob.reference,
         "payload_sha256": sent.blob.sha256,
-        "encryption_metadata": {"mls_version": "sealpost-envelope-v1", "cipher": "XChaCha20-Poly1305", "key_id": "phone-k1"},
+        "encryption_metadata": {"mls_version": "sealpost-envelope-v2", "cipher": "XChaCha20-Poly1305", "key_id": "phone-k1"},
         "metadata": {"tenant_id": TENANT, "message_type": "transactional"},
     });
     let reply = s.platform(false).send(&command).await.unwrap();

@@ -29,7 +29,7 @@ use openmls::prelude::{
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
 
-use crate::envelope::{Binding, OpenError, MAGIC, VERSION};
+use crate::envelope::{Binding, OpenError, MAGIC};
 use crate::SdkError;
 
 /// The one MLS ciphersuite: X25519, ChaCha20-Poly1305, SHA-256, Ed25519 (the HPKE suite of the
@@ -37,6 +37,10 @@ use crate::SdkError;
 pub const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
 /// Mode byte of an MLS payload.
 pub const MODE_MLS: u8 = 2;
+/// The MLS payload's format version (the HPKE envelope's version 2 does not apply: the header
+/// padding there is for the payload AEAD, which MLS frames itself).
+pub const VERSION: u8 = 1;
+
 /// The `mls_version` a send of an MLS payload carries (RFC 9420's `mls10`).
 pub const MLS_VERSION: &str = "1";
 /// The `cipher` a send of an MLS payload carries.

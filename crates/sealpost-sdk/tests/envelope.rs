@@ -6,7 +6,7 @@
 
 use sealpost_sdk::envelope::{
     open, seal, seal_with, Binding, Envelope, HpkeUnwrapper, HpkeWrapper, KeyUnwrapper, KeyWrapper,
-    OpenError, SealError, SlotKind, MAGIC,
+    OpenError, SealError, SlotKind, HEADER_ALIGN, MAGIC, NONCE_LEN, VERSION, VERSION_1,
 };
 use sealpost_sdk::hpke::{derive_key_pair, generate_key_pair, Hpke, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -178,13 +178,13 @@ fn given_a_binding_rewritten_in_the_header_when_opened_then_the_aeads_refuse_it(
 fn given_an_unknown_version_or_mode_when_parsed_then_it_says_which() {
     let d = device("k1");
     let mut sealed = sealed_for(&[&d], b"x");
-    sealed[4] = 2;
+    sealed[4] = 3;
     assert_eq!(
         Envelope::parse(&sealed).err(),
-        Some(OpenError::UnknownVersion(2))
+        Some(OpenError::UnknownVersion(3))
     );
-    assert_eq!(OpenError::UnknownVersion(2).code(), "unknown_version");
-    sealed[4] = 1;
+    assert_eq!(OpenError::UnknownVersion(3).code(), "unknown_version");
+    sealed[4] = VERSION;
     sealed[5] = 9;
     assert_eq!(
         Envelope::parse(&sealed).err(),
@@ -194,6 +194,93 @@ fn given_an_unknown_version_or_mode_when_parsed_then_it_says_which() {
         Envelope::parse(b"not an envelope at all"),
         Err(OpenError::Malformed)
     ));
+}
+
+/// Where a version 2 envelope's pad length byte is (the bytes before it counted from the
+/// layout of `docs/envelope.md`, one device slot), and the padding's length.
+fn padding_of(sealed: &[u8], b: &Binding, key_id: &str) -> (usize, usize) {
+    let binding_len = 8 + 3 + b.tenant.len() + b.message_id.len() + b.recipient_label.len();
+    let slot_len = 1 + 2 + 1 + key_id.len() + 2 + 32 + 2 + 48;
+    let at = binding_len + 1 + slot_len;
+    (at, usize::from(sealed[at]))
+}
+
+#[test]
+fn given_bindings_and_key_ids_of_every_length_when_sealed_then_each_header_ends_on_a_64_byte_boundary(
+) {
+    let hpke = Hpke::default();
+    let mut pads = std::collections::BTreeSet::new();
+    for n in 1..=64 {
+        let d = device(&"k".repeat(n));
+        let mut b = binding();
+        b.tenant = "t".repeat(n);
+        let sealed = seal(&hpke, &b, &[&d.wrap as &dyn KeyWrapper], None, b"hello").unwrap();
+        assert_eq!(sealed[4], VERSION);
+        let header_len = Envelope::parse(&sealed).unwrap().header_len();
+        assert_eq!(
+            header_len % HEADER_ALIGN,
+            0,
+            "tenant and key id of {n} bytes"
+        );
+        assert_eq!(sealed.len(), header_len + 5 + 16);
+        let (at, pad) = padding_of(&sealed, &b, &"k".repeat(n));
+        assert_eq!(at + 1 + pad + NONCE_LEN, header_len);
+        pads.insert(pad);
+        assert_eq!(
+            open(&hpke, &sealed, &b, &[&d.unwrap as &dyn KeyUnwrapper])
+                .unwrap()
+                .as_slice(),
+            b"hello"
+        );
+    }
+    // Lengths growing by 2 bytes a step cover every even padding, 0 included.
+    assert_eq!(pads.len(), 32, "{pads:?}");
+}
+
+#[test]
+fn given_padding_that_is_not_zeros_or_not_the_canonical_length_when_parsed_then_malformed() {
+    let d = device("k1");
+    // A tenant length that needs some padding.
+    let (b, sealed) = (1..=64)
+        .map(|n| {
+            let mut b = binding();
+            b.tenant = "t".repeat(n);
+            let sealed = seal(
+                &Hpke::default(),
+                &b,
+                &[&d.wrap as &dyn KeyWrapper],
+                None,
+                b"x",
+            )
+            .unwrap();
+            (b, sealed)
+        })
+        .find(|(b, s)| padding_of(s, b, "k1").1 > 1)
+        .unwrap();
+    let (at, pad) = padding_of(&sealed, &b, "k1");
+    let mut nonzero = sealed.clone();
+    nonzero[at + 1] = 1;
+    assert_eq!(Envelope::parse(&nonzero).err(), Some(OpenError::Malformed));
+    let mut longer = sealed.clone();
+    longer[at] = (pad + 1) as u8;
+    assert_eq!(Envelope::parse(&longer).err(), Some(OpenError::Malformed));
+    // Padding removed, and the length byte saying so: parses as unaligned, refused.
+    let mut stripped = sealed[..at].to_vec();
+    stripped.push(0);
+    stripped.extend_from_slice(&sealed[at + 1 + pad..]);
+    assert_eq!(Envelope::parse(&stripped).err(), Some(OpenError::Malformed));
+    assert_eq!(open_as(&d, &sealed, &b).unwrap(), b"x");
+}
+
+#[test]
+fn given_a_version_2_envelope_relabelled_version_1_when_opened_then_it_is_refused() {
+    let d = device("k1");
+    let mut sealed = sealed_for(&[&d], b"secret");
+    sealed[4] = VERSION_1;
+    // Read as version 1, the padding becomes part of the nonce and the version byte is in every
+    // slot's associated data: the slot no longer opens.
+    let refused = open_as(&d, &sealed, &binding());
+    assert!(matches!(refused, Err(OpenError::Tampered)), "{refused:?}");
 }
 
 #[test]
@@ -284,7 +371,13 @@ struct Vector {
     envelope: String,
 }
 
+/// Version 2: what this build writes (`SEALPOST_WRITE_VECTORS=1` regenerates it).
 const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/vectors/envelope_v2.json"
+);
+/// Version 1, written by an earlier build and kept as it was: such envelopes still open.
+const VECTORS_V1: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/vectors/envelope_v1.json"
 );
@@ -294,7 +387,13 @@ fn the_committed_test_vectors_open() {
     if std::env::var_os("SEALPOST_WRITE_VECTORS").is_some() {
         write_vectors();
     }
-    let text = std::fs::read_to_string(VECTORS).unwrap();
+    for (file, version) in [(VECTORS, VERSION), (VECTORS_V1, VERSION_1)] {
+        check_vectors(file, version);
+    }
+}
+
+fn check_vectors(file: &str, version: u8) {
+    let text = std::fs::read_to_string(file).unwrap();
     let vectors: Vec<Vector> = serde_json::from_str(&text).unwrap();
     assert_eq!(vectors.len(), 2);
     let hpke = Hpke::default();
@@ -315,6 +414,10 @@ fn the_committed_test_vectors_open() {
         let plaintext = open(&hpke, &sealed, &expected, &[&key as &dyn KeyUnwrapper]).unwrap();
         assert_eq!(hex::encode(&*plaintext), v.plaintext, "{}", v.description);
         let parsed = Envelope::parse(&sealed).unwrap();
+        assert_eq!(parsed.version, version, "{file}");
+        if version == VERSION {
+            assert_eq!(parsed.header_len() % HEADER_ALIGN, 0);
+        }
         if let Some(escrow) = parsed.slots.iter().find(|s| s.kind == SlotKind::Escrow) {
             let escrow_key = HpkeUnwrapper {
                 key_id: escrow.key_id.clone(),
