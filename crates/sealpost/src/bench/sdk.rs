@@ -139,24 +139,20 @@ pub async fn run(seconds: f64) -> anyhow::Result<()> {
                 )
                 .map_err(|_| anyhow::anyhow!("raw AEAD failed"))?;
             let last: &dyn KeyUnwrapper = &pairs[devices - 1].1;
-            let enc = paired(
-                20,
-                budget,
-                || {
-                    let out = key.encrypt(
-                        &nonce,
-                        Payload {
-                            msg: &plaintext,
-                            aad: &aad,
-                        },
-                    );
-                    std::hint::black_box(out.ok());
-                },
-                || {
-                    let out = envelope::seal(&hpke, &binding, &wrappers, None, &plaintext);
-                    std::hint::black_box(out.ok());
-                },
-            );
+            let raw_encrypt = || {
+                let out = key.encrypt(
+                    &nonce,
+                    Payload {
+                        msg: &plaintext,
+                        aad: &aad,
+                    },
+                );
+                std::hint::black_box(out.ok());
+            };
+            let enc = paired(20, budget, &raw_encrypt, || {
+                let out = envelope::seal(&hpke, &binding, &wrappers, None, &plaintext);
+                std::hint::black_box(out.ok());
+            });
             let dec = paired(
                 20,
                 budget,
@@ -179,24 +175,10 @@ pub async fn run(seconds: f64) -> anyhow::Result<()> {
             if size == 1 << 20 && devices == 1 {
                 // The least an envelope to one device can add: one HPKE seal of the content key
                 // (an X25519 key pair and a Diffie-Hellman), against the same raw AEAD.
-                let hpke_alone = paired(
-                    20,
-                    budget,
-                    || {
-                        let out = key.encrypt(
-                            &nonce,
-                            Payload {
-                                msg: &plaintext,
-                                aad: &aad,
-                            },
-                        );
-                        std::hint::black_box(out.ok());
-                    },
-                    || {
-                        let out = hpke.seal(&pairs[0].0.public_key, b"info", &aad, &[0u8; 32]);
-                        std::hint::black_box(out.ok());
-                    },
-                );
+                let hpke_alone = paired(20, budget, &raw_encrypt, || {
+                    let out = hpke.seal(&pairs[0].0.public_key, b"info", &aad, &[0u8; 32]);
+                    std::hint::black_box(out.ok());
+                });
                 one_mib_one_device = Some((seal_ratio, hpke_alone));
             }
             println!(
