@@ -193,28 +193,40 @@ impl fmt::Debug for RbmEventWire {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct PushMessage {
     data: String,
-    #[serde(default)]
     message_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     publish_time: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Push {
     message: PushMessage,
-    #[serde(default)]
     subscription: String,
 }
 
+/// Either body a webhook carries, read in one pass: RBM's verification handshake has
+/// `clientToken` and `secret`, a Pub/Sub push has `message.data`. Unknown fields are ignored.
+/// The handshake's two fields are read as any JSON value, so that a handshake with a wrong type
+/// is refused as a handshake and not taken for a push.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Verification {
-    client_token: String,
-    secret: String,
+struct Incoming {
+    #[serde(default)]
+    client_token: Option<serde_json::Value>,
+    #[serde(default)]
+    secret: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<IncomingMessage>,
+}
+
+#[derive(Deserialize)]
+struct IncomingMessage {
+    #[serde(default)]
+    data: Option<String>,
 }
 
 /// The answer to a verification handshake: `{"secret": "<secret>"}`.
@@ -233,21 +245,34 @@ pub fn verification_body(client_token: &str, secret: &str) -> Vec<u8> {
 
 /// Parses a webhook body (the signature is checked separately, first: see [`verify`]).
 pub fn parse(body: &[u8]) -> Result<Webhook, WebhookError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| WebhookError::Malformed("body is not JSON"))?;
-    if value.get("clientToken").is_some() {
-        let v: Verification = serde_json::from_value(value).map_err(|_| {
-            WebhookError::Malformed("verification needs string clientToken and secret")
-        })?;
-        return Ok(Webhook::Verification {
-            client_token: v.client_token,
-            secret: v.secret,
-        });
+    let incoming: Incoming = serde_json::from_slice(body).map_err(|e| {
+        WebhookError::Malformed(if e.is_data() {
+            "neither a verification request nor a Pub/Sub push"
+        } else {
+            "body is not JSON"
+        })
+    })?;
+    if let Some(client_token) = incoming.client_token {
+        return match (client_token, incoming.secret) {
+            (serde_json::Value::String(client_token), Some(serde_json::Value::String(secret))) => {
+                Ok(Webhook::Verification {
+                    client_token,
+                    secret,
+                })
+            }
+            _ => Err(WebhookError::Malformed(
+                "verification needs string clientToken and secret",
+            )),
+        };
     }
-    let push: Push = serde_json::from_value(value)
-        .map_err(|_| WebhookError::Malformed("not a Pub/Sub push: message.data is missing"))?;
+    let data = incoming
+        .message
+        .and_then(|m| m.data)
+        .ok_or(WebhookError::Malformed(
+            "not a Pub/Sub push: message.data is missing",
+        ))?;
     let data = STANDARD
-        .decode(push.message.data.trim())
+        .decode(data.trim())
         .map_err(|_| WebhookError::Malformed("message.data is not base64"))?;
     let wire: RbmEventWire = serde_json::from_slice(&data)
         .map_err(|_| WebhookError::Malformed("message.data is not an RBM event"))?;
@@ -486,6 +511,10 @@ mod tests {
                 br#"{"clientToken": 5, "secret": "s"}"#.to_vec(),
                 "verification",
             ),
+            (br#"{"clientToken": "t"}"#.to_vec(), "verification"),
+            (br#"{"message": "data"}"#.to_vec(), "Pub/Sub"),
+            (br#"{"message": {"data": 5}}"#.to_vec(), "Pub/Sub"),
+            (br#"{"message": {}}"#.to_vec(), "Pub/Sub"),
         ];
         for (body, needle) in cases {
             let err = parse(&body).unwrap_err();
