@@ -2,6 +2,7 @@
 //! state-transition table.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -95,7 +96,9 @@ fn decryption_report_key(reason: DecryptFailure, key_id: Option<&str>) -> String
 /// State rebuilt from a message's events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Message {
-    pub accepted: Option<Accepted>,
+    /// The acceptance, immutable once recorded; shared, so that copies of the state (the
+    /// executor's cache) do not copy it.
+    pub accepted: Option<Arc<Accepted>>,
     pub status: Status,
     /// The attempt number the next submission must carry (1-based).
     pub next_attempt: u32,
@@ -117,7 +120,7 @@ pub const MAX_DECRYPTION_REPORTS: usize = 8;
 
 impl Message {
     pub fn message_id(&self) -> Option<&MessageId> {
-        self.accepted.as_ref().map(|a| &a.message_id)
+        self.accepted.as_deref().map(|a| &a.message_id)
     }
 
     /// True when a worker may submit now.
@@ -126,7 +129,7 @@ impl Message {
     }
 
     fn accepted(&self) -> Result<&Accepted, MessageError> {
-        self.accepted.as_ref().ok_or(MessageError::NotAccepted)
+        self.accepted.as_deref().ok_or(MessageError::NotAccepted)
     }
 
     /// The pure decision: the events a command produces in the current state. An empty list
@@ -527,7 +530,7 @@ impl Aggregate for Message {
                 self.status = Status::Queued;
                 self.next_attempt = 1;
                 self.not_before = Some(e.accepted_at);
-                self.accepted = Some(e);
+                self.accepted = Some(Arc::new(e));
             }
             MessageEvent::Queued(e) => {
                 self.status = Status::Queued;

@@ -86,16 +86,12 @@ where
         })
     }
 
-    fn remember(&self, loaded: &Loaded<A>) {
+    fn remember(&self, aggregate_id: &str, aggregate: A, version: usize, last_stream_seq: u64) {
         if let Some(cache) = &self.cache {
             // A full cache evicts a cold entry; a miss later only costs a load.
             cache.insert(
-                loaded.aggregate_id.clone(),
-                (
-                    loaded.aggregate.clone(),
-                    loaded.version,
-                    loaded.last_stream_seq,
-                ),
+                aggregate_id.to_owned(),
+                (aggregate, version, last_stream_seq),
             );
         }
     }
@@ -111,12 +107,7 @@ where
     /// carries `last_stream_seq` as its expectation, so wrong state conflicts and is reloaded.
     /// Without a cache this does nothing.
     pub fn prime(&self, aggregate_id: &str, aggregate: A, version: usize, last_stream_seq: u64) {
-        self.remember(&Loaded {
-            aggregate_id: aggregate_id.to_owned(),
-            aggregate,
-            version,
-            last_stream_seq,
-        });
+        self.remember(aggregate_id, aggregate, version, last_stream_seq);
     }
 
     /// How many times a command is tried in all before [`ExecuteError::Contended`].
@@ -210,7 +201,14 @@ where
                     let first_sequence = loaded.version + 1;
                     loaded.version += events.len();
                     loaded.last_stream_seq = last_stream_seq;
-                    self.remember(&loaded);
+                    if self.cache.is_some() {
+                        self.remember(
+                            aggregate_id,
+                            loaded.aggregate.clone(),
+                            loaded.version,
+                            last_stream_seq,
+                        );
+                    }
                     return Ok(Executed {
                         events,
                         first_sequence,
