@@ -138,34 +138,57 @@ where
         .map_err(DeliveryError::nats(format!(
             "pulling from {stream}/{durable}"
         )))?;
-    messages
-        .for_each_concurrent(concurrency.max(1), |m| {
-            // The handler is called here, in delivery order, so that what it does before its
-            // first await (the receipts consumer takes its message's turn) follows the stream.
-            let started = match m {
-                Ok(msg) => start_job(&*handler, msg),
-                Err(e) => {
-                    tracing::debug!(error = %e, "pull consumer hiccup");
-                    None
-                }
-            };
-            async move {
-                let Some((msg, job)) = started else {
-                    return;
-                };
-                // Each job is a task of its own, so jobs run on every runtime thread; it is
-                // aborted with the consumer (an unfinished job is redelivered after ack_wait).
-                let done = done.clone();
-                let task = AbortOnDrop(tokio::spawn(
-                    async move { answer(&done, msg, job.await).await }.in_current_span(),
-                ));
-                if let Err(e) = task.join().await {
-                    tracing::warn!(error = %e, "a job's task ended without an answer; it is redelivered after ack_wait");
-                }
+    // Each job is a task of its own, so jobs run on every runtime thread. A permit bounds how
+    // many run at once; the set aborts them with the consumer (an unfinished job is redelivered
+    // after ack_wait). The consumer task is woken only to take the next message, not when a
+    // job ends.
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut jobs = tokio::task::JoinSet::new();
+    let mut messages = std::pin::pin!(messages);
+    loop {
+        // The semaphore is never closed.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(m) = messages.next().await else {
+            break;
+        };
+        while let Some(ended) = jobs.try_join_next() {
+            reaped(ended);
+        }
+        // The handler is called here, in delivery order, so that what it does before its
+        // first await (the receipts consumer takes its message's turn) follows the stream.
+        let (msg, job) = match m {
+            Ok(msg) => match start_job(&*handler, msg) {
+                Some(started) => started,
+                None => continue,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "pull consumer hiccup");
+                continue;
             }
-        })
-        .await;
+        };
+        let done = done.clone();
+        jobs.spawn(
+            async move {
+                answer(&done, msg, job.await).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+    }
+    // The stream ended (the caller starts it over): the jobs under way finish and answer first.
+    while let Some(ended) = jobs.join_next().await {
+        reaped(ended);
+    }
     Ok(())
+}
+
+/// A finished job's task: a panic (or abort) is logged; its message is redelivered.
+fn reaped(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "a job's task ended without an answer; it is redelivered after ack_wait");
+    }
 }
 
 /// Turns a consumer message into a job and calls the handler on it.
@@ -202,21 +225,6 @@ async fn answer(done: &sealpost_telemetry::Counter, msg: jetstream::Message, end
     if let Err(e) = acked {
         // The job is redelivered after ack_wait and found done; nothing is lost.
         tracing::debug!(error = %e, "ack not sent");
-    }
-}
-
-/// A spawned task that is aborted when its owner is dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl AbortOnDrop {
-    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
