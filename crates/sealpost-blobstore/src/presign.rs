@@ -196,8 +196,10 @@ impl BlobStore {
             Some(signer) if signer.bucket() == r.bucket => {
                 signer.presign(&r.key, expires_in, std::time::SystemTime::now())
             }
+            // Boxed: the SDK's future is kilobytes, and would otherwise be part of every caller's
+            // future (a delivery job's), copied whenever that moves, for a path rarely taken.
             _ => {
-                self.presign_get_through_sdk(r, expires_in, std::time::SystemTime::now())
+                Box::pin(self.presign_get_through_sdk(r, expires_in, std::time::SystemTime::now()))
                     .await
             }
         }

@@ -280,14 +280,16 @@ impl ReceiptApplier {
         if let Some(t) = self.tenants.get(message_id.as_str()) {
             return Ok(Some(t));
         }
+        // Boxed: a miss is rare (the worker of this process fills the cache), and its reads'
+        // futures would otherwise be part of every receipt's.
         let filter = EventSubject::of_message_any_tenant(message_id, EventType::Accepted);
         let store = self.executor.store();
-        let mut found = store.direct_get_all(&filter).await?;
+        let mut found = Box::pin(store.direct_get_all(&filter)).await?;
         if found.is_empty() {
             // Not on the replica that answered; a lagging follower must not make it unknown.
-            let last = store.leader_last_seq_matching(&filter).await?;
+            let last = Box::pin(store.leader_last_seq_matching(&filter)).await?;
             if last > 0 {
-                found = store.direct_get_all_at_least(&filter, last).await?;
+                found = Box::pin(store.direct_get_all_at_least(&filter, last)).await?;
             }
         }
         let tenant = found

@@ -90,7 +90,7 @@ impl Delivery {
         if now >= accepted.expires_at {
             // Submitting now would only have to be revoked. A message that never got past its
             // first attempt has no timer to end it (see below): end it here, as the timer would.
-            return self.expire_now(&tenant, &message_id, job.delivered).await;
+            return Box::pin(self.expire_now(&tenant, &message_id, job.delivered)).await;
         }
         // The first attempt stores no timer: a message the carrier acks is bounded by the
         // carrier's own TTL, set to `expires_at` (RBM revokes it then and says so in a
@@ -99,9 +99,10 @@ impl Delivery {
         // its identity, so that replaces it).
         let first = attempt == 1;
         if !first {
-            if let Err(e) = self
-                .schedule_expiry(&tenant, &message_id, accepted.expires_at)
-                .await
+            // Boxed, as the other rare paths here: a job's future is moved whole into its
+            // task, so what only some jobs need is allocated when they need it.
+            if let Err(e) =
+                Box::pin(self.schedule_expiry(&tenant, &message_id, accepted.expires_at)).await
             {
                 tracing::warn!(error = %e, "cannot store the expiry timer; retrying the job");
                 return JobEnd::Nak(growing_delay(
@@ -175,10 +176,11 @@ impl Delivery {
             Err(ExecuteError::Rejected(MessageError::AlreadyFinal(status))) => {
                 if matches!(outcome, CarrierOutcome::Acked { .. }) {
                     // Expired or cancelled while this submission was in flight: take it back.
-                    let r = slot
-                        .carrier
-                        .revoke(message_id.as_str(), accepted.recipient.expose())
-                        .await;
+                    let r = Box::pin(
+                        slot.carrier
+                            .revoke(message_id.as_str(), accepted.recipient.expose()),
+                    )
+                    .await;
                     tracing::info!(%status, revoke = ?r, "message ended during its submission; revoked at the carrier");
                 }
                 JobEnd::Ack
@@ -225,10 +227,11 @@ impl Delivery {
             self.inner.executor.prime(agg, m.clone(), 1, job.stream_seq);
             return Ok(m);
         }
-        Ok(self
-            .load(tenant, message_id, Some(job.stream_seq))
-            .await?
-            .aggregate)
+        Ok(
+            Box::pin(self.load(tenant, message_id, Some(job.stream_seq)))
+                .await?
+                .aggregate,
+        )
     }
 
     async fn opaque_content(

@@ -355,10 +355,9 @@ impl Gateway {
         let info = match self.inner.known.get(&key) {
             Some(k) => k,
             None => {
-                let info = self
-                    .inner
-                    .blobs
-                    .verify(&r, valid.payload_sha256.as_ref())
+                // Boxed: the S3 request's future is kilobytes, and only a blob this gateway
+                // does not know yet needs it; unboxed, every send's future would carry it.
+                let info = Box::pin(self.inner.blobs.verify(&r, valid.payload_sha256.as_ref()))
                     .await
                     .map_err(blob_error)?;
                 let Some(sha256) = info.sha256 else {

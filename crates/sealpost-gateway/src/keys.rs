@@ -114,7 +114,8 @@ impl KeyCheck {
         let label = RecipientLabel::of(label_key, tenant.as_str(), recipient.expose())
             .map_err(|_| ApiError::invalid("recipient is not an E.164 number"))?;
         let id = format!("{tenant}.{}", label.to_hex());
-        let loaded = match self.store.load(&id).await {
+        // Boxed: only tenants with a key directory take this path.
+        let loaded = match Box::pin(self.store.load(&id)).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "reading a recipient's keys failed");
@@ -124,7 +125,7 @@ impl KeyCheck {
                 ));
             }
         };
-        if loaded.version == 0 && !self.populated(tenant).await? {
+        if loaded.version == 0 && !Box::pin(self.populated(tenant)).await? {
             return Ok(());
         }
         match loaded.aggregate.keys.get(key_id) {

@@ -136,7 +136,9 @@ impl Limits {
         }
         if b.left == 0 && b.refused_until <= unix_ms {
             let key = tenant.id.as_str().to_owned();
-            match self.reserve_tokens(&key, rate, burst, cap, unix_ms).await? {
+            // Boxed (as below): the KV round trip is taken once per block, and its future would
+            // otherwise be part of every send's.
+            match Box::pin(self.reserve_tokens(&key, rate, burst, cap, unix_ms)).await? {
                 Grant::Sends(n) => {
                     *b = Block {
                         period: unix_ms + 1000,
@@ -182,7 +184,7 @@ impl Limits {
         }
         if b.left == 0 && b.refused_until == 0 {
             let key = format!("{}.{day}", tenant.id.as_str());
-            match self.reserve_count(&key, limit, QUOTA_BLOCK_CAP).await? {
+            match Box::pin(self.reserve_count(&key, limit, QUOTA_BLOCK_CAP)).await? {
                 0 => b.refused_until = u64::MAX,
                 n => b.left = n,
             }
