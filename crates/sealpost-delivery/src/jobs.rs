@@ -192,7 +192,14 @@ fn reaped(ended: Result<(), tokio::task::JoinError>) {
 }
 
 /// Turns a consumer message into a job and calls the handler on it.
-fn start_job<F, Fut>(handler: &F, msg: jetstream::Message) -> Option<(jetstream::Message, Fut)>
+///
+/// The handler's future is boxed: it is kilobytes (a whole job), and a task moves its future
+/// into place, writes its output over it and reads the output out again, each a copy of the
+/// whole future; boxed, each of those copies a pointer.
+fn start_job<F, Fut>(
+    handler: &F,
+    msg: jetstream::Message,
+) -> Option<(jetstream::Message, std::pin::Pin<Box<Fut>>)>
 where
     F: Fn(Job) -> Fut,
 {
@@ -207,7 +214,7 @@ where
         stream_seq: info.stream_sequence,
         delivered: info.delivered,
     };
-    let fut = handler(job);
+    let fut = Box::pin(handler(job));
     Some((msg, fut))
 }
 
