@@ -1271,6 +1271,49 @@ fn every_event_round_trips_through_its_stored_body() {
     }
 }
 
+/// A current-version body is decoded straight from its bytes; older ones through a JSON tree
+/// (for the upcasts). Both must read every body the same way, good or bad.
+#[test]
+fn from_body_agrees_with_the_tree_path() {
+    let tree = |t: EventType, body: &[u8]| -> Option<MessageEvent> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        serde_json::from_value(serde_json::json!({ t.as_str(): value })).ok()
+    };
+    let mut all = vec![];
+    for s in ALL {
+        all.extend(given(s));
+    }
+    all.push(decryption_failed(DecryptFailure::WrongKey, Some("k1")));
+    for e in all {
+        let t = e.event_type();
+        let version = t.version().to_string();
+        let body = e.to_body().unwrap();
+        let direct = MessageEvent::from_body(t, &version, &body).ok();
+        assert_eq!(direct, tree(t, &body), "{t}");
+        assert_eq!(direct, Some(e.clone()), "{t}");
+        // Damaged bodies: both refuse them, or both read the same event.
+        let mut extra: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if let Some(obj) = extra.as_object_mut() {
+            obj.insert("unexpected".into(), serde_json::json!(1));
+        }
+        let extra = serde_json::to_vec(&extra).unwrap();
+        for damaged in [
+            &body[..body.len() - 1],
+            b"[]".as_slice(),
+            b"{}",
+            b"null",
+            &extra,
+        ] {
+            assert_eq!(
+                MessageEvent::from_body(t, &version, damaged).ok(),
+                tree(t, damaged),
+                "{t}: {}",
+                String::from_utf8_lossy(damaged)
+            );
+        }
+    }
+}
+
 #[test]
 fn decoding_refuses_unknown_types_versions_and_bodies() {
     assert!("teleported".parse::<EventType>().is_err());
