@@ -86,16 +86,6 @@ where
         })
     }
 
-    fn remember(&self, aggregate_id: &str, aggregate: A, version: usize, last_stream_seq: u64) {
-        if let Some(cache) = &self.cache {
-            // A full cache evicts a cold entry; a miss later only costs a load.
-            cache.insert(
-                aggregate_id.to_owned(),
-                (aggregate, version, last_stream_seq),
-            );
-        }
-    }
-
     fn forget(&self, aggregate_id: &str) {
         if let Some(cache) = &self.cache {
             cache.remove(aggregate_id);
@@ -107,7 +97,13 @@ where
     /// carries `last_stream_seq` as its expectation, so wrong state conflicts and is reloaded.
     /// Without a cache this does nothing.
     pub fn prime(&self, aggregate_id: &str, aggregate: A, version: usize, last_stream_seq: u64) {
-        self.remember(aggregate_id, aggregate, version, last_stream_seq);
+        if let Some(cache) = &self.cache {
+            // A full cache evicts a cold entry; a miss later only costs a load.
+            cache.insert(
+                aggregate_id.to_owned(),
+                (aggregate, version, last_stream_seq),
+            );
+        }
     }
 
     /// How many times a command is tried in all before [`ExecuteError::Contended`].
@@ -202,7 +198,7 @@ where
                     loaded.version += events.len();
                     loaded.last_stream_seq = last_stream_seq;
                     if self.cache.is_some() {
-                        self.remember(
+                        self.prime(
                             aggregate_id,
                             loaded.aggregate.clone(),
                             loaded.version,
