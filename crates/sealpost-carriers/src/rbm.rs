@@ -99,7 +99,9 @@ impl CallError {
 /// The RBM adapter. Cheap to clone (the HTTP client and the token cache are shared).
 #[derive(Debug, Clone)]
 pub struct RbmCarrier {
-    base: String,
+    /// Parsed once: a request's URL is this with its path and query set, so host and scheme are
+    /// not parsed again for every submission.
+    base: reqwest::Url,
     agent_id: String,
     auth: Arc<Auth>,
     client: reqwest::Client,
@@ -107,7 +109,8 @@ pub struct RbmCarrier {
 
 impl RbmCarrier {
     pub fn new(cfg: RbmConfig) -> Result<Self, CarrierError> {
-        let base = base_url(&cfg.base_url, "RBM")?;
+        let base = reqwest::Url::parse(&base_url(&cfg.base_url, "RBM")?)
+            .map_err(|_| CarrierError::Config("RBM base URL cannot be parsed".into()))?;
         if cfg.agent_id.trim().is_empty() {
             return Err(CarrierError::Config("RBM agent_id is empty".into()));
         }
@@ -177,8 +180,20 @@ impl RbmCarrier {
         }
     }
 
-    fn phone_url(&self, recipient: &str, rest: &str) -> String {
-        format!("{}/v1/phones/{}{rest}", self.base, path_segment(recipient))
+    /// `{base}/v1/phones/{recipient}{rest}?{query}`, the recipient percent-encoded as one path
+    /// segment (`+` as `%2B`, which `set_path` keeps as it is).
+    fn phone_url(&self, recipient: &str, rest: &str, query: &[(&str, &str)]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let path = format!(
+            "{}/v1/phones/{}{rest}",
+            self.base.path().trim_end_matches('/'),
+            path_segment(recipient)
+        );
+        url.set_path(&path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
     }
 
     fn body(s: &Submission) -> AgentMessage {
@@ -246,13 +261,16 @@ impl Carrier for RbmCarrier {
     }
 
     async fn submit(&self, s: &Submission) -> CarrierOutcome {
-        let url = self.phone_url(&s.recipient, "/agentMessages");
+        let url = self.phone_url(
+            &s.recipient,
+            "/agentMessages",
+            &[("messageId", &s.message_id), ("agentId", &self.agent_id)],
+        );
         let body = Self::body(s);
         let sent = self
             .call(|auth| {
                 self.client
-                    .post(&url)
-                    .query(&[("messageId", &s.message_id), ("agentId", &self.agent_id)])
+                    .post(url.clone())
                     .header(reqwest::header::AUTHORIZATION, auth)
                     .json(&body)
             })
@@ -291,12 +309,15 @@ impl Carrier for RbmCarrier {
 
     async fn capability(&self, recipient: &str) -> Capability {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let url = self.phone_url(recipient, "/capabilities");
+        let url = self.phone_url(
+            recipient,
+            "/capabilities",
+            &[("requestId", &request_id), ("agentId", &self.agent_id)],
+        );
         let sent = self
             .call(|auth| {
                 self.client
-                    .get(&url)
-                    .query(&[("requestId", &request_id), ("agentId", &self.agent_id)])
+                    .get(url.clone())
                     .header(reqwest::header::AUTHORIZATION, auth)
             })
             .await;
@@ -314,12 +335,12 @@ impl Carrier for RbmCarrier {
         let url = self.phone_url(
             recipient,
             &format!("/agentMessages/{}", path_segment(message_id)),
+            &[("agentId", &self.agent_id)],
         );
         let sent = self
             .call(|auth| {
                 self.client
-                    .delete(&url)
-                    .query(&[("agentId", &self.agent_id)])
+                    .delete(url.clone())
                     .header(reqwest::header::AUTHORIZATION, auth)
             })
             .await;
@@ -406,8 +427,28 @@ mod tests {
     #[test]
     fn urls_encode_the_number() {
         assert_eq!(
-            carrier().phone_url("+447700900123", "/capabilities"),
+            carrier()
+                .phone_url("+447700900123", "/capabilities", &[])
+                .as_str(),
             "http://127.0.0.1:9/v1/phones/%2B447700900123/capabilities"
+        );
+        assert_eq!(
+            carrier()
+                .phone_url("+447700900123", "/agentMessages", &[("messageId", "m 1&x"), ("agentId", "a")])
+                .as_str(),
+            "http://127.0.0.1:9/v1/phones/%2B447700900123/agentMessages?messageId=m+1%26x&agentId=a"
+        );
+        // A base URL with a path keeps it.
+        let prefixed = RbmCarrier::new(RbmConfig {
+            base_url: "https://relay.example/rbm/".into(),
+            agent_id: "agent".into(),
+            credentials: RbmCredentials::Bearer("tok-secret".into()),
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert_eq!(
+            prefixed.phone_url("+1", "/capabilities", &[]).as_str(),
+            "https://relay.example/rbm/v1/phones/%2B1/capabilities"
         );
     }
 
