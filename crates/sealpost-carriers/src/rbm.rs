@@ -110,7 +110,11 @@ pub struct RbmCarrier {
 impl RbmCarrier {
     pub fn new(cfg: RbmConfig) -> Result<Self, CarrierError> {
         let base = reqwest::Url::parse(&base_url(&cfg.base_url, "RBM")?)
-            .map_err(|_| CarrierError::Config("RBM base URL cannot be parsed".into()))?;
+            .map_err(|_| {
+                CarrierError::Config(
+                    "RBM base URL is not a valid URL: give scheme, host and optional port, e.g. https://rcsbusinessmessaging.googleapis.com".into(),
+                )
+            })?;
         if cfg.agent_id.trim().is_empty() {
             return Err(CarrierError::Config("RBM agent_id is empty".into()));
         }
