@@ -69,7 +69,8 @@ impl Pair {
 /// A tenant allowed 20 sends/s with a burst of 20, sent to as fast as 8 clients can for 4 s,
 /// alternating between two gateways. The shared bucket admits at most its burst plus 4 s of
 /// refill (100) plus one block per gateway (1 each at this rate); each gateway alone would admit
-/// that much, so without sharing the two would admit up to 200.
+/// that much, so without sharing the two would admit up to 200. Each gateway admits at least a
+/// quarter of the sends: they share the rate fairly.
 #[tokio::test]
 async fn two_gateways_together_admit_the_tenants_rate_not_twice_it() {
     let mut tenant = tenant_config(ACME);
@@ -135,9 +136,16 @@ async fn two_gateways_together_admit_the_tenants_rate_not_twice_it() {
         "{} accepted, far below the {allowed:.0} the bucket allows",
         a + b
     );
-    // Both take part. Not an even split: which gateway reserves the next block is a race, and
-    // under load one took 18 of 99 in a CI run (the bound was 20 then).
-    assert!(a >= 10 && b >= 10, "both gateways admitted sends: {a}, {b}");
+    // Fair shares: which gateway takes the next token is a coin toss. When a send spent a token
+    // of its gateway's own bucket before asking the shared one, one gateway took ~85 of ~100 in
+    // most runs. At least a quarter each: below that is 5 standard deviations off ~100 fair
+    // tosses.
+    let quarter = (a + b) / 4;
+    assert!(
+        a >= quarter && b >= quarter,
+        "the gateways' shares are uneven: {a} and {b} of {}",
+        a + b
+    );
 }
 
 /// A daily quota of 30 shared by two gateways: of 60 sends alternating between them, exactly 30

@@ -1,6 +1,7 @@
-//! Tenants from config: API keys (stored only as SHA-256 hashes) and each gateway's token bucket
-//! (the cluster-wide rate limits and daily quotas are in `limits`; the NATS accounts generated
-//! from the same list are in `accounts`).
+//! Tenants from config: API keys (stored only as SHA-256 hashes) and each gateway's own token
+//! bucket for uploads, presigns and cancels (sends draw from the cluster-wide bucket in `limits`,
+//! where the daily quotas are too; the NATS accounts generated from the same list are in
+//! `accounts`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,8 +26,9 @@ pub struct TenantConfig {
     #[serde(default)]
     pub nats_nkey: Option<String>,
     /// Sustained sends per second across all gateways: one token bucket of this rate and
-    /// `burst`, shared through JetStream KV (each gateway also keeps a local bucket of the same
-    /// size). 0 = no rate limit (for load generators).
+    /// `burst`, shared through JetStream KV. Uploads, presigns and cancels draw from a bucket of
+    /// the same rate and size that each gateway keeps on its own. 0 = no rate limit (for load
+    /// generators).
     #[serde(default = "default_rate")]
     pub rate_per_sec: f64,
     /// Bucket size: how many sends may arrive back to back.
@@ -112,7 +114,8 @@ struct Bucket {
 }
 
 impl Tenant {
-    /// Takes one token, or says how long until one is available.
+    /// Takes one token of this gateway's own bucket (for an upload, a presign or a cancel), or
+    /// says how long until one is available.
     pub fn take_token(&self, now: Instant) -> Result<(), ApiError> {
         if self.config.rate_per_sec == 0.0 {
             return Ok(());
