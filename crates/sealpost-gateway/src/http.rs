@@ -28,12 +28,26 @@ use crate::gateway::Gateway;
 use crate::openapi::schemas;
 use crate::send::{parse_message_id, MAX_COMMAND_BYTES};
 
+/// What every handler reads. axum clones the state for each request, and a NATS client or
+/// JetStream context costs several atomic operations to clone and drop (two per receipt
+/// webhook otherwise); behind an `Arc` each request clones one pointer.
 #[derive(Debug, Clone)]
-struct AppState {
+struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     gateway: Gateway,
     nats: async_nats::Client,
     /// For storing receipts; made once, not per webhook.
     js: async_nats::jetstream::Context,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Every documented route, with its OpenAPI operation.
@@ -61,11 +75,11 @@ pub fn openapi_document() -> Result<serde_json::Value, crate::openapi::OpenApiEr
 /// The router; serve it with `axum::serve`.
 pub fn router(gateway: Gateway, nats: async_nats::Client) -> Router {
     let (router, generated) = api()
-        .with_state(AppState {
+        .with_state(AppState(Arc::new(Shared {
             gateway,
             js: async_nats::jetstream::new(nats.clone()),
             nats,
-        })
+        })))
         .split_for_parts();
     let doc = match crate::openapi::document(generated) {
         Ok(doc) => Arc::new(doc),

@@ -14,9 +14,8 @@
 use async_nats::HeaderMap;
 use std::sync::Arc;
 
-use sealpost_carriers::webhook::{self, AppliedNow, ApplyReceipt, Webhook};
+use sealpost_carriers::webhook::{self, AppliedNow, ApplyReceipt, Webhook, WebhookKey};
 use sealpost_carriers::WebhookError;
-use sealpost_domain::Secret;
 use sealpost_eventstore::names::receipt_subject;
 
 use crate::error::ApiError;
@@ -27,8 +26,8 @@ pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;
 /// Receipt settings; a carrier without a client token has no receipts endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct ReceiptConfig {
-    /// The RBM client token (the webhook signing key).
-    pub rbm_client_token: Option<Secret>,
+    /// The RBM client token (the webhook signing key), ready to check signatures.
+    pub rbm_key: Option<WebhookKey>,
     /// Applies a verified receipt to its message at once when it can; without one every
     /// receipt is stored raw for the receipts consumer.
     pub apply: Option<Arc<dyn ApplyReceipt>>,
@@ -57,7 +56,7 @@ pub async fn ingest(
             "no receipts endpoint for this carrier; the known carrier is 'rbm'",
         ));
     }
-    let Some(token) = cfg.rbm_client_token.as_ref().map(Secret::expose) else {
+    let Some(key) = cfg.rbm_key.as_ref() else {
         return Err(ApiError::new(
             crate::ErrorCode::NotFound,
             "RBM receipts are not configured on this gateway; set [carriers.rbm] client_token",
@@ -75,7 +74,7 @@ pub async fn ingest(
             secret,
         } => {
             // The handshake is unsigned; it proves itself by naming our client token.
-            return if constant_time_eq(client_token.as_bytes(), token.as_bytes()) {
+            return if key.is_token(&client_token) {
                 Ok(ReceiptReply::Verification { secret })
             } else {
                 Err(ApiError::new(
@@ -86,7 +85,7 @@ pub async fn ingest(
         }
         Webhook::Event(e) => e,
     };
-    webhook::verify(&body, signature, token).map_err(|e| {
+    key.verify(&body, signature).map_err(|e| {
         tracing::warn!(error = %e, "refused a receipt webhook");
         ApiError::new(
             crate::ErrorCode::Unauthorized,
@@ -121,8 +120,4 @@ pub async fn ingest(
             ))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

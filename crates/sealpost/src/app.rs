@@ -440,7 +440,9 @@ async fn gateway(
         cfg.gateway.max_blob_bytes,
     )
     .with_receipts(sealpost_gateway::ReceiptConfig {
-        rbm_client_token: Some(cfg.carriers.rbm.client_token.clone()).filter(|t| !t.is_empty()),
+        rbm_key: Some(cfg.carriers.rbm.client_token.clone())
+            .filter(|t| !t.is_empty())
+            .map(sealpost_carriers::webhook::WebhookKey::new),
         apply: receipts,
     });
     let gateway = match crate::status::source(cfg) {
