@@ -87,7 +87,7 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-/// A webhook receiver like the gateway's: checks `X-Goog-Signature` with `webhook::verify`,
+/// A webhook receiver like the gateway's: checks `X-Goog-Signature` with a `webhook::WebhookKey`,
 /// answers 500 to its first `fail_first` valid pushes, and records the rest.
 struct Receiver {
     url: String,
@@ -110,13 +110,15 @@ impl Receiver {
         let rejected = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicUsize::new(fail_first));
         let (ev, at, rj) = (events.clone(), attempts.clone(), rejected.clone());
+        let key = webhook::WebhookKey::new(sealpost_domain::Secret::new(CLIENT_TOKEN));
         let handler = move |headers: HeaderMap, body: Bytes| {
             let (ev, at, rj, failing) = (ev.clone(), at.clone(), rj.clone(), failing.clone());
+            let key = key.clone();
             async move {
                 let sig = headers
                     .get(webhook::SIGNATURE_HEADER)
                     .and_then(|v| v.to_str().ok());
-                if webhook::verify(&body, sig, CLIENT_TOKEN).is_err() {
+                if key.verify(&body, sig).is_err() {
                     rj.fetch_add(1, Ordering::SeqCst);
                     return StatusCode::UNAUTHORIZED;
                 }
