@@ -75,8 +75,12 @@ impl WebhookKey {
 
     /// Whether a registration handshake names this client token, compared in constant time.
     pub fn is_token(&self, client_token: &str) -> bool {
-        let (a, b) = (client_token.as_bytes(), self.token.expose().as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use subtle::ConstantTimeEq as _;
+        bool::from(
+            client_token
+                .as_bytes()
+                .ct_eq(self.token.expose().as_bytes()),
+        )
     }
 }
 
