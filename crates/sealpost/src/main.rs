@@ -6,7 +6,7 @@ use clap::Parser as _;
 
 /// mimalloc instead of glibc's malloc: the delivery path allocates many small, short-lived
 /// buffers on both runtime threads, where glibc's arenas cost a quarter of the process's CPU
-/// (README, "Delivery figures").
+/// (docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
