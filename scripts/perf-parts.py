@@ -58,12 +58,12 @@ def classify(frames):
 
 
 def count(path):
+    """Samples by part. A sample is a header line (the thread's name) and its frames, indented."""
     counts = Counter()
     frames = []
-    started = False
 
     def flush():
-        if started and frames and not any(RAW_PHASE.search(f) for f in frames):
+        if frames and not any(RAW_PHASE.search(f) for f in frames):
             counts[classify(frames)] += 1
 
     with open(path, errors="replace") as f:
@@ -72,7 +72,7 @@ def count(path):
                 continue
             if not line[0].isspace():
                 flush()
-                frames, started = [], True
+                frames = []
             else:
                 frames.append(line.strip())
     flush()
